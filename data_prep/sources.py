@@ -1,0 +1,165 @@
+"""Read raw text documents from local files (jsonl, json, parquet, csv, arrow folders) or the hub.
+
+Every bad row raises a DataError naming the file and the row, so training never starts on
+silently broken data.
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from data_prep.errors import DataError
+
+SUFFIXES = {".jsonl", ".json", ".parquet", ".csv", ".arrow"}
+
+
+class SourceSpec(Protocol):
+    path: str | None
+    hub_id: str | None
+    split: str
+    text_key: str
+
+
+@dataclass(frozen=True)
+class Document:
+    text: str
+    where: str
+    """file:row (or hub id:row), for error messages."""
+
+
+def resolve_files(pattern: str) -> list[Path]:
+    """A file, a glob or a folder -> the sorted data files it names (a `save_to_disk` folder stays whole)."""
+    p = Path(pattern)
+    if p.is_dir():
+        if (p / "dataset_info.json").exists() or (p / "state.json").exists():
+            return [p]
+        files = sorted(f for f in p.rglob("*") if f.suffix in SUFFIXES)
+    elif p.is_file():
+        files = [p]
+    else:
+        files = sorted(Path(f) for f in glob.glob(pattern, recursive=True) if Path(f).suffix in SUFFIXES)
+    if not files:
+        raise DataError(f"data source '{pattern}' matches no data file ({', '.join(sorted(SUFFIXES))})")
+    return files
+
+
+def _rows_jsonl(path: Path) -> Iterator[tuple[int, object]]:
+    with path.open(encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                yield lineno, json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path}:{lineno}: line is not valid JSON ({e.msg} at column {e.colno})") from None
+
+
+def _rows_json(path: Path) -> Iterator[tuple[int, object]]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        if e.lineno > 1 or "Extra data" in e.msg:  # probably JSON lines with a .json name
+            yield from _rows_jsonl(path)
+            return
+        raise DataError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
+    if isinstance(data, dict):  # {"data": [...]} style wrappers
+        lists = [v for v in data.values() if isinstance(v, list)]
+        if len(lists) != 1:
+            raise DataError(f"{path}: expected a JSON array of rows (or an object holding one array)")
+        data = lists[0]
+    yield from enumerate(data, 1)
+
+
+def _rows_parquet(path: Path, key: str) -> Iterator[tuple[int, object]]:
+    import pyarrow.parquet as pq
+
+    try:
+        pf = pq.ParquetFile(path)
+    except Exception as e:  # pyarrow raises several types for corrupt files
+        raise DataError(f"{path}: cannot read parquet file ({e})") from None
+    if key not in pf.schema_arrow.names:
+        raise DataError(
+            f"{path}: text column '{key}' not found; the columns are: {', '.join(pf.schema_arrow.names)}. "
+            "Set the source's text_key."
+        )
+    row = 0
+    for batch in pf.iter_batches(columns=[key], batch_size=4096):
+        for value in batch.column(0).to_pylist():
+            row += 1
+            yield row, {key: value}
+
+
+def _rows_csv(path: Path) -> Iterator[tuple[int, object]]:
+    with path.open(encoding="utf-8", newline="") as f:
+        for lineno, row in enumerate(csv.DictReader(f), 2):
+            yield lineno, row
+
+
+def _rows_arrow(path: Path) -> Iterator[tuple[int, object]]:
+    import datasets
+
+    ds = datasets.load_from_disk(str(path)) if path.is_dir() else datasets.Dataset.from_file(str(path))
+    if isinstance(ds, datasets.DatasetDict):
+        ds = ds["train"] if "train" in ds else next(iter(ds.values()))
+    yield from enumerate(ds, 1)
+
+
+def iter_rows(path: Path, key: str) -> Iterator[tuple[int, object]]:
+    """(row number, row) pairs of one local file; the row number is the line for text formats."""
+    if path.is_dir() or path.suffix == ".arrow":
+        return _rows_arrow(path)
+    return {
+        ".jsonl": lambda: _rows_jsonl(path),
+        ".json": lambda: _rows_json(path),
+        ".parquet": lambda: _rows_parquet(path, key),
+        ".csv": lambda: _rows_csv(path),
+    }[path.suffix]()
+
+
+def _text_of(row: object, key: str, where: str) -> str:
+    if not isinstance(row, dict):
+        raise DataError(f"{where}: expected an object with a '{key}' field, found {type(row).__name__}")
+    if key not in row:
+        raise DataError(
+            f"{where}: text field '{key}' is missing; the row has: {', '.join(map(str, row)) or 'no fields'}. "
+            "Set the source's text_key."
+        )
+    text = row[key]
+    if not isinstance(text, str):
+        raise DataError(f"{where}: field '{key}' must be a string, found {type(text).__name__}")
+    return text
+
+
+def iter_documents(spec: SourceSpec) -> Iterator[Document]:
+    """Yield the text documents of one source in a fixed order."""
+    if spec.hub_id is not None:
+        import datasets
+
+        try:
+            ds = datasets.load_dataset(spec.hub_id, split=spec.split, streaming=True)
+        except Exception as e:  # offline, gated or misspelled: one clear message
+            raise DataError(f"cannot load hub dataset '{spec.hub_id}' (split '{spec.split}'): {e}") from None
+        for i, row in enumerate(ds, 1):
+            yield Document(_text_of(row, spec.text_key, f"{spec.hub_id}:{i}"), f"{spec.hub_id}:{i}")
+        return
+    for path in resolve_files(spec.path):
+        for row_no, row in iter_rows(path, spec.text_key):
+            where = f"{path}:{row_no}"
+            yield Document(_text_of(row, spec.text_key, where), where)
+
+
+def source_identity(spec: SourceSpec) -> dict:
+    """What identifies a source's content for cache fingerprints (files by name, size and mtime)."""
+    if spec.hub_id is not None:
+        return {"hub_id": spec.hub_id, "split": spec.split, "text_key": spec.text_key}
+    files = []
+    for f in resolve_files(spec.path):
+        stats = [f.stat()] if f.is_file() else [g.stat() for g in sorted(f.rglob("*")) if g.is_file()]
+        files.append([str(f.resolve()), sum(s.st_size for s in stats), max(s.st_mtime_ns for s in stats)])
+    return {"files": files, "text_key": spec.text_key}

@@ -1,0 +1,218 @@
+"""Checkpoints: atomic save, validated resume, pruning, and export to a Hugging Face folder.
+
+Layout under `<output_dir>/checkpoints/`:
+  step-00000100/     DeepSpeed shards, rng_rank{r}.pt, trainer_state.json (written last)
+  latest             the tag of the last complete checkpoint (DeepSpeed's format)
+A save goes to `.tmp-step-...` and is renamed only once every rank has written its files and
+the file manifest is in trainer_state.json, so a kill mid-save leaves the previous one intact.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import re
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from train import distributed as dist
+from train.config import RunConfig, config_hash, training_diff, validate
+from train.errors import UserError
+from train.faults import maybe_fault
+
+log = logging.getLogger(__name__)
+STATE_FILE = "trainer_state.json"
+TAG_RE = re.compile(r"^step-(\d{8})$")
+
+
+def tag_for(step: int) -> str:
+    return f"step-{step:08d}"
+
+
+def _fsync_tree(folder: Path) -> None:
+    for f in folder.rglob("*"):
+        if f.is_file():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    with open(tmp, "rb") as fh:
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def rng_state() -> dict:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+def save(engine, cfg: RunConfig, step: int, state: dict) -> Path:
+    """Save a complete checkpoint of `step` (collective: every rank calls it)."""
+    root = Path(cfg.output_dir) / "checkpoints"
+    tag = tag_for(step)
+    tmp_tag = f".tmp-{tag}"
+    if dist.is_main():
+        root.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(root / tmp_tag, ignore_errors=True)  # leftover of an interrupted save
+    dist.barrier()
+    engine.save_checkpoint(str(root), tag=tmp_tag, save_latest=False)
+    torch.save(rng_state(), root / tmp_tag / f"rng_rank{dist.rank()}.pt")
+    dist.barrier()
+    if dist.is_main():
+        maybe_fault("kill_in_save", step, dist.rank())
+        tmp = root / tmp_tag
+        files = {str(f.relative_to(tmp)): f.stat().st_size for f in sorted(tmp.rglob("*")) if f.is_file()}
+        full_state = dict(
+            state,
+            step=step,
+            config_hash=config_hash(cfg),
+            config=cfg.model_dump(mode="json"),
+            world_size=dist.world_size(),
+            saved_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            files=files,
+        )
+        (tmp / STATE_FILE).write_text(json.dumps(full_state, indent=2))
+        _fsync_tree(tmp)
+        final = root / tag
+        if final.exists():  # re-saving a step after a resume: replace it only now that the new one is whole
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        _write_atomic(root / "latest", tag)
+        _prune(root, cfg.checkpoint.keep_last)
+        log.info("saved checkpoint %s", final)
+    dist.barrier()
+    return root / tag
+
+
+def _prune(root: Path, keep_last: int) -> None:
+    complete = sorted(p for p in root.iterdir() if TAG_RE.match(p.name) and (p / STATE_FILE).exists())
+    for old in complete[:-keep_last]:
+        shutil.rmtree(old)
+
+
+def check_complete(folder: Path) -> dict:
+    """The checkpoint's state if every file of its manifest is present with its size, else UserError."""
+    state_file = folder / STATE_FILE
+    if not state_file.exists():
+        raise UserError(f"{folder}: no {STATE_FILE} (an interrupted save?)")
+    try:
+        state = json.loads(state_file.read_text())
+    except json.JSONDecodeError as e:
+        raise UserError(f"{state_file}: unreadable ({e})") from None
+    for name, size in state.get("files", {}).items():
+        f = folder / name
+        if not f.is_file():
+            raise UserError(f"{folder}: file {name} is missing")
+        if f.stat().st_size != size:
+            raise UserError(f"{folder}: file {name} has {f.stat().st_size} bytes, the manifest says {size}")
+    return state
+
+
+def latest_complete(root: Path) -> Path | None:
+    """The newest complete checkpoint under `root`, skipping (and reporting) incomplete ones."""
+    if not root.is_dir():
+        return None
+    for folder in sorted((p for p in root.iterdir() if TAG_RE.match(p.name)), reverse=True):
+        try:
+            check_complete(folder)
+            return folder
+        except UserError as e:
+            log.warning("skipping checkpoint %s: %s", folder.name, e)
+    return None
+
+
+def find_resume(cfg: RunConfig, resume: str) -> Path | None:
+    """`auto`: the newest complete checkpoint under output_dir (None if there is none); else that path."""
+    if resume == "auto":
+        return latest_complete(Path(cfg.output_dir) / "checkpoints")
+    check_complete(Path(resume))
+    return Path(resume)
+
+
+def check_compatible(cfg: RunConfig, state: dict, folder: Path, force: bool) -> None:
+    """Refuse to resume a checkpoint trained with different settings (unless forced) or world size."""
+    if state["world_size"] != dist.world_size():
+        raise UserError(
+            f"{folder} was saved with {state['world_size']} ranks, this run has {dist.world_size()}: "
+            "ZeRO shards are per rank, resume with the same number of ranks"
+        )
+    if state["config_hash"] != config_hash(cfg) and not force:
+        changes = "; ".join(training_diff(state["config"], cfg.model_dump(mode="json")))
+        raise UserError(
+            f"{folder} was trained with a different config ({changes}). "
+            "Resume with the same settings, or pass --allow-config-change to resume anyway."
+        )
+
+
+def load(engine, folder: Path) -> dict:
+    """Restore engine, optimizer, scheduler and RNG from a complete checkpoint; return its state."""
+    state = check_complete(folder)
+    path, _ = engine.load_checkpoint(str(folder.parent), tag=folder.name)
+    if path is None:
+        raise UserError(f"DeepSpeed could not load the checkpoint {folder}")
+    set_rng_state(torch.load(folder / f"rng_rank{dist.rank()}.pt", weights_only=False))
+    return state
+
+
+# ---------------------------------------------------------------- export
+
+
+def consolidated_state_dict(folder: Path, zero_stage: int) -> dict[str, torch.Tensor]:
+    """Full fp32 weights from a checkpoint of any ZeRO stage (read offline, no process group)."""
+    if zero_stage == 0:
+        return torch.load(folder / "mp_rank_00_model_states.pt", weights_only=False)["module"]
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    return get_fp32_state_dict_from_zero_checkpoint(str(folder.parent), tag=folder.name)
+
+
+def export_hf(checkpoint: Path, out: Path, overwrite: bool = False) -> Path:
+    """Write a Hugging Face folder (safetensors, config, tokenizer) from a training checkpoint."""
+    from train.model import DTYPES, build_model, build_tokenizer
+
+    state = check_complete(checkpoint)
+    cfg = validate(state["config"], source=f"{checkpoint}/{STATE_FILE}")
+    out = Path(out)
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise UserError(f"export folder {out} is not empty; pass --overwrite or choose another --out")
+    weights = consolidated_state_dict(checkpoint, cfg.deepspeed.zero_stage)
+    model_cfg = cfg.model.model_copy(update={"activation_checkpointing": False})
+    model = build_model(model_cfg, meta=True)
+    dtype = DTYPES[cfg.model.dtype]
+    weights = {k: v.to(dtype) for k, v in weights.items()}
+    missing, unexpected = model.load_state_dict(weights, strict=False, assign=True)
+    tied = {"lm_head.weight"} if model.config.tie_word_embeddings else set()
+    if unexpected or set(missing) - tied:
+        raise UserError(f"{checkpoint}: weights do not match the model (missing {missing}, unexpected {unexpected})")
+    model.tie_weights()
+    model.config.use_cache = True
+    tmp = out.with_name(f".tmp-{out.name}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp, safe_serialization=True)
+    build_tokenizer(cfg.model).save_pretrained(tmp)
+    (tmp / "continualm_export.json").write_text(
+        json.dumps({"checkpoint": str(checkpoint), "step": state["step"], "config_hash": state["config_hash"]})
+    )
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(tmp, out)
+    return out

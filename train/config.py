@@ -1,0 +1,350 @@
+"""Typed run configuration: YAML with `extends:`, `--set key=value` overrides, validation, hashing.
+
+Every section is a pydantic model that forbids unknown keys, so a typo fails at start-up with
+the key's dotted path and the nearest valid name.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from train.errors import UserError
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+class ModelConfig(Section):
+    preset: str | None = None
+    """Architecture preset (llama3_tiny, llama3_2_1b, llama3_1_8b): random init, or the shape for --dry-run."""
+    name_or_path: str | None = None
+    """Hub id or local folder of pretrained weights (from_pretrained)."""
+    tokenizer: str | None = None
+    """Tokenizer hub id or folder; defaults to name_or_path, or the bundled tiny one for llama3_tiny."""
+    dtype: Literal["bf16", "fp32"]
+    attn_implementation: Literal["sdpa", "flash_attention_2", "eager"] = "sdpa"
+    activation_checkpointing: bool = False
+    trust_remote_code: bool = False
+    overrides: dict[str, int | float | str | bool] = Field(default_factory=dict)
+    """Architecture fields changed on top of the preset (e.g. num_hidden_layers)."""
+
+    @model_validator(mode="after")
+    def _needs_weights_or_shape(self) -> ModelConfig:
+        if self.preset is None and self.name_or_path is None:
+            raise ValueError("set model.preset (random init from an architecture) or model.name_or_path (weights)")
+        return self
+
+
+class SourceConfig(Section):
+    path: str | None = None
+    """Local file, glob or folder (jsonl, json, parquet, csv, arrow)."""
+    hub_id: str | None = None
+    """Hugging Face dataset id (loaded with datasets.load_dataset)."""
+    split: str = "train"
+    text_key: str = "text"
+
+    @model_validator(mode="after")
+    def _one_location(self) -> SourceConfig:
+        if (self.path is None) == (self.hub_id is None):
+            raise ValueError("each data source needs exactly one of 'path' or 'hub_id'")
+        return self
+
+
+class DataConfig(Section):
+    sources: list[SourceConfig] = Field(min_length=1)
+    seq_len: int = Field(gt=1)
+    shuffle: bool = True
+    cache_dir: str = ".cache/continualm"
+    """Where tokenized, packed shards are cached by fingerprint."""
+
+
+class TrainConfig(Section):
+    micro_batch_size: int = Field(gt=0)
+    grad_accum_steps: int = Field(default=1, gt=0)
+    max_steps: int | None = Field(default=None, gt=0)
+    max_tokens: int | None = Field(default=None, gt=0)
+    log_every: int = Field(default=1, gt=0)
+    peak_tflops: float | None = None
+    """Per-device peak bf16 TFLOP/s for MFU; detected for known GPUs when unset."""
+
+    @model_validator(mode="after")
+    def _one_budget(self) -> TrainConfig:
+        if (self.max_steps is None) == (self.max_tokens is None):
+            raise ValueError("set exactly one of train.max_steps or train.max_tokens")
+        return self
+
+
+class OptimConfig(Section):
+    name: Literal["adamw_torch", "fused_adam", "cpu_adam"] = "adamw_torch"
+    lr: float = Field(gt=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    weight_decay: float = Field(default=0.0, ge=0)
+    weight_decay_mode: Literal["fixed", "lr_ratio"] = "fixed"
+    """lr_ratio re-sets weight decay to weight_decay * current lr each step (the Control-LLM rule)."""
+    grad_clip: float | None = Field(default=1.0, gt=0)
+
+
+class ScheduleConfig(Section):
+    name: Literal["cosine", "wsd", "constant"]
+    warmup_steps: int = Field(default=0, ge=0)
+    min_lr: float = Field(default=0.0, ge=0)
+    decay_steps: int | None = Field(default=None, gt=0)
+    """wsd only: length of the final decay phase."""
+
+    @model_validator(mode="after")
+    def _wsd_needs_decay(self) -> ScheduleConfig:
+        if self.name == "wsd" and self.decay_steps is None:
+            raise ValueError("schedule.name 'wsd' needs schedule.decay_steps (length of the decay phase)")
+        if self.name != "wsd" and self.decay_steps is not None:
+            raise ValueError("schedule.decay_steps only applies to schedule.name 'wsd'")
+        return self
+
+
+class DeepSpeedConfig(Section):
+    zero_stage: Literal[0, 1, 2, 3]
+    offload_optimizer: bool = False
+    offload_params: bool = False
+    overlap_comm: bool = True
+    reduce_bucket_size: int = Field(default=500_000_000, gt=0)
+    allgather_bucket_size: int = Field(default=500_000_000, gt=0)
+
+
+class CheckpointConfig(Section):
+    every_steps: int | None = Field(default=None, gt=0)
+    keep_last: int = Field(default=2, gt=0)
+    export_at_end: bool = False
+    """Also write a Hugging Face folder to <output_dir>/export when training ends."""
+
+
+class TrackingConfig(Section):
+    backend: Literal["wandb", "none"] = "wandb"
+    project: str = "continualm"
+    run_name: str | None = None
+    group: str | None = None
+    tags: list[str] = Field(default_factory=list)
+    mode: Literal["auto", "online", "offline"] = "auto"
+    """auto: online when a wandb API key is configured, otherwise offline."""
+
+
+class EvalConfig(Section):
+    suites: list[str] = Field(default_factory=list)
+    every_steps: int | None = Field(default=None, gt=0)
+    at_checkpoints: bool = False
+    limit: int | None = Field(default=None, gt=0)
+    data_dir: str | None = None
+    fail_on_error: bool = False
+
+
+class RunConfig(Section):
+    output_dir: str
+    seed: int = 42
+    model: ModelConfig
+    data: DataConfig
+    train: TrainConfig
+    optim: OptimConfig
+    schedule: ScheduleConfig
+    deepspeed: DeepSpeedConfig
+    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _tracking_none(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("tracking") in ("none", None) and "tracking" in data:
+            data = {**data, "tracking": {"backend": "none"}}
+        return data
+
+    @model_validator(mode="after")
+    def _combinations(self) -> RunConfig:
+        ds, opt = self.deepspeed, self.optim
+        if ds.offload_params and ds.zero_stage != 3:
+            raise ValueError("deepspeed.offload_params needs deepspeed.zero_stage: 3")
+        if ds.offload_optimizer and ds.zero_stage == 0:
+            raise ValueError("deepspeed.offload_optimizer needs deepspeed.zero_stage 1, 2 or 3")
+        if opt.name == "cpu_adam" and not ds.offload_optimizer:
+            raise ValueError("optim.name 'cpu_adam' runs on the CPU: set deepspeed.offload_optimizer: true")
+        if ds.offload_optimizer and opt.name == "fused_adam":
+            raise ValueError("deepspeed.offload_optimizer keeps optimizer state on the CPU: use optim.name 'cpu_adam'")
+        if self.schedule.min_lr > opt.lr:
+            raise ValueError("schedule.min_lr is larger than optim.lr")
+        if self.eval.suites and self.eval.every_steps is None and not self.eval.at_checkpoints:
+            raise ValueError("eval.suites is set but never runs: set eval.every_steps or eval.at_checkpoints")
+        if self.model.preset is None and self.model.tokenizer is None and self.model.name_or_path is None:
+            raise ValueError("set model.tokenizer")
+        return self
+
+    @property
+    def tokens_per_step(self) -> int:
+        """Tokens in one optimizer step for the current world size (set by the launcher)."""
+        from train.distributed import world_size
+
+        t = self.train
+        return t.micro_batch_size * t.grad_accum_steps * world_size() * self.data.seq_len
+
+    def total_steps(self) -> int:
+        """Optimizer steps in the run: train.max_steps, or train.max_tokens rounded up to whole steps."""
+        if self.train.max_steps is not None:
+            return self.train.max_steps
+        return -(-self.train.max_tokens // self.tokens_per_step)
+
+
+# Keys that do not change what is trained: resuming with a different value is allowed.
+NON_TRAINING_KEYS = ("output_dir", "tracking", "checkpoint", "eval", "train.log_every", "train.peak_tflops")
+
+
+def config_hash(cfg: RunConfig) -> str:
+    """Hash of the keys that change training (a resume with a different hash is refused)."""
+    data = cfg.model_dump(mode="json")
+    for key in NON_TRAINING_KEYS:
+        *parents, leaf = key.split(".")
+        node = data
+        for p in parents:
+            node = node[p]
+        node.pop(leaf, None)
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def training_diff(a: dict, b: dict, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two config dumps, skipping non-training keys."""
+    out = []
+    for key in sorted(set(a) | set(b)):
+        path = f"{prefix}{key}"
+        if path in NON_TRAINING_KEYS:
+            continue
+        va, vb = a.get(key), b.get(key)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            out += training_diff(va, vb, path + ".")
+        elif va != vb:
+            out.append(f"{path}: {va!r} -> {vb!r}")
+    return out
+
+
+# ---------------------------------------------------------------- loading
+
+
+def _read_yaml(path: Path) -> dict:
+    if not path.is_file():
+        raise UserError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        raise UserError(f"{path} is not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path} must hold a mapping at the top level, found {type(data).__name__}")
+    return data
+
+
+def _deep_merge(base: dict, child: dict) -> dict:
+    out = dict(base)
+    for key, value in child.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def load_yaml_tree(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict:
+    """Read a recipe and the chain of files it `extends:` (paths relative to the extending file)."""
+    path = Path(path).resolve()
+    if path in _seen:
+        chain = " -> ".join(str(p) for p in (*_seen, path))
+        raise UserError(f"config 'extends:' forms a cycle: {chain}")
+    data = _read_yaml(path)
+    parents = data.pop("extends", None)
+    if parents is None:
+        return data
+    merged: dict = {}
+    for parent in [parents] if isinstance(parents, str) else parents:
+        merged = _deep_merge(merged, load_yaml_tree(path.parent / parent, (*_seen, path)))
+    return _deep_merge(merged, data)
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """Apply `key.sub=value` strings; values are parsed as YAML (so 3e-5, true, [a, b] keep their types)."""
+    data = json.loads(json.dumps(data))
+    for item in overrides:
+        if "=" not in item:
+            raise UserError(f"--set expects key=value, got {item!r} (example: --set optim.lr=3e-5)")
+        key, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            value = raw
+        *parents, leaf = key.strip().split(".")
+        node = data
+        for p in parents:
+            if not isinstance(node.get(p), dict):
+                node[p] = {}
+            node = node[p]
+        node[leaf] = value
+    return data
+
+
+def _field_names(model: type[BaseModel], loc: tuple) -> list[str]:
+    """Valid key names at the parent of `loc`, for did-you-mean suggestions."""
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(part)
+        if field is None:
+            return []
+        ann = field.annotation
+        for candidate in (ann, *getattr(ann, "__args__", ())):
+            inner = getattr(candidate, "__args__", ())
+            for c in (candidate, *inner):
+                if isinstance(c, type) and issubclass(c, BaseModel):
+                    model = c
+                    break
+            else:
+                continue
+            break
+        else:
+            return []
+    return list(model.model_fields)
+
+
+def _describe(err: dict) -> str:
+    loc = tuple(err["loc"])
+    key = ".".join(str(p) for p in loc) or "<top level>"
+    if err["type"] == "extra_forbidden":
+        names = _field_names(RunConfig, loc)
+        close = difflib.get_close_matches(str(loc[-1]), names, n=1)
+        hint = f" Did you mean '{'.'.join(str(p) for p in loc[:-1] + (close[0],))}'?" if close else ""
+        return f"unknown key '{key}'.{hint} Valid keys here: {', '.join(names)}."
+    if err["type"] == "missing":
+        return f"missing required key '{key}'."
+    if err["type"] == "value_error":
+        return str(err["msg"]).removeprefix("Value error, ") + "."
+    got = err.get("input")
+    return f"'{key}': {err['msg']} (got {got!r} of type {type(got).__name__})."
+
+
+def validate(data: dict, source: str = "config") -> RunConfig:
+    """Build a RunConfig, turning pydantic's errors into one readable paragraph."""
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as e:
+        problems = " ".join(_describe(err) for err in e.errors())
+        raise UserError(f"invalid {source}: {problems}") from None
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
+    """Load a recipe (with its `extends:` chain), apply `--set` overrides and validate."""
+    data = apply_overrides(load_yaml_tree(path), overrides or [])
+    return validate(data, source=str(path))
+
+
+def dump_yaml(cfg: RunConfig) -> str:
+    """The resolved config as YAML (what is written into the run directory)."""
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False, allow_unicode=True)

@@ -1,0 +1,203 @@
+"""The training loop: one optimizer step at a time, with checkpoints, tracking and clean stops.
+
+Loss normalisation: every micro-batch's summed token loss is divided by the number of target
+tokens in the whole optimizer step (all micro-batches, all ranks), so the update is the same
+whatever the micro-batch / accumulation / rank split of the same data.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import resource
+import signal
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from data_prep.sampler import RowSampler
+from data_prep.shards import PackedRows, prepare
+from train import checkpoint
+from train import distributed as dist
+from train.config import RunConfig, config_hash, dump_yaml
+from train.engine import apply_weight_decay_rule, build_engine, deepspeed_config
+from train.errors import UserError
+from train.faults import maybe_fault
+from train.model import build_model, build_tokenizer, count_parameters, flops_per_token, peak_tflops
+from train.tracking import Tracker
+
+log = logging.getLogger(__name__)
+
+
+class StopRequest:
+    """SIGTERM / SIGINT set a flag; the loop finishes the step, saves and exits. A second signal kills."""
+
+    def __init__(self):
+        self.signum: int | None = None
+        for s in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(s, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        self.signum = signum
+        signal.signal(signum, signal.SIG_DFL)
+
+    def agreed(self) -> bool:
+        """True on every rank once any rank got a signal (the launcher may reach ranks at different times)."""
+        return bool(dist.all_reduce_max(torch.tensor([int(self.signum is not None)])).item())
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def train_step(engine, data: PackedRows, sampler: RowSampler, cfg: RunConfig, consumed: int) -> dict:
+    """One optimizer step over the rows at stream position `consumed`; returns step metrics."""
+    micro, accum, world, rank = cfg.train.micro_batch_size, cfg.train.grad_accum_steps, dist.world_size(), dist.rank()
+    rows = sampler.rows(consumed, micro * accum * world)
+    batches = [data.batch(rows[(k * world + rank) * micro : (k * world + rank + 1) * micro]) for k in range(accum)]
+    local_targets = sum(int((b["labels"][:, 1:] != -100).sum()) for b in batches)
+    targets = int(dist.all_reduce_sum(torch.tensor([local_targets], dtype=torch.float64)).item())
+    # DeepSpeed divides by `accum` and averages over ranks; undo both so the step sums over all targets.
+    scale = accum * world / max(targets, 1)
+    lr = engine.get_lr()[0]
+    apply_weight_decay_rule(cfg, engine)
+    loss_sum = torch.zeros((), dtype=torch.float64)
+    device = engine.device
+    for batch in batches:
+        out = engine(
+            input_ids=batch["input_ids"].to(device), position_ids=batch["position_ids"].to(device), use_cache=False
+        )
+        labels = batch["labels"][:, 1:].to(device)
+        logits = out.logits[:, :-1]
+        ce = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), labels.reshape(-1), reduction="sum")
+        engine.backward(ce * scale)
+        engine.step()
+        loss_sum += ce.detach().double().cpu()
+    total_loss = dist.all_reduce_sum(loss_sum.reshape(1)).item()
+    grad_norm = engine.get_global_grad_norm()
+    return {
+        "loss": total_loss / max(targets, 1),
+        "lr": lr,
+        "grad_norm": float(grad_norm) if grad_norm is not None else None,
+        "target_tokens": targets,
+        "tokens": len(rows) * cfg.data.seq_len,
+    }
+
+
+def peak_memory_gb() -> float:
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+
+
+def write_run_files(cfg: RunConfig) -> None:
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.yaml").write_text(dump_yaml(cfg), encoding="utf-8")
+    (out / "config_hash").write_text(config_hash(cfg) + "\n")
+
+
+def train(cfg: RunConfig, resume: str | None = None, allow_config_change: bool = False) -> None:
+    """Run (or resume) the training described by `cfg`."""
+    dist.init()
+    seed_everything(cfg.seed)
+    tokenizer = build_tokenizer(cfg.model)
+    data = prepare(cfg.data.sources, tokenizer, cfg.data.seq_len, cfg.data.cache_dir)
+    model = build_model(cfg.model)
+    if len(tokenizer) > model.config.vocab_size:
+        raise UserError(f"the tokenizer has {len(tokenizer)} tokens, the model's vocabulary only {model.config.vocab_size}")
+    counts = count_parameters(model)
+    flops_token = flops_per_token(model, cfg.data.seq_len)
+    engine = build_engine(cfg, model, dist.world_size())
+    sampler = RowSampler(len(data), cfg.seed, cfg.data.shuffle)
+    state = {"step": 0, "consumed_rows": 0, "tokens": 0}
+    folder = checkpoint.find_resume(cfg, resume) if resume else None
+    if folder is not None:
+        saved = checkpoint.check_complete(folder)
+        checkpoint.check_compatible(cfg, saved, folder, allow_config_change)
+        saved = checkpoint.load(engine, folder)
+        state = {k: saved[k] for k in state}
+        log.info("resumed from %s at step %d", folder, state["step"])
+    if dist.is_main():
+        write_run_files(cfg)
+        log.info("parameters: %s", counts)
+    tracker = Tracker(cfg, {"params_total": counts.total, "params_trainable": counts.trainable})
+    if folder is not None:
+        tracker.event("resume", step=state["step"], checkpoint=str(folder))
+    stop = StopRequest()
+    total_steps, every = cfg.total_steps(), cfg.checkpoint.every_steps
+    peak = cfg.train.peak_tflops or peak_tflops()
+    saved_step = state["step"] if folder is not None else None
+    engine.train()
+    while state["step"] < total_steps:
+        t0 = time.perf_counter()
+        metrics = train_step(engine, data, sampler, cfg, state["consumed_rows"])
+        seconds = time.perf_counter() - t0
+        state["step"] += 1
+        state["consumed_rows"] += cfg.train.micro_batch_size * cfg.train.grad_accum_steps * dist.world_size()
+        state["tokens"] += metrics["tokens"]
+        step = state["step"]
+        tokens_per_s = metrics["tokens"] / seconds
+        metrics.update(
+            tokens_seen=state["tokens"],
+            tokens_per_s=tokens_per_s,
+            step_seconds=seconds,
+            peak_mem_gb=peak_memory_gb(),
+            mfu=tokens_per_s * flops_token / (peak * 1e12 * dist.world_size()) if peak else None,
+        )
+        if step % cfg.train.log_every == 0 or step == total_steps:
+            tracker.log(step, metrics)
+            if dist.is_main():
+                log.info("step %d/%d loss %.4f lr %.3g grad_norm %s tok/s %.0f", step, total_steps,
+                         metrics["loss"], metrics["lr"], f"{metrics['grad_norm']:.3f}", tokens_per_s)
+        maybe_fault("sigkill", step, dist.rank())
+        maybe_fault("sigterm", step, dist.rank())
+        stopping = stop.agreed()
+        if stopping or step == total_steps or (every and step % every == 0):
+            checkpoint.save(engine, cfg, step, state)
+            saved_step = step
+        if stopping:
+            tracker.event("stop", step=step, signal=stop.signum)
+            log.info("stopped by signal after step %d; checkpoint saved", step)
+            break
+    if saved_step != state["step"]:
+        checkpoint.save(engine, cfg, state["step"], state)
+    tracker.finish()
+    if cfg.checkpoint.export_at_end and dist.is_main() and state["step"] == total_steps:
+        ckpt = Path(cfg.output_dir) / "checkpoints" / checkpoint.tag_for(state["step"])
+        log.info("exported %s", checkpoint.export_hf(ckpt, Path(cfg.output_dir) / "export", overwrite=True))
+    dist.barrier()
+
+
+def dry_run(cfg: RunConfig) -> str:
+    """The resolved config, parameter counts (built on the meta device) and the DeepSpeed JSON."""
+    import json
+
+    model = build_model(cfg.model, meta=True)
+    world = dist.world_size()
+    lines = [
+        "# resolved config",
+        dump_yaml(cfg),
+        f"# config hash: {config_hash(cfg)}",
+        f"# parameters: {count_parameters(model)}",
+        f"# world size: {world}; tokens per optimizer step: {cfg.tokens_per_step:,}; steps: {cfg.total_steps():,}",
+        "# DeepSpeed config",
+        json.dumps(deepspeed_config(cfg, world), indent=2),
+    ]
+    return "\n".join(lines)
+
+
+def setup_logging() -> None:
+    level = logging.INFO if dist.is_main() else logging.WARNING
+    logging.basicConfig(level=level, format=f"[%(asctime)s rank{dist.rank()}] %(message)s", datefmt="%H:%M:%S")
+    for noisy in ("DeepSpeed", "deepspeed", "torch.distributed", "httpx"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    if not torch.cuda.is_available() and "OMP_NUM_THREADS" not in os.environ:
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("WORLD_SIZE", 1)))
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local))

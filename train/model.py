@@ -1,0 +1,206 @@
+"""Build the model and tokenizer from the config: pretrained weights, or an architecture preset.
+
+Knows nothing of DeepSpeed; the engine wraps whatever this returns.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, PreTrainedModel
+
+import data_prep
+from train.config import ModelConfig
+from train.errors import UserError
+
+TINY_TOKENIZER = Path(data_prep.__file__).parent / "assets" / "llama3_tiny_tokenizer"
+
+_LLAMA3_ROPE = {"rope_type": "llama3", "low_freq_factor": 1.0, "high_freq_factor": 4.0}
+_LLAMA3_COMMON = dict(
+    vocab_size=128256,
+    rope_theta=500000.0,
+    rms_norm_eps=1e-5,
+    bos_token_id=128000,
+    eos_token_id=128001,
+    max_position_embeddings=131072,
+    num_key_value_heads=8,
+    num_attention_heads=32,
+)
+# Shapes of the published configs (config.json of the meta-llama repos).
+PRESETS: dict[str, dict] = {
+    "llama3_tiny": dict(
+        vocab_size=2048,
+        hidden_size=64,
+        intermediate_size=192,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=4096,
+        rope_theta=500000.0,
+        rms_norm_eps=1e-5,
+        tie_word_embeddings=False,
+        bos_token_id=2042,
+        eos_token_id=2043,
+        pad_token_id=2047,
+    ),
+    "llama3_2_1b": dict(
+        _LLAMA3_COMMON,
+        hidden_size=2048,
+        intermediate_size=8192,
+        num_hidden_layers=16,
+        tie_word_embeddings=True,
+        rope_scaling=dict(_LLAMA3_ROPE, factor=32.0, original_max_position_embeddings=8192),
+    ),
+    "llama3_1_8b": dict(
+        _LLAMA3_COMMON,
+        hidden_size=4096,
+        intermediate_size=14336,
+        num_hidden_layers=32,
+        tie_word_embeddings=False,
+        rope_scaling=dict(_LLAMA3_ROPE, factor=8.0, original_max_position_embeddings=8192),
+    ),
+}
+
+DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
+
+
+def preset_config(cfg: ModelConfig) -> LlamaConfig:
+    """The LlamaConfig of `model.preset` with `model.overrides` applied."""
+    if cfg.preset not in PRESETS:
+        import difflib
+
+        close = difflib.get_close_matches(str(cfg.preset), PRESETS, n=1)
+        hint = f" Did you mean '{close[0]}'?" if close else ""
+        raise UserError(f"unknown model.preset '{cfg.preset}'.{hint} Known presets: {', '.join(PRESETS)}.")
+    fields = dict(PRESETS[cfg.preset], **cfg.overrides)
+    return LlamaConfig(**fields)
+
+
+def _check_attention(cfg: ModelConfig) -> None:
+    if cfg.attn_implementation == "flash_attention_2":
+        from transformers.utils import is_flash_attn_2_available
+
+        if not is_flash_attn_2_available():
+            raise UserError(
+                "model.attn_implementation 'flash_attention_2' needs a CUDA GPU and the flash-attn package; "
+                "use 'sdpa' (the default), which also keeps packed documents apart."
+            )
+
+
+def architecture(cfg: ModelConfig):
+    """The model's config: the preset's when one is named, else the checkpoint's config.json."""
+    if cfg.preset is not None:
+        return preset_config(cfg)
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(cfg.name_or_path, trust_remote_code=cfg.trust_remote_code)
+    except OSError as e:
+        raise UserError(f"cannot read the config of model.name_or_path '{cfg.name_or_path}': {e}") from None
+
+
+def build_model(cfg: ModelConfig, meta: bool = False) -> PreTrainedModel:
+    """Pretrained weights when `name_or_path` is set, else a random init of the preset; `meta`: shapes only."""
+    dtype = DTYPES[cfg.dtype]
+    if meta or cfg.name_or_path is None:
+        if not meta:
+            _check_attention(cfg)
+        with torch.device("meta") if meta else contextlib.nullcontext():
+            model = AutoModelForCausalLM.from_config(
+                architecture(cfg), dtype=dtype, attn_implementation=cfg.attn_implementation
+            )
+    else:
+        _check_attention(cfg)
+        try:
+            model = AutoModelForCausalLM.from_pretrained(
+                cfg.name_or_path,
+                dtype=dtype,
+                attn_implementation=cfg.attn_implementation,
+                trust_remote_code=cfg.trust_remote_code,
+            )
+        except OSError as e:
+            raise UserError(f"cannot load model.name_or_path '{cfg.name_or_path}': {e}") from None
+    if cfg.activation_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.config.use_cache = False
+    return model
+
+
+def build_tokenizer(cfg: ModelConfig):
+    """The tokenizer named by the config, or the bundled tiny Llama-3-style one for `llama3_tiny`."""
+    source = cfg.tokenizer or cfg.name_or_path
+    if source is None and cfg.preset == "llama3_tiny":
+        source = str(TINY_TOKENIZER)
+    if source is None:
+        raise UserError(f"model.preset '{cfg.preset}' has no bundled tokenizer: set model.tokenizer")
+    try:
+        tok = AutoTokenizer.from_pretrained(source, trust_remote_code=cfg.trust_remote_code)
+    except OSError as e:
+        raise UserError(f"cannot load tokenizer '{source}': {e}") from None
+    if tok.pad_token is None and "<|finetune_right_pad_id|>" in tok.get_vocab():
+        tok.pad_token = "<|finetune_right_pad_id|>"  # Llama-3's reserved pad; never add a token
+    return tok
+
+
+@dataclass(frozen=True)
+class ParamCounts:
+    total: int
+    trainable: int
+
+    @property
+    def frozen(self) -> int:
+        return self.total - self.trainable
+
+    def __str__(self) -> str:
+        return f"total {self.total:,} | trainable {self.trainable:,} | frozen {self.frozen:,}"
+
+
+def count_parameters(model: torch.nn.Module) -> ParamCounts:
+    """Unique parameters (tied weights once), whatever device they live on (meta included)."""
+    seen, total, trainable = set(), 0, 0
+    for p in model.parameters():
+        if id(p) in seen:
+            continue
+        seen.add(id(p))
+        n = getattr(p, "ds_numel", p.numel())  # ZeRO-3 partitions hide the full size
+        total += n
+        trainable += n if p.requires_grad else 0
+    return ParamCounts(total, trainable)
+
+
+def flops_per_token(model: torch.nn.Module, seq_len: int) -> float:
+    """Training FLOPs per token: 6 N_trainable + 4 N_frozen + 12 L d T (documented in docs/BENCHMARKS.md).
+
+    Embedding lookups are not matmuls and are left out (a tied lm_head is counted once, as a
+    matmul). Frozen weights cost a forward and an input-gradient (4 per parameter), the
+    conservative count for frozen blocks that sit above a trainable one.
+    """
+    embed = model.get_input_embeddings().weight
+    tied = model.get_output_embeddings() is not None and model.get_output_embeddings().weight is embed
+    trainable = frozen = 0
+    seen = set()
+    for p in model.parameters():
+        if id(p) in seen or (p is embed and not tied):
+            continue
+        seen.add(id(p))
+        n = getattr(p, "ds_numel", p.numel())
+        if p.requires_grad:
+            trainable += n
+        else:
+            frozen += n
+    c = model.config
+    return 6 * trainable + 4 * frozen + 12 * c.num_hidden_layers * c.hidden_size * seq_len
+
+
+# Dense bf16 peak TFLOP/s per device, for MFU.
+PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "H800": 989.0, "A100": 312.0, "A800": 312.0, "L40S": 362.0}
+
+
+def peak_tflops() -> float | None:
+    if not torch.cuda.is_available():
+        return None
+    name = torch.cuda.get_device_name()
+    return next((v for k, v in PEAK_TFLOPS.items() if k in name), None)

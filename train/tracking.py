@@ -1,0 +1,96 @@
+"""Experiment tracking: wandb on rank 0 (offline when no API key) plus our own metrics.jsonl.
+
+metrics.jsonl gets one JSON object per logged step, always, so runs can be compared and
+plotted without wandb. After a resume, steps past the checkpoint are logged again; readers
+take the last line of each step (`read_metrics`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import netrc
+import os
+import uuid
+from pathlib import Path
+
+from train import distributed as dist
+from train.config import RunConfig
+
+log = logging.getLogger(__name__)
+
+
+def _wandb_key_present() -> bool:
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    try:
+        return netrc.netrc().authenticators("api.wandb.ai") is not None
+    except (FileNotFoundError, netrc.NetrcParseError):
+        return False
+
+
+class Tracker:
+    """Rank-0 logger of scalars, events and tables; a no-op on other ranks."""
+
+    def __init__(self, cfg: RunConfig, extra_config: dict | None = None):
+        self.enabled = dist.is_main()
+        self.run_dir = Path(cfg.output_dir)
+        self.metrics_path = self.run_dir / "metrics.jsonl"
+        self.wandb = None
+        if not self.enabled or cfg.tracking.backend == "none":
+            return
+        import wandb
+
+        t = cfg.tracking
+        mode = t.mode
+        if mode == "auto":
+            mode = "online" if _wandb_key_present() else "offline"
+            if mode == "offline":
+                log.info("wandb: no API key found, logging offline to %s/wandb (sync later with `wandb sync`)",
+                         self.run_dir)
+        id_file = self.run_dir / "wandb_run_id"
+        run_id = id_file.read_text().strip() if id_file.exists() else uuid.uuid4().hex[:8]
+        id_file.write_text(run_id)
+        self.wandb = wandb.init(
+            project=t.project,
+            name=t.run_name or self.run_dir.name,
+            group=t.group,
+            tags=t.tags,
+            id=run_id,
+            resume="allow",
+            dir=str(self.run_dir),
+            mode=mode,
+            config=dict(cfg.model_dump(mode="json"), **(extra_config or {})),
+            settings=wandb.Settings(console="off", silent=True, x_disable_stats=True),
+        )
+
+    def _append(self, record: dict) -> None:
+        with open(self.metrics_path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def log(self, step: int, metrics: dict) -> None:
+        if not self.enabled:
+            return
+        self._append({"step": step, **metrics})
+        if self.wandb is not None:
+            self.wandb.log(metrics, step=step)
+
+    def event(self, name: str, **data) -> None:
+        """A non-metric record in metrics.jsonl (resume, stop, checkpoint), e.g. {"event": "resume", ...}."""
+        if self.enabled:
+            self._append({"event": name, **data})
+
+    def finish(self) -> None:
+        if self.wandb is not None:
+            self.wandb.finish()
+            self.wandb = None
+
+
+def read_metrics(path: str | Path) -> dict[int, dict]:
+    """The metrics of each step from metrics.jsonl, keeping the last record of a step logged twice."""
+    out: dict[int, dict] = {}
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        rec = json.loads(line)
+        if "step" in rec and "event" not in rec:
+            out[rec["step"]] = rec
+    return dict(sorted(out.items()))
