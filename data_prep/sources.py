@@ -57,7 +57,9 @@ def _rows_jsonl(path: Path) -> Iterator[tuple[int, object]]:
             try:
                 yield lineno, json.loads(line)
             except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{lineno}: line is not valid JSON ({e.msg} at column {e.colno})") from None
+                raise DataError(
+                    f"{path}:{lineno}: line is not valid JSON ({e.msg} at column {e.colno})"
+                ) from None
 
 
 def _rows_json(path: Path) -> Iterator[tuple[int, object]]:

@@ -9,7 +9,9 @@ import _bootstrap  # noqa: F401  (puts the repo root first on sys.path)
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--checkpoint", required=True, type=Path, help="a step-XXXXXXXX folder, or a run's checkpoints/")
+    p.add_argument(
+        "--checkpoint", required=True, type=Path, help="a step-XXXXXXXX folder, or a run's checkpoints/"
+    )
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--overwrite", action="store_true")
     args = p.parse_args()

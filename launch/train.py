@@ -13,7 +13,9 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--config", required=True, help="recipe YAML (may `extends:` another)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
-    p.add_argument("--dry-run", action="store_true", help="print config, parameter counts, DeepSpeed JSON; exit")
+    p.add_argument(
+        "--dry-run", action="store_true", help="print config, parameter counts, DeepSpeed JSON; exit"
+    )
     p.add_argument("--resume", metavar="auto|DIR", help="'auto': the last complete checkpoint in output_dir")
     p.add_argument("--allow-config-change", action="store_true", help="resume although training keys changed")
     p.add_argument("--local_rank", type=int, help=argparse.SUPPRESS)  # passed by the deepspeed launcher

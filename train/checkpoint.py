@@ -202,7 +202,9 @@ def export_hf(checkpoint: Path, out: Path, overwrite: bool = False) -> Path:
     missing, unexpected = model.load_state_dict(weights, strict=False, assign=True)
     tied = {"lm_head.weight"} if model.config.tie_word_embeddings else set()
     if unexpected or set(missing) - tied:
-        raise UserError(f"{checkpoint}: weights do not match the model (missing {missing}, unexpected {unexpected})")
+        raise UserError(
+            f"{checkpoint}: weights do not match the model (missing {missing}, unexpected {unexpected})"
+        )
     model.tie_weights()
     model.config.use_cache = True
     tmp = out.with_name(f".tmp-{out.name}")
@@ -210,7 +212,9 @@ def export_hf(checkpoint: Path, out: Path, overwrite: bool = False) -> Path:
     model.save_pretrained(tmp, safe_serialization=True)
     build_tokenizer(cfg.model).save_pretrained(tmp)
     (tmp / "continualm_export.json").write_text(
-        json.dumps({"checkpoint": str(checkpoint), "step": state["step"], "config_hash": state["config_hash"]})
+        json.dumps(
+            {"checkpoint": str(checkpoint), "step": state["step"], "config_hash": state["config_hash"]}
+        )
     )
     if out.exists():
         shutil.rmtree(out)

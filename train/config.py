@@ -39,7 +39,9 @@ class ModelConfig(Section):
     @model_validator(mode="after")
     def _needs_weights_or_shape(self) -> ModelConfig:
         if self.preset is None and self.name_or_path is None:
-            raise ValueError("set model.preset (random init from an architecture) or model.name_or_path (weights)")
+            raise ValueError(
+                "set model.preset (random init from an architecture) or model.name_or_path (weights)"
+            )
         return self
 
 
@@ -174,7 +176,9 @@ class RunConfig(Section):
         if opt.name == "cpu_adam" and not ds.offload_optimizer:
             raise ValueError("optim.name 'cpu_adam' runs on the CPU: set deepspeed.offload_optimizer: true")
         if ds.offload_optimizer and opt.name == "fused_adam":
-            raise ValueError("deepspeed.offload_optimizer keeps optimizer state on the CPU: use optim.name 'cpu_adam'")
+            raise ValueError(
+                "deepspeed.offload_optimizer keeps optimizer state on the CPU: use optim.name 'cpu_adam'"
+            )
         if self.schedule.min_lr > opt.lr:
             raise ValueError("schedule.min_lr is larger than optim.lr")
         if self.eval.suites and self.eval.every_steps is None and not self.eval.at_checkpoints:

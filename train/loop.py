@@ -58,9 +58,16 @@ def seed_everything(seed: int) -> None:
 
 def train_step(engine, data: PackedRows, sampler: RowSampler, cfg: RunConfig, consumed: int) -> dict:
     """One optimizer step over the rows at stream position `consumed`; returns step metrics."""
-    micro, accum, world, rank = cfg.train.micro_batch_size, cfg.train.grad_accum_steps, dist.world_size(), dist.rank()
+    micro, accum, world, rank = (
+        cfg.train.micro_batch_size,
+        cfg.train.grad_accum_steps,
+        dist.world_size(),
+        dist.rank(),
+    )
     rows = sampler.rows(consumed, micro * accum * world)
-    batches = [data.batch(rows[(k * world + rank) * micro : (k * world + rank + 1) * micro]) for k in range(accum)]
+    batches = [
+        data.batch(rows[(k * world + rank) * micro : (k * world + rank + 1) * micro]) for k in range(accum)
+    ]
     local_targets = sum(int((b["labels"][:, 1:] != -100).sum()) for b in batches)
     targets = int(dist.all_reduce_sum(torch.tensor([local_targets], dtype=torch.float64)).item())
     # DeepSpeed divides by `accum` and averages over ranks; undo both so the step sums over all targets.
@@ -71,7 +78,9 @@ def train_step(engine, data: PackedRows, sampler: RowSampler, cfg: RunConfig, co
     device = engine.device
     for batch in batches:
         out = engine(
-            input_ids=batch["input_ids"].to(device), position_ids=batch["position_ids"].to(device), use_cache=False
+            input_ids=batch["input_ids"].to(device),
+            position_ids=batch["position_ids"].to(device),
+            use_cache=False,
         )
         labels = batch["labels"][:, 1:].to(device)
         logits = out.logits[:, :-1]
@@ -111,7 +120,9 @@ def train(cfg: RunConfig, resume: str | None = None, allow_config_change: bool =
     data = prepare(cfg.data.sources, tokenizer, cfg.data.seq_len, cfg.data.cache_dir)
     model = build_model(cfg.model)
     if len(tokenizer) > model.config.vocab_size:
-        raise UserError(f"the tokenizer has {len(tokenizer)} tokens, the model's vocabulary only {model.config.vocab_size}")
+        raise UserError(
+            f"the tokenizer has {len(tokenizer)} tokens, the model's vocabulary only {model.config.vocab_size}"
+        )
     counts = count_parameters(model)
     flops_token = flops_per_token(model, cfg.data.seq_len)
     engine = build_engine(cfg, model, dist.world_size())
@@ -154,8 +165,15 @@ def train(cfg: RunConfig, resume: str | None = None, allow_config_change: bool =
         if step % cfg.train.log_every == 0 or step == total_steps:
             tracker.log(step, metrics)
             if dist.is_main():
-                log.info("step %d/%d loss %.4f lr %.3g grad_norm %s tok/s %.0f", step, total_steps,
-                         metrics["loss"], metrics["lr"], f"{metrics['grad_norm']:.3f}", tokens_per_s)
+                log.info(
+                    "step %d/%d loss %.4f lr %.3g grad_norm %s tok/s %.0f",
+                    step,
+                    total_steps,
+                    metrics["loss"],
+                    metrics["lr"],
+                    f"{metrics['grad_norm']:.3f}",
+                    tokens_per_s,
+                )
         maybe_fault("sigkill", step, dist.rank())
         maybe_fault("sigterm", step, dist.rank())
         stopping = stop.agreed()
@@ -195,7 +213,9 @@ def dry_run(cfg: RunConfig) -> str:
 
 def setup_logging() -> None:
     level = logging.INFO if dist.is_main() else logging.WARNING
-    logging.basicConfig(level=level, format=f"[%(asctime)s rank{dist.rank()}] %(message)s", datefmt="%H:%M:%S")
+    logging.basicConfig(
+        level=level, format=f"[%(asctime)s rank{dist.rank()}] %(message)s", datefmt="%H:%M:%S"
+    )
     for noisy in ("DeepSpeed", "deepspeed", "torch.distributed", "httpx"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     if not torch.cuda.is_available() and "OMP_NUM_THREADS" not in os.environ:

@@ -46,8 +46,10 @@ class Tracker:
         if mode == "auto":
             mode = "online" if _wandb_key_present() else "offline"
             if mode == "offline":
-                log.info("wandb: no API key found, logging offline to %s/wandb (sync later with `wandb sync`)",
-                         self.run_dir)
+                log.info(
+                    "wandb: no API key found, logging offline to %s/wandb (sync later with `wandb sync`)",
+                    self.run_dir,
+                )
         id_file = self.run_dir / "wandb_run_id"
         run_id = id_file.read_text().strip() if id_file.exists() else uuid.uuid4().hex[:8]
         id_file.write_text(run_id)

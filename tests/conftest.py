@@ -1,0 +1,57 @@
+"""Shared helpers: run our entry points in subprocesses the way users do."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SMOKE = ROOT / "configs" / "smoke" / "cpt_tiny.yaml"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_entry(
+    script: str,
+    *args: str,
+    nproc: int = 1,
+    launcher: str = "torchrun",
+    env: dict | None = None,
+    timeout: int = 300,
+) -> subprocess.CompletedProcess:
+    """Run launch/<script> with 1 process (plain python) or `nproc` ranks (torchrun or deepspeed)."""
+    path = str(ROOT / "launch" / script)
+    if nproc == 1 and launcher == "torchrun":
+        cmd = [sys.executable, path, *args]
+    elif launcher == "torchrun":
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            str(nproc),
+            "--master_port",
+            str(free_port()),
+            path,
+            *args,
+        ]
+    else:
+        cmd = ["deepspeed", "--num_gpus", str(nproc), "--master_port", str(free_port()), path, *args]
+    full_env = {**os.environ, "WANDB_SILENT": "true", "TOKENIZERS_PARALLELISM": "false", **(env or {})}
+    full_env.pop("CONTINUALM_FAULT", None) if not env or "CONTINUALM_FAULT" not in env else None
+    return subprocess.run(cmd, cwd=ROOT, env=full_env, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def data_cache(tmp_path_factory) -> Path:
+    """One tokenized-data cache for the whole session (the data is the same in most runs)."""
+    return tmp_path_factory.mktemp("data_cache")

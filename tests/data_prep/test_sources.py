@@ -1,0 +1,100 @@
+"""Bad input is reported with the file, the row and the fix; good input of each format is read."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from data_prep.errors import DataError
+from data_prep.shards import prepare
+from data_prep.sources import iter_documents
+from train.model import TINY_TOKENIZER
+
+
+@dataclass
+class Spec:
+    path: str | None = None
+    hub_id: str | None = None
+    split: str = "train"
+    text_key: str = "text"
+
+
+def _docs(path, **kw):
+    return [d.text for d in iter_documents(Spec(path=str(path), **kw))]
+
+
+def test_reads_jsonl_json_parquet_csv_and_globs(tmp_path):
+    (tmp_path / "a.jsonl").write_text('{"text": "one"}\n\n{"text": "two", "meta": {"url": "x"}}\n')
+    (tmp_path / "b.json").write_text(json.dumps([{"content": "three"}]))
+    pq.write_table(pa.table({"text": ["four", "five"], "id": [1, 2]}), tmp_path / "c.parquet")
+    (tmp_path / "d.csv").write_text("text,lang\nsix,en\n")
+    assert _docs(tmp_path / "a.jsonl") == ["one", "two"]
+    assert _docs(tmp_path / "b.json", text_key="content") == ["three"]
+    assert _docs(tmp_path / "c.parquet") == ["four", "five"]
+    assert _docs(tmp_path / "d.csv") == ["six"]
+    assert _docs(tmp_path / "*.jsonl") == ["one", "two"]
+
+
+def test_invalid_json_line_names_file_and_line(tmp_path):
+    f = tmp_path / "bad.jsonl"
+    f.write_text('{"text": "ok"}\n{"text": "broken\n')
+    with pytest.raises(DataError, match=rf"{f}:2: line is not valid JSON"):
+        _docs(f)
+
+
+def test_missing_text_field_lists_existing_fields(tmp_path):
+    f = tmp_path / "x.jsonl"
+    f.write_text('{"content": "a", "url": "u"}\n')
+    with pytest.raises(
+        DataError, match=r"x.jsonl:1: text field 'text' is missing; the row has: content, url"
+    ):
+        _docs(f)
+
+
+def test_missing_parquet_column_lists_columns(tmp_path):
+    pq.write_table(pa.table({"body": ["a"]}), tmp_path / "p.parquet")
+    with pytest.raises(DataError, match=r"text column 'text' not found; the columns are: body"):
+        _docs(tmp_path / "p.parquet")
+
+
+def test_non_string_text_is_rejected(tmp_path):
+    f = tmp_path / "x.jsonl"
+    f.write_text('{"text": 5}\n')
+    with pytest.raises(DataError, match=r"x.jsonl:1: field 'text' must be a string, found int"):
+        _docs(f)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(DataError, match="matches no data file"):
+        _docs(tmp_path / "nope.jsonl")
+
+
+def test_empty_dataset_is_an_error(tmp_path):
+    from transformers import AutoTokenizer
+
+    f = tmp_path / "empty.jsonl"
+    f.write_text('{"text": ""}\n')
+    tok = AutoTokenizer.from_pretrained(TINY_TOKENIZER)
+    with pytest.raises(DataError, match="no text in the data sources"):
+        prepare([Spec(path=str(f))], tok, 16, tmp_path / "cache")
+    assert not any((tmp_path / "cache").iterdir())  # nothing half-built left behind
+
+
+def test_cache_is_reused_and_rebuilt_when_data_changes(tmp_path):
+    from transformers import AutoTokenizer
+
+    f = tmp_path / "d.jsonl"
+    f.write_text("".join(json.dumps({"text": f"document number {i} " * 5}) + "\n" for i in range(20)))
+    tok = AutoTokenizer.from_pretrained(TINY_TOKENIZER)
+    first = prepare([Spec(path=str(f))], tok, 32, tmp_path / "cache")
+    again = prepare([Spec(path=str(f))], tok, 32, tmp_path / "cache")
+    assert again.folder == first.folder
+    f.write_text(f.read_text() + json.dumps({"text": "one more"}) + "\n")
+    assert prepare([Spec(path=str(f))], tok, 32, tmp_path / "cache").folder != first.folder
+    batch = first.batch([0, 1])
+    assert batch["input_ids"][0, 0].item() == tok.bos_token_id
+    assert batch["input_ids"].shape == (2, 32)

@@ -1,0 +1,109 @@
+"""Config system: every shipped recipe validates; typos, wrong types and impossible combinations fail
+at start-up with the key and the fix; extends / --set merge as documented."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from train.config import config_hash, load_config, training_diff
+from train.errors import UserError
+
+ROOT = Path(__file__).resolve().parents[2]
+RECIPES = sorted(p for p in (ROOT / "configs").rglob("*.yaml") if "merge" not in p.parts)
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_recipe_validates(path):
+    cfg = load_config(path)
+    assert cfg.total_steps() > 0
+
+
+def _write(tmp_path, text: str, name="c.yaml") -> Path:
+    p = tmp_path / name
+    p.write_text(text)
+    return p
+
+
+def _child(tmp_path, body: str) -> Path:
+    return _write(tmp_path, f"extends: {ROOT / 'configs/smoke/cpt_tiny.yaml'}\n{body}")
+
+
+def _error(path, overrides=()) -> str:
+    with pytest.raises(UserError) as e:
+        load_config(path, list(overrides))
+    return str(e.value)
+
+
+def test_unknown_key_suggests_the_nearest(tmp_path):
+    msg = _error(_child(tmp_path, "optim:\n  lrr: 1.0e-4\n"))
+    assert "unknown key 'optim.lrr'" in msg and "Did you mean 'optim.lr'?" in msg
+
+
+def test_unknown_top_level_key(tmp_path):
+    msg = _error(_child(tmp_path, "deepsped:\n  zero_stage: 3\n"))
+    assert "'deepsped'" in msg and "Did you mean 'deepspeed'?" in msg
+
+
+def test_wrong_type_names_key_and_value(tmp_path):
+    msg = _error(_child(tmp_path, ""), ["data.seq_len=long"])
+    assert "'data.seq_len'" in msg and "'long'" in msg
+
+
+def test_missing_required_key(tmp_path):
+    msg = _error(_write(tmp_path, "output_dir: x\n"))
+    assert "missing required key 'model'" in msg
+
+
+@pytest.mark.parametrize(
+    ("overrides", "fragment"),
+    [
+        (["deepspeed.offload_params=true"], "offload_params needs deepspeed.zero_stage: 3"),
+        (
+            ["deepspeed.zero_stage=0", "deepspeed.offload_optimizer=true"],
+            "needs deepspeed.zero_stage 1, 2 or 3",
+        ),
+        (["optim.name=cpu_adam"], "set deepspeed.offload_optimizer: true"),
+        (["train.max_tokens=1000"], "exactly one of train.max_steps or train.max_tokens"),
+        (["schedule.name=wsd"], "needs schedule.decay_steps"),
+        (["schedule.min_lr=1.0"], "min_lr is larger than optim.lr"),
+        (["eval.suites=[control_llm_zh]"], "never runs"),
+    ],
+)
+def test_impossible_combinations(tmp_path, overrides, fragment):
+    assert fragment in _error(_child(tmp_path, ""), overrides)
+
+
+def test_extends_and_set_overrides(tmp_path):
+    child = _child(tmp_path, "optim:\n  lr: 1.0e-3\n")
+    cfg = load_config(child, ["data.seq_len=64", "optim.betas=[0.9, 0.95]", "tracking=none"])
+    assert cfg.optim.lr == 1e-3 and cfg.data.seq_len == 64 and cfg.optim.betas == (0.9, 0.95)
+    assert cfg.optim.name == "adamw_torch"  # inherited
+    assert cfg.tracking.backend == "none"
+
+
+def test_extends_cycle_is_reported(tmp_path):
+    _write(tmp_path, "extends: b.yaml\n", "a.yaml")
+    _write(tmp_path, "extends: a.yaml\n", "b.yaml")
+    assert "cycle" in _error(tmp_path / "a.yaml")
+
+
+def test_hash_ignores_keys_that_do_not_change_training(tmp_path):
+    base = load_config(ROOT / "configs/smoke/cpt_tiny.yaml")
+    same = load_config(
+        ROOT / "configs/smoke/cpt_tiny.yaml", ["output_dir=elsewhere", "checkpoint.every_steps=7"]
+    )
+    other = load_config(ROOT / "configs/smoke/cpt_tiny.yaml", ["optim.lr=1e-3"])
+    assert config_hash(base) == config_hash(same) != config_hash(other)
+    diff = training_diff(base.model_dump(mode="json"), other.model_dump(mode="json"))
+    assert diff == ["optim.lr: 0.003 -> 0.001"]
+
+
+def test_dumped_config_round_trips(tmp_path):
+    cfg = load_config(ROOT / "configs/smoke/cpt_tiny.yaml")
+    from train.config import dump_yaml, validate
+
+    again = validate(yaml.safe_load(dump_yaml(cfg)))
+    assert config_hash(again) == config_hash(cfg)

@@ -1,0 +1,55 @@
+"""Learning-rate schedules and the generated DeepSpeed JSON."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from tests.conftest import SMOKE
+from train.config import load_config
+from train.engine import deepspeed_config, lr_lambda
+
+
+def _cfg(*overrides):
+    return load_config(SMOKE, ["optim.lr=1.0", "schedule.min_lr=0.1", "train.max_steps=110", *overrides])
+
+
+def test_cosine_warmup_then_decay_to_min_lr():
+    f = lr_lambda(_cfg("schedule.warmup_steps=10"), 110)
+    assert [f(s) for s in (0, 4, 9)] == pytest.approx([0.1, 0.5, 1.0])
+    assert f(10) == pytest.approx(1.0)
+    assert f(60) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 0.5)))
+    assert f(110) == pytest.approx(0.1) and f(500) == pytest.approx(0.1)
+
+
+def test_wsd_is_flat_then_decays_linearly():
+    f = lr_lambda(_cfg("schedule.name=wsd", "schedule.warmup_steps=10", "schedule.decay_steps=20"), 110)
+    assert f(50) == 1.0 and f(89) == 1.0
+    assert f(100) == pytest.approx(1 - 0.9 * 0.5)
+    assert f(110) == pytest.approx(0.1)
+
+
+def test_constant_after_warmup():
+    f = lr_lambda(_cfg("schedule.name=constant", "schedule.warmup_steps=2"), 110)
+    assert [f(0), f(1), f(2), f(100)] == [0.5, 1.0, 1.0, 1.0]
+
+
+def test_deepspeed_json_from_config():
+    cfg = load_config(
+        SMOKE,
+        [
+            "deepspeed.zero_stage=3",
+            "deepspeed.offload_optimizer=true",
+            "deepspeed.offload_params=true",
+            "optim.name=cpu_adam",
+            "model.dtype=bf16",
+        ],
+    )
+    ds = deepspeed_config(cfg, world_size=8)
+    assert ds["train_batch_size"] == 2 * 2 * 8
+    assert ds["zero_optimization"]["stage"] == 3
+    assert ds["zero_optimization"]["offload_optimizer"]["device"] == "cpu"
+    assert ds["zero_optimization"]["offload_param"]["device"] == "cpu"
+    assert ds["bf16"] == {"enabled": True} and ds["gradient_clipping"] == 1.0
+    assert "auto" not in str(ds)
