@@ -6,14 +6,13 @@ while streaming safetensors shards, so peak memory is about one shard per input 
 
 from __future__ import annotations
 
+import copy
 import difflib
 import json
 import logging
-import os
 import re
 import shutil
-import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -21,8 +20,8 @@ from typing import Any, Literal
 import torch
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
-from safetensors import safe_open
-from safetensors.torch import save_file
+
+from train.merge_io import ShardReader, ShardWriter, atomic_dir
 
 log = logging.getLogger(__name__)
 
@@ -150,7 +149,7 @@ def _format_errors(err: ValidationError, cls: type[BaseModel]) -> str:
     """One paragraph per pydantic error, naming the key and suggesting the fix."""
     lines = []
     for e in err.errors():
-        key = ".".join(str(p) for p in e["loc"])
+        key = ".".join(str(p) for p in e["loc"]) or "config"
         if e["type"] == "extra_forbidden":
             known = _known_keys(cls, e["loc"][:-1])
             hint = difflib.get_close_matches(str(e["loc"][-1]), known, n=1)
@@ -177,33 +176,39 @@ def _known_keys(cls: type[BaseModel], loc: tuple) -> list[str]:
 
 
 def apply_overrides(raw: dict, overrides: list[str]) -> dict:
-    """Set dotted ``key=value`` pairs (values parsed as YAML; list items by index) in a raw config."""
+    """A copy of ``raw`` with dotted ``key=value`` pairs set (values parsed as YAML; list items by index)."""
+    raw = copy.deepcopy(raw)
     for item in overrides:
         key, sep, value = item.partition("=")
         if not sep:
             raise MergeConfigError(f"--set {item!r} is not key=value; write e.g. --set alpha=0.5")
-        node: Any = raw
         *parents, last = key.split(".")
-        for part in parents:
-            node = node[int(part)] if isinstance(node, list) else node.setdefault(part, {})
-        if isinstance(node, list):
-            node[int(last)] = yaml.safe_load(value)
-        else:
-            node[last] = yaml.safe_load(value)
+        try:
+            node: Any = raw
+            for part in parents:
+                node = node[int(part)] if isinstance(node, list) else node.setdefault(part, {})
+            node[int(last) if isinstance(node, list) else last] = yaml.safe_load(value)
+        except (AttributeError, IndexError, TypeError, ValueError):
+            raise MergeConfigError(f"--set {item!r}: '{key}' does not name a settable key") from None
     return raw
 
 
 def load_config(source: str | Path | dict, overrides: list[str] = ()) -> MergeConfig:
     """Validate a merge config from a YAML path or a dict, after ``--set`` overrides."""
     if isinstance(source, dict):
-        raw = dict(source)
+        raw = source
     elif not Path(source).is_file():
         raise MergeConfigError(f"merge config {source} does not exist")
     else:
-        raw = yaml.safe_load(Path(source).read_text())
-    if not isinstance(raw, dict) or "method" not in raw:
-        raise MergeConfigError(f"{source}: a merge config is a YAML mapping with a 'method' key")
+        try:
+            raw = yaml.safe_load(Path(source).read_text())
+        except yaml.YAMLError as err:
+            raise MergeConfigError(f"{source} is not valid YAML: {err}") from None
+    if not isinstance(raw, dict):
+        raise MergeConfigError(f"{source}: a merge config is a YAML mapping")
     raw = apply_overrides(raw, list(overrides))
+    if "method" not in raw:
+        raise MergeConfigError(f"missing required key 'method' (one of: {', '.join(MERGE_METHODS)})")
     method = get_method(str(raw["method"]))
     try:
         return method.config_cls.model_validate(raw)
@@ -274,7 +279,10 @@ def resolve_model(ref: str) -> Path:
     from huggingface_hub import snapshot_download
 
     patterns = ["*.safetensors", "*.json", "*.jinja", "tokenizer.model"]
-    return Path(snapshot_download(ref, allow_patterns=patterns))
+    try:
+        return Path(snapshot_download(ref, allow_patterns=patterns))
+    except OSError as err:  # hub errors (missing repo, gated, offline) are all OSErrors
+        raise MergeError(f"could not fetch '{ref}' from the Hugging Face hub: {err}") from None
 
 
 def _files_from(tokenizer: Path, templates: Path) -> dict[str, Path]:
@@ -324,55 +332,11 @@ def _read_config(model: Path) -> dict:
     return json.loads(path.read_text())
 
 
-def _weight_map(model: Path) -> dict[str, Path]:
-    """Tensor name -> shard file, from the index or a single model.safetensors."""
-    index = model / "model.safetensors.index.json"
-    if index.is_file():
-        return {k: model / v for k, v in json.loads(index.read_text())["weight_map"].items()}
-    single = model / "model.safetensors"
-    if not single.is_file():
-        raise MergeError(f"{model} has no model.safetensors(.index.json); only safetensors can be merged")
-    with safe_open(single, framework="pt") as f:
-        return dict.fromkeys(f.keys(), single)
-
-
-class _Reader:
-    """Reads single tensors, keeping at most one shard per model open (mapped) at a time."""
-
-    def __init__(self, models: list[Path]):
-        self.maps = {m: _weight_map(m) for m in models}
-        self._open: dict[Path, tuple[Path, Any]] = {}
-
-    def _handle(self, model: Path, name: str) -> Any:
-        file = self.maps[model][name]
-        current = self._open.get(model)
-        if current is None or current[0] != file:
-            self._open.pop(model, None)  # drop the old mapping before opening the next shard
-            self._open[model] = (file, safe_open(file, framework="pt"))
-        return self._open[model][1]
-
-    def shapes(self, model: Path) -> dict[str, tuple[list[int], str]]:
-        """Shape and dtype of every tensor, read from the shard headers only."""
-        out = {}
-        for file in sorted(set(self.maps[model].values())):
-            with safe_open(file, framework="pt") as f:
-                for name in f.keys():
-                    sl = f.get_slice(name)
-                    out[name] = (list(sl.get_shape()), sl.get_dtype())
-        return out
-
-    def get(self, model: Path, name: str) -> torch.Tensor:
-        return self._handle(model, name).get_tensor(name)
-
-    def close(self) -> None:
-        self._open.clear()
-
-
 def _is_vocab(name: str) -> bool:
     return name.endswith(VOCAB_TENSORS)
 
 
-def _check_inputs(plan: MergePlan, reader: _Reader) -> None:
+def _check_inputs(plan: MergePlan, reader: ShardReader) -> None:
     """Refuse mismatched architectures, tensor sets or shapes before anything is written."""
     models = list(reader.maps)
     configs = {m: _read_config(m) for m in models}
@@ -390,9 +354,9 @@ def _check_inputs(plan: MergePlan, reader: _Reader) -> None:
                 f"extra {extra[:5]}; refusing to skip tensors"
             )
     shapes = {m: reader.shapes(m) for m in models}
-    for name, (shape, _) in shapes[plan.anchor].items():
+    for name, shape in shapes[plan.anchor].items():
         for m in models[1:]:
-            other = shapes[m][name][0]
+            other = shapes[m][name]
             if other == shape:
                 continue
             if not _is_vocab(name) or other[1:] != shape[1:]:
@@ -406,9 +370,7 @@ def _check_inputs(plan: MergePlan, reader: _Reader) -> None:
                     "rows both vocabularies share)"
                 )
     if plan.copy_rows:
-        limit = min(
-            shapes[m][n][0][0] for m in (plan.anchor, plan.rows_source) for n in names if _is_vocab(n)
-        )
+        limit = min(shapes[m][n][0] for m in (plan.anchor, plan.rows_source) for n in names if _is_vocab(n))
         bad = [i for i in plan.copy_rows if not 0 <= i < limit]
         if bad:
             raise MergeError(
@@ -437,63 +399,19 @@ def _merge_tensor(plan: MergePlan, name: str, tensors: dict[Path, torch.Tensor])
     return out
 
 
-class _ShardWriter:
-    """Buffers output tensors up to ``max_bytes`` and writes them as numbered safetensors shards."""
-
-    def __init__(self, directory: Path, max_bytes: int):
-        self.directory, self.max_bytes = directory, max_bytes
-        self.buffer: dict[str, torch.Tensor] = {}
-        self.buffered = 0
-        self.parts: list[list[str]] = []
-        self.total = 0
-
-    def add(self, name: str, tensor: torch.Tensor) -> None:
-        size = tensor.numel() * tensor.element_size()
-        if self.buffer and self.buffered + size > self.max_bytes:
-            self.flush()
-        self.buffer[name] = tensor.contiguous()
-        self.buffered += size
-        self.total += size
-
-    def flush(self) -> None:
-        if self.buffer:
-            save_file(self.buffer, self.directory / f"part-{len(self.parts)}", metadata={"format": "pt"})
-            self.parts.append(list(self.buffer))
-            self.buffer, self.buffered = {}, 0
-
-    def finish(self) -> None:
-        """Name the shards model-0000i-of-0000N and write the index."""
-        self.flush()
-        n, weight_map = len(self.parts), {}
-        for i, names in enumerate(self.parts):
-            final = f"model-{i + 1:05d}-of-{n:05d}.safetensors"
-            os.replace(self.directory / f"part-{i}", self.directory / final)
-            weight_map.update(dict.fromkeys(names, final))
-        index = {"metadata": {"total_size": self.total}, "weight_map": weight_map}
-        (self.directory / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
-
-
-def _ordered_names(reader: _Reader, anchor: Path) -> Iterator[str]:
-    """Anchor tensors grouped by shard, so each input maps few shards in turn."""
-    by_file: dict[Path, list[str]] = {}
-    for name, file in reader.maps[anchor].items():
-        by_file.setdefault(file, []).append(name)
-    for file in sorted(by_file):
-        yield from sorted(by_file[file])
-
-
-def _write_merge(plan: MergePlan, cfg: MergeConfig, reader: _Reader, tmp: Path) -> None:
-    writer = _ShardWriter(tmp, cfg.max_shard_size)
-    for name in _ordered_names(reader, plan.anchor):
-        tensors = {m: reader.get(m, name) for m in reader.maps}
-        dtype = DTYPES.get(cfg.dtype, tensors[plan.anchor].dtype)
-        merged = _merge_tensor(plan, name, {m: t.float() for m, t in tensors.items()})
-        writer.add(name, merged.to(dtype))
-    reader.close()
-    writer.finish()
+def _copy_files(plan: MergePlan, cfg: MergeConfig, tmp: Path) -> None:
+    """Tokenizer, template and generation files from their source models; config.json from the anchor."""
     for fname, source in plan.file_sources.items():
         if (source / fname).is_file():
             shutil.copy2(source / fname, tmp / fname)
+    # Older checkpoints keep the chat template inside tokenizer_config.json; it must follow the template
+    # source even when the tokenizer comes from another model.
+    template_src = plan.file_sources["chat_template.jinja"]
+    tok_config = template_src / "tokenizer_config.json"
+    if not (tmp / "chat_template.jinja").exists() and tok_config.is_file():
+        inline = json.loads(tok_config.read_text()).get("chat_template")
+        if isinstance(inline, str):
+            (tmp / "chat_template.jinja").write_text(inline)
     config = {**_read_config(plan.anchor), **plan.config_updates}
     if cfg.dtype != "auto":
         config["dtype"] = cfg.dtype
@@ -507,22 +425,20 @@ def merge(cfg: MergeConfig) -> Path:
         raise MergeError(f"output {out} exists and is not empty; pass overwrite: true to replace it")
     plan = get_method(cfg.method).plan(cfg)
     models = list(dict.fromkeys([plan.anchor, *(p for t in plan.terms for p in (t.plus, t.minus))]))
-    reader = _Reader(models)
-    _check_inputs(plan, reader)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
-        _write_merge(plan, cfg, reader, tmp)
-        if out.exists():
-            # Move the old output aside first so a failed rename cannot lose both.
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-            os.replace(out, old / out.name)
-            os.replace(tmp, out)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, out)
-    finally:
+        reader = ShardReader(models)
+    except FileNotFoundError as err:
+        raise MergeError(str(err)) from None
+    _check_inputs(plan, reader)
+    with atomic_dir(out) as tmp:
+        writer = ShardWriter(tmp, cfg.max_shard_size)
+        for name in reader.ordered_names(plan.anchor):
+            tensors = {m: reader.get(m, name) for m in models}
+            dtype = DTYPES.get(cfg.dtype, tensors[plan.anchor].dtype)
+            merged = _merge_tensor(plan, name, {m: t.float() for m, t in tensors.items()})
+            writer.add(name, merged.to(dtype))
         reader.close()
-        shutil.rmtree(tmp, ignore_errors=True)
+        writer.finish()
+        _copy_files(plan, cfg, tmp)
     log.info("merged %s into %s", cfg.method, out)
     return out

@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 from transformers import LlamaConfig, LlamaForCausalLM
 
 import train.merge as merge_mod
+import train.merge_io as merge_io
 from train.merge import MergeConfigError, MergeError, load_config, merge
 
 REPO = Path(__file__).resolve().parents[2]
@@ -97,6 +98,20 @@ def test_chat_vector_equals_formula_and_takes_chat_files(trio, tmp_path):
     assert json.loads((out / "config.json").read_text())["eos_token_id"] == 7
     model = LlamaForCausalLM.from_pretrained(out)
     assert torch.equal(model.state_dict()[EMBED], got[EMBED])
+
+
+def test_tokenizer_from_cpt_keeps_cpt_tokenizer_and_inline_chat_template(trio, tmp_path):
+    root, _ = trio
+    chat = tmp_path / "chat_inline"
+    shutil.copytree(root / "chat", chat)
+    (chat / "chat_template.jinja").unlink()  # older layout: the template lives in tokenizer_config.json
+    tok_config = json.loads((chat / "tokenizer_config.json").read_text())
+    (chat / "tokenizer_config.json").write_text(json.dumps({**tok_config, "chat_template": "INLINE"}))
+    cfg = chat_vector_cfg(root, root / "cpt", tmp_path / "out", tokenizer_from="cpt")
+    cfg["models"]["vectors"][0]["chat"] = str(chat)
+    out = merge(load_config(cfg))
+    assert (out / "tokenizer_config.json").read_text() == (root / "cpt/tokenizer_config.json").read_text()
+    assert (out / "chat_template.jinja").read_text() == "INLINE"
 
 
 def test_expo_bf16_in_bf16_out(tmp_path):
@@ -207,7 +222,7 @@ def test_failed_merge_leaves_no_output_and_keeps_existing(trio, tmp_path, monkey
     def boom(self):
         raise OSError("disk full")
 
-    monkeypatch.setattr(merge_mod._ShardWriter, "finish", boom)
+    monkeypatch.setattr(merge_io.ShardWriter, "finish", boom)
     with pytest.raises(OSError, match="disk full"):
         merge(load_config(chat_vector_cfg(root, root / "cpt", tmp_path / "new", max_shard_size="100KB")))
     assert list(tmp_path.iterdir()) == []  # no output, no temp dir
@@ -247,6 +262,16 @@ def test_config_errors_name_key_and_suggest_fix(tmp_path):
         load_config({**good, "max_shard_size": "lots"})
     cfg = load_config(good, ["alpha=0.5", "max_shard_size=4MiB"])
     assert cfg.alpha == 0.5 and cfg.max_shard_size == 4 * 2**20
+
+
+def test_set_overrides_reject_bad_keys(tmp_path):
+    good = {"method": "expo", "models": {"dpo": "a/b", "sft": "c/d"}, "output": "out"}
+    with pytest.raises(MergeConfigError, match="is not key=value"):
+        load_config(good, ["alpha"])
+    with pytest.raises(MergeConfigError, match="'output.x' does not name a settable key"):
+        load_config(good, ["output.x=1"])
+    assert good["models"] == {"dpo": "a/b", "sft": "c/d"}  # the caller's dict is not modified
+    assert load_config(good, ["models.sft=e/f"]).models.sft == "e/f"
 
 
 @pytest.mark.parametrize("path", sorted((REPO / "configs/merge").glob("*.yaml")), ids=lambda p: p.name)
