@@ -342,8 +342,8 @@ def test_peak_rss_is_a_few_shards_not_whole_models(trio, tmp_path):
         check=True,
     )
     grew = int(probe.stdout.split()[-1])
-    # Streaming holds a mapped shard per input (3), the output shard and its serialised copy, and a few
-    # single-tensor temporaries; loading the inputs whole would need all of inputs_bytes.
+    # Streaming holds a mapped shard per input (3), the output shard being filled and a few single-tensor
+    # temporaries; loading the inputs whole would need all of inputs_bytes.
     budget = 8 * shard
     assert budget < inputs_bytes / 2
     assert grew < budget, f"peak RSS grew {grew / 1e6:.1f} MB merging {inputs_bytes / 1e6:.1f} MB of inputs"
