@@ -65,11 +65,16 @@ def test_task_arithmetic_equals_formula_exactly(trio, tmp_path):
     root, sd = trio
     cfg = {
         "method": "task_arithmetic",
-        "models": {"base": str(root / "base"), "tasks": [{"path": str(root / "chat"), "weight": 0.7}]},
+        "models": {
+            "base": str(root / "base"),
+            "tasks": [
+                {"path": str(root / "chat"), "weight": 0.7},
+                {"path": str(root / "cpt"), "weight": -0.2},
+            ],
+        },
         "output": str(tmp_path / "out"),
         "max_shard_size": "300KB",
     }
-    cfg["models"]["tasks"].append({"path": str(root / "cpt"), "weight": -0.2})
     out = merge(load_config(cfg))
     got = load_output(out)
     assert len(list(out.glob("model-*-of-*.safetensors"))) > 2
@@ -155,7 +160,7 @@ def test_vocab_mismatch_fails_by_default(trio, expanded, tmp_path):
 
 def test_shared_rows_applies_vector_on_shared_rows_only(trio, expanded, tmp_path):
     root, sd = trio
-    big = load_output_like(expanded)
+    big = load_output(expanded)
     cfg = chat_vector_cfg(root, expanded, tmp_path / "out", vocab_policy="shared_rows", copy_rows=[5, 2000])
     got = load_output(merge(load_config(cfg)))
     for k in (EMBED, HEAD):
@@ -171,20 +176,13 @@ def test_shared_rows_applies_vector_on_shared_rows_only(trio, expanded, tmp_path
 
 def test_skip_keeps_cpt_vocab_rows(trio, expanded, tmp_path):
     root, sd = trio
-    big = load_output_like(expanded)
+    big = load_output(expanded)
     got = load_output(
         merge(load_config(chat_vector_cfg(root, expanded, tmp_path / "out", vocab_policy="skip")))
     )
     assert torch.equal(got[EMBED], big[EMBED]) and torch.equal(got[HEAD], big[HEAD])
     k = "model.norm.weight"
     assert torch.equal(got[k], big[k] + 1.0 * (sd["chat"][k] - sd["base"][k]))
-
-
-def load_output_like(model: Path) -> dict:
-    index = model / "model.safetensors.index.json"
-    if not index.exists():
-        return load_file(model / "model.safetensors")
-    return load_output(model)
 
 
 def test_copy_rows_out_of_range_and_without_shared_rows(trio, expanded, tmp_path):
@@ -214,6 +212,20 @@ def test_shape_mismatch_names_tensor_and_both_shapes(trio, tmp_path):
     msg = r"shape mismatch for tensor 'model\.layers\.0\.mlp\.down_proj\.weight': \[64, 96\] in .*wide but \[64, 128\]"
     with pytest.raises(MergeError, match=msg):
         merge(load_config(chat_vector_cfg(root, tmp_path / "wide", tmp_path / "out")))
+
+
+def test_missing_tensor_is_refused_not_skipped(trio, tmp_path):
+    root, _ = trio
+    shutil.copytree(root / "cpt", tmp_path / "cpt")
+    index = json.loads((tmp_path / "cpt/model.safetensors.index.json").read_text())
+    del index["weight_map"]["model.norm.weight"]
+    (tmp_path / "cpt/model.safetensors.index.json").write_text(json.dumps(index))
+    cfg = chat_vector_cfg(root, root / "chat2", tmp_path / "out")
+    cfg["models"]["vectors"][0]["base"] = str(tmp_path / "cpt")
+    with pytest.raises(
+        MergeError, match=r"tensor sets differ .* missing in the latter \['model\.norm\.weight'\]"
+    ):
+        merge(load_config(cfg))
 
 
 def test_failed_merge_leaves_no_output_and_keeps_existing(trio, tmp_path, monkeypatch):
