@@ -12,7 +12,7 @@ import json
 import logging
 import re
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -107,11 +107,15 @@ class MergeConfig(_Strict):
 
 
 class TaskArithmeticConfig(MergeConfig):
+    """``base + sum_i w_i (model_i - base)``."""
+
     method: Literal["task_arithmetic"] = "task_arithmetic"
     models: TaskArithmeticModels
 
 
 class ChatVectorConfig(MergeConfig):
+    """``cpt + sum_i r_i (chat_i - base_i)`` with an explicit policy for embeddings and lm_head."""
+
     method: Literal["chat_vector"] = "chat_vector"
     models: ChatVectorModels
     vocab_policy: Literal["error", "skip", "shared_rows"] = "error"
@@ -126,6 +130,8 @@ class ChatVectorConfig(MergeConfig):
 
 
 class ExpoConfig(MergeConfig):
+    """``dpo + alpha (dpo - sft)`` (ExPO model extrapolation)."""
+
     method: Literal["expo"] = "expo"
     models: ExpoModels
     alpha: float = 0.3
@@ -175,7 +181,7 @@ def _known_keys(cls: type[BaseModel], loc: tuple) -> list[str]:
     return list(cls.model_fields)
 
 
-def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+def apply_overrides(raw: dict, overrides: Sequence[str]) -> dict:
     """A copy of ``raw`` with dotted ``key=value`` pairs set (values parsed as YAML; list items by index)."""
     raw = copy.deepcopy(raw)
     for item in overrides:
@@ -193,7 +199,7 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
     return raw
 
 
-def load_config(source: str | Path | dict, overrides: list[str] = ()) -> MergeConfig:
+def load_config(source: str | Path | dict, overrides: Sequence[str] = ()) -> MergeConfig:
     """Validate a merge config from a YAML path or a dict, after ``--set`` overrides."""
     if isinstance(source, dict):
         raw = source
@@ -206,7 +212,7 @@ def load_config(source: str | Path | dict, overrides: list[str] = ()) -> MergeCo
             raise MergeConfigError(f"{source} is not valid YAML: {err}") from None
     if not isinstance(raw, dict):
         raise MergeConfigError(f"{source}: a merge config is a YAML mapping")
-    raw = apply_overrides(raw, list(overrides))
+    raw = apply_overrides(raw, overrides)
     if "method" not in raw:
         raise MergeConfigError(f"missing required key 'method' (one of: {', '.join(MERGE_METHODS)})")
     method = get_method(str(raw["method"]))
