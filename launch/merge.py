@@ -1,0 +1,57 @@
+"""Merge models by weight arithmetic: `merge.py --config configs/merge/X.yaml [--set k=v]` or a flag form."""
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+# launch/ is sys.path[0] when this runs; put the repo root first so `train` is the package.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from train.merge import MergeError, load_config, merge  # noqa: E402
+
+
+def flags_to_raw(args: argparse.Namespace) -> dict:
+    """The config dict a flag-form command stands for."""
+    if args.method == "chat_vector":
+        vector = {"chat": args.chat, "base": args.base, "ratio": args.ratio}
+        return {"method": "chat_vector", "models": {"cpt": args.cpt, "vectors": [vector]}, "output": args.out}
+    return {
+        "method": "expo",
+        "models": {"dpo": args.dpo, "sft": args.sft},
+        "alpha": args.alpha,
+        "output": args.out,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--config", help="merge YAML (configs/merge/*.yaml)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a key")
+    sub = parser.add_subparsers(dest="method")
+    cv = sub.add_parser("chat_vector", help="cpt + ratio * (chat - base)")
+    for flag in ("--cpt", "--chat", "--base", "--out"):
+        cv.add_argument(flag, required=True)
+    cv.add_argument("--ratio", type=float, default=1.0)
+    ex = sub.add_parser("expo", help="dpo + alpha * (dpo - sft)")
+    for flag in ("--dpo", "--sft", "--out"):
+        ex.add_argument(flag, required=True)
+    ex.add_argument("--alpha", type=float, default=0.3)
+    # An `expansion` subcommand (Control-LLM, train/expansion/) is to be added here.
+    for p in (cv, ex):
+        p.add_argument("--set", dest="sub_set", action="append", default=[], metavar="KEY=VALUE")
+    args = parser.parse_args(argv)
+    if (args.config is None) == (args.method is None):
+        parser.error("give either --config or a method subcommand (chat_vector, expo)")
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        source = args.config or flags_to_raw(args)
+        print(merge(load_config(source, args.set + getattr(args, "sub_set", []))))
+    except MergeError as err:
+        print(f"merge error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,361 @@
+"""Weight arithmetic on tiny random Llama models: exact formulas, vocab policies, streaming memory, atomicity."""
+
+import importlib.util
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import LlamaConfig, LlamaForCausalLM
+
+import train.merge as merge_mod
+import train.merge_io as merge_io
+from train.merge import MergeConfigError, MergeError, load_config, merge
+
+REPO = Path(__file__).resolve().parents[2]
+TOKENIZER = REPO / "data_prep/assets/llama3_tiny_tokenizer"
+EMBED, HEAD = "model.embed_tokens.weight", "lm_head.weight"
+
+
+def make_model(path: Path, seed: int, dtype=torch.float32, shard="300KB", **overrides) -> dict:
+    """Save a tiny random Llama (several shards) and return its state dict."""
+    cfg = dict(vocab_size=2048, hidden_size=64, intermediate_size=128, num_hidden_layers=2)
+    cfg.update(num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False, **overrides)
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(LlamaConfig(**cfg))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_()  # norms too, so every tensor has a nonzero delta
+    model.to(dtype).save_pretrained(path, max_shard_size=shard)
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def load_output(path: Path) -> dict:
+    index = json.loads((path / "model.safetensors.index.json").read_text())
+    out = {}
+    for shard in sorted(set(index["weight_map"].values())):
+        out.update(load_file(path / shard))
+    assert set(out) == set(index["weight_map"])
+    return out
+
+
+def f32(sd: dict) -> dict:
+    return {k: v.float() for k, v in sd.items()}
+
+
+@pytest.fixture(scope="module")
+def trio(tmp_path_factory) -> tuple[Path, dict]:
+    """A base, a chat (with tokenizer and its own template) and a CPT model sharing one architecture."""
+    root = tmp_path_factory.mktemp("trio")
+    sds = {name: make_model(root / name, seed) for seed, name in enumerate(["base", "chat", "cpt", "chat2"])}
+    for name in ("chat", "cpt"):
+        for f in TOKENIZER.iterdir():
+            shutil.copy(f, root / name / f.name)
+    (root / "chat/chat_template.jinja").write_text("CHAT TEMPLATE")
+    cfg = json.loads((root / "chat/config.json").read_text())
+    (root / "chat/config.json").write_text(json.dumps({**cfg, "eos_token_id": 7}))
+    return root, sds
+
+
+def test_task_arithmetic_equals_formula_exactly(trio, tmp_path):
+    root, sd = trio
+    cfg = {
+        "method": "task_arithmetic",
+        "models": {
+            "base": str(root / "base"),
+            "tasks": [
+                {"path": str(root / "chat"), "weight": 0.7},
+                {"path": str(root / "cpt"), "weight": -0.2},
+            ],
+        },
+        "output": str(tmp_path / "out"),
+        "max_shard_size": "300KB",
+    }
+    out = merge(load_config(cfg))
+    got = load_output(out)
+    assert len(list(out.glob("model-*-of-*.safetensors"))) > 2
+    for k, base in sd["base"].items():
+        expect = base + 0.7 * (sd["chat"][k] - base) + -0.2 * (sd["cpt"][k] - base)
+        assert got[k].dtype == torch.float32 and torch.equal(got[k], expect), k
+
+
+def test_chat_vector_equals_formula_and_takes_chat_files(trio, tmp_path):
+    root, sd = trio
+    vectors = [
+        {"chat": str(root / "chat"), "base": str(root / "base")},
+        {"chat": str(root / "chat2"), "base": str(root / "base"), "ratio": 0.5},
+    ]
+    cfg = {
+        "method": "chat_vector",
+        "models": {"cpt": str(root / "cpt"), "vectors": vectors},
+        "output": str(tmp_path / "o"),
+    }
+    out = merge(load_config(cfg))
+    got = load_output(out)
+    for k, cpt in sd["cpt"].items():
+        expect = cpt + 1.0 * (sd["chat"][k] - sd["base"][k]) + 0.5 * (sd["chat2"][k] - sd["base"][k])
+        assert torch.equal(got[k], expect), k
+    assert (out / "chat_template.jinja").read_text() == "CHAT TEMPLATE"
+    assert json.loads((out / "config.json").read_text())["eos_token_id"] == 7
+    model = LlamaForCausalLM.from_pretrained(out)
+    assert torch.equal(model.state_dict()[EMBED], got[EMBED])
+
+
+def test_tokenizer_from_cpt_keeps_cpt_tokenizer_and_inline_chat_template(trio, tmp_path):
+    root, _ = trio
+    chat = tmp_path / "chat_inline"
+    shutil.copytree(root / "chat", chat)
+    (chat / "chat_template.jinja").unlink()  # older layout: the template lives in tokenizer_config.json
+    tok_config = json.loads((chat / "tokenizer_config.json").read_text())
+    (chat / "tokenizer_config.json").write_text(json.dumps({**tok_config, "chat_template": "INLINE"}))
+    cfg = chat_vector_cfg(root, root / "cpt", tmp_path / "out", tokenizer_from="cpt")
+    cfg["models"]["vectors"][0]["chat"] = str(chat)
+    out = merge(load_config(cfg))
+    assert (out / "tokenizer_config.json").read_text() == (root / "cpt/tokenizer_config.json").read_text()
+    assert (out / "chat_template.jinja").read_text() == "INLINE"
+
+
+def test_expo_bf16_in_bf16_out(tmp_path):
+    sft = f32(make_model(tmp_path / "sft", 0, dtype=torch.bfloat16))
+    dpo = f32(make_model(tmp_path / "dpo", 1, dtype=torch.bfloat16))
+    cfg = {"method": "expo", "models": {"dpo": str(tmp_path / "dpo"), "sft": str(tmp_path / "sft")}}
+    out = merge(load_config({**cfg, "output": str(tmp_path / "out")}))
+    got = load_output(out)
+    assert set(got) == set(dpo)
+    for k in dpo:  # every tensor, embeddings included
+        expect = (dpo[k] + 0.3 * (dpo[k] - sft[k])).to(torch.bfloat16)
+        assert got[k].dtype == torch.bfloat16 and torch.equal(got[k], expect), k
+
+
+@pytest.fixture(scope="module")
+def expanded(trio) -> Path:
+    """A CPT model whose vocabulary grew from 2048 to 2304 rows."""
+    root, sd = trio
+    make_model(root / "cpt_big", 9, vocab_size=2304)
+    return root / "cpt_big"
+
+
+def chat_vector_cfg(root: Path, cpt: Path, out: Path, **extra) -> dict:
+    vectors = [{"chat": str(root / "chat"), "base": str(root / "base")}]
+    return {
+        "method": "chat_vector",
+        "models": {"cpt": str(cpt), "vectors": vectors},
+        "output": str(out),
+        **extra,
+    }
+
+
+def test_vocab_mismatch_fails_by_default(trio, expanded, tmp_path):
+    root, _ = trio
+    with pytest.raises(
+        MergeError, match=r"vocabulary mismatch for tensor '.*'.*\[2304, 64\].*\[2048, 64\].*vocab_policy"
+    ):
+        merge(load_config(chat_vector_cfg(root, expanded, tmp_path / "out")))
+    assert not (tmp_path / "out").exists()
+
+
+def test_shared_rows_applies_vector_on_shared_rows_only(trio, expanded, tmp_path):
+    root, sd = trio
+    big = load_output(expanded)
+    cfg = chat_vector_cfg(root, expanded, tmp_path / "out", vocab_policy="shared_rows", copy_rows=[5, 2000])
+    got = load_output(merge(load_config(cfg)))
+    for k in (EMBED, HEAD):
+        assert got[k].shape == (2304, 64)
+        assert torch.equal(got[k][2048:], big[k][2048:])  # extra CPT rows untouched
+        expect = big[k][:2048] + 1.0 * (sd["chat"][k] - sd["base"][k])
+        for i in (5, 2000):
+            expect[i] = sd["chat"][k][i]
+        assert torch.equal(got[k][:2048], expect)
+    k = "model.layers.0.mlp.up_proj.weight"
+    assert torch.equal(got[k], big[k] + 1.0 * (sd["chat"][k] - sd["base"][k]))
+
+
+def test_skip_keeps_cpt_vocab_rows(trio, expanded, tmp_path):
+    root, sd = trio
+    big = load_output(expanded)
+    got = load_output(
+        merge(load_config(chat_vector_cfg(root, expanded, tmp_path / "out", vocab_policy="skip")))
+    )
+    assert torch.equal(got[EMBED], big[EMBED]) and torch.equal(got[HEAD], big[HEAD])
+    k = "model.norm.weight"
+    assert torch.equal(got[k], big[k] + 1.0 * (sd["chat"][k] - sd["base"][k]))
+
+
+def test_copy_rows_out_of_range_and_without_shared_rows(trio, expanded, tmp_path):
+    root, _ = trio
+    with pytest.raises(MergeError, match=r"copy_rows \[2100\]"):
+        merge(
+            load_config(
+                chat_vector_cfg(root, expanded, tmp_path / "o", vocab_policy="shared_rows", copy_rows=[2100])
+            )
+        )
+    with pytest.raises(MergeConfigError, match="copy_rows only applies with vocab_policy: shared_rows"):
+        load_config(chat_vector_cfg(root, expanded, tmp_path / "o", copy_rows=[1]))
+
+
+def test_architecture_mismatch_names_config_key(trio, tmp_path):
+    root, _ = trio
+    make_model(tmp_path / "deep", 3, num_hidden_layers=3)
+    with pytest.raises(MergeError, match=r"'num_hidden_layers' is 3 in .*deep, 2 in .*chat"):
+        merge(load_config(chat_vector_cfg(root, tmp_path / "deep", tmp_path / "out")))
+
+
+def test_shape_mismatch_names_tensor_and_both_shapes(trio, tmp_path):
+    root, _ = trio
+    make_model(tmp_path / "wide", 3, intermediate_size=96)
+    # Same config.json as the others, different weights: only the tensor check can catch it.
+    shutil.copy(root / "cpt/config.json", tmp_path / "wide/config.json")
+    msg = r"shape mismatch for tensor 'model\.layers\.0\.mlp\.down_proj\.weight': \[64, 96\] in .*wide but \[64, 128\]"
+    with pytest.raises(MergeError, match=msg):
+        merge(load_config(chat_vector_cfg(root, tmp_path / "wide", tmp_path / "out")))
+
+
+def test_missing_tensor_is_refused_not_skipped(trio, tmp_path):
+    root, _ = trio
+    shutil.copytree(root / "cpt", tmp_path / "cpt")
+    index = json.loads((tmp_path / "cpt/model.safetensors.index.json").read_text())
+    del index["weight_map"]["model.norm.weight"]
+    (tmp_path / "cpt/model.safetensors.index.json").write_text(json.dumps(index))
+    cfg = chat_vector_cfg(root, root / "chat2", tmp_path / "out")
+    cfg["models"]["vectors"][0]["base"] = str(tmp_path / "cpt")
+    with pytest.raises(
+        MergeError, match=r"tensor sets differ .* missing in the latter \['model\.norm\.weight'\]"
+    ):
+        merge(load_config(cfg))
+
+
+def test_failed_merge_leaves_no_output_and_keeps_existing(trio, tmp_path, monkeypatch):
+    root, _ = trio
+
+    def boom(self):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(merge_io.ShardWriter, "finish", boom)
+    with pytest.raises(OSError, match="disk full"):
+        merge(load_config(chat_vector_cfg(root, root / "cpt", tmp_path / "new", max_shard_size="100KB")))
+    assert list(tmp_path.iterdir()) == []  # no output, no temp dir
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old/keep.txt").write_text("precious")
+    with pytest.raises(OSError, match="disk full"):
+        merge(load_config(chat_vector_cfg(root, root / "cpt", tmp_path / "old", overwrite=True)))
+    assert [p.name for p in tmp_path.iterdir()] == ["old"]
+    assert [p.name for p in (tmp_path / "old").iterdir()] == ["keep.txt"]
+
+
+def test_existing_output_needs_overwrite(trio, tmp_path):
+    root, _ = trio
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out/keep.txt").write_text("x")
+    cfg = chat_vector_cfg(root, root / "cpt", tmp_path / "out")
+    with pytest.raises(MergeError, match="overwrite: true"):
+        merge(load_config(cfg))
+    out = merge(load_config({**cfg, "overwrite": True}))
+    assert not (out / "keep.txt").exists() and (out / "model.safetensors.index.json").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_config_errors_name_key_and_suggest_fix(tmp_path):
+    good = {"method": "expo", "models": {"dpo": "a/b", "sft": "c/d"}, "output": "out"}
+    with pytest.raises(
+        MergeConfigError, match="unknown merge method 'chat_vectr': did you mean 'chat_vector'"
+    ):
+        load_config({**good, "method": "chat_vectr"})
+    with pytest.raises(MergeConfigError, match="unknown key 'alpah': did you mean 'alpha'"):
+        load_config({**good, "alpah": 0.5})
+    with pytest.raises(MergeConfigError, match="unknown key 'models.stf': did you mean 'sft'"):
+        load_config({**good, "models": {"dpo": "a/b", "stf": "c/d"}})
+    with pytest.raises(MergeConfigError, match="missing required key 'output'"):
+        load_config({k: v for k, v in good.items() if k != "output"})
+    with pytest.raises(MergeConfigError, match="max_shard_size"):
+        load_config({**good, "max_shard_size": "lots"})
+    cfg = load_config(good, ["alpha=0.5", "max_shard_size=4MiB"])
+    assert cfg.alpha == 0.5 and cfg.max_shard_size == 4 * 2**20
+
+
+def test_set_overrides_reject_bad_keys(tmp_path):
+    good = {"method": "expo", "models": {"dpo": "a/b", "sft": "c/d"}, "output": "out"}
+    with pytest.raises(MergeConfigError, match="is not key=value"):
+        load_config(good, ["alpha"])
+    with pytest.raises(MergeConfigError, match="'output.x' does not name a settable key"):
+        load_config(good, ["output.x=1"])
+    assert good["models"] == {"dpo": "a/b", "sft": "c/d"}  # the caller's dict is not modified
+    assert load_config(good, ["models.sft=e/f"]).models.sft == "e/f"
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "configs/merge").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_merge_configs_validate(path):
+    cfg = load_config(path)
+    assert cfg.method in merge_mod.MERGE_METHODS
+
+
+def test_shipped_recipe_values():
+    cv = load_config(REPO / "configs/merge/swallow_chat_vector.yaml")
+    assert [v.ratio for v in cv.models.vectors] == [1.0] and cv.vocab_policy == "error"
+    assert load_config(REPO / "configs/merge/expo_llama3_zh.yaml").alpha == 0.3
+
+
+def _launch():
+    spec = importlib.util.spec_from_file_location("launch_merge", REPO / "launch/merge.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main
+
+
+def test_launch_flag_form_and_clean_error(trio, tmp_path, capsys):
+    root, sd = trio
+    main = _launch()
+    argv = ["expo", "--dpo", str(root / "chat"), "--sft", str(root / "base"), "--out", str(tmp_path / "x")]
+    assert main(argv + ["--set", "alpha=0.5"]) == 0
+    got = load_output(tmp_path / "x")
+    assert torch.equal(got[EMBED], sd["chat"][EMBED] + 0.5 * (sd["chat"][EMBED] - sd["base"][EMBED]))
+    assert main(argv) == 2  # existing output
+    err = capsys.readouterr().err
+    assert err.startswith("merge error: output") and "Traceback" not in err
+
+
+RSS_PROBE = """
+import json, sys
+from train.merge import load_config, merge
+
+def kb(key):
+    return int(next(line for line in open("/proc/self/status") if line.startswith(key)).split()[1])
+
+warmup, cfg = (json.loads(a) for a in sys.argv[1:])
+merge(load_config(warmup))  # first-call costs (lazy imports, allocator arenas) are not the merge's
+with open("/proc/self/clear_refs", "w") as f:
+    f.write("5")  # reset VmHWM (peak RSS) to the current RSS
+before = kb("VmRSS")
+merge(load_config(cfg))
+print((kb("VmHWM") - before) * 1024)
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="needs Linux /proc peak-RSS reset")
+def test_peak_rss_is_a_few_shards_not_whole_models(trio, tmp_path):
+    shard = 4 * 10**6
+    for seed, name in enumerate(["base", "chat", "cpt"]):
+        # ~26 MB per model in fp32, saved as ~7 shards of <= 4 MB
+        make_model(
+            tmp_path / name, seed, shard=shard, hidden_size=256, intermediate_size=1536, num_hidden_layers=4
+        )
+    inputs_bytes = sum(f.stat().st_size for f in tmp_path.glob("*/*.safetensors"))
+    assert len(list((tmp_path / "cpt").glob("*.safetensors"))) >= 6
+    cfg = chat_vector_cfg(tmp_path, tmp_path / "cpt", tmp_path / "out", max_shard_size=shard)
+    warmup = chat_vector_cfg(trio[0], trio[0] / "cpt", tmp_path / "warm")
+    probe = subprocess.run(
+        [sys.executable, "-c", RSS_PROBE, json.dumps(warmup), json.dumps(cfg)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    grew = int(probe.stdout.split()[-1])
+    # Streaming holds a mapped shard per input (3), the output shard being filled and a few single-tensor
+    # temporaries; loading the inputs whole would need all of inputs_bytes.
+    budget = 8 * shard
+    assert budget < inputs_bytes / 2
+    assert grew < budget, f"peak RSS grew {grew / 1e6:.1f} MB merging {inputs_bytes / 1e6:.1f} MB of inputs"

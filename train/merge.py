@@ -1,0 +1,450 @@
+"""Weight arithmetic on Hugging Face checkpoints: task arithmetic, Chat Vector and ExPO.
+
+Every method reduces to ``anchor + sum_i c_i (plus_i - minus_i)``, computed in fp32 one tensor at a time
+while streaming safetensors shards, so peak memory is about one shard per input model.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import json
+import logging
+import re
+import shutil
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from train.merge_io import ShardReader, ShardWriter, atomic_dir
+
+log = logging.getLogger(__name__)
+
+# Rows of these tensors are indexed by token id; only they may differ in their first dimension.
+VOCAB_TENSORS = ("embed_tokens.weight", "lm_head.weight")
+# config.json keys that must agree for tensor-wise arithmetic to make sense.
+ARCH_KEYS = (
+    "model_type",
+    "num_hidden_layers",
+    "hidden_size",
+    "intermediate_size",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "head_dim",
+    "tie_word_embeddings",
+)
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "tokenizer.model",
+    "special_tokens_map.json",
+    "added_tokens.json",
+)
+TEMPLATE_FILES = ("chat_template.jinja", "generation_config.json")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+_UNITS = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
+
+
+class MergeError(ValueError):
+    """Inputs or options that cannot be merged; the message says what and how to fix it."""
+
+
+class MergeConfigError(MergeError):
+    """A merge YAML or flag set that does not validate."""
+
+
+# ---------------------------------------------------------------------------------------------- config
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TaskModel(_Strict):
+    path: str
+    weight: float = 1.0
+
+
+class TaskArithmeticModels(_Strict):
+    base: str
+    tasks: list[TaskModel] = Field(min_length=1)
+
+
+class ChatVector(_Strict):
+    chat: str
+    base: str
+    ratio: float = 1.0
+
+
+class ChatVectorModels(_Strict):
+    cpt: str
+    vectors: list[ChatVector] = Field(min_length=1)
+
+
+class ExpoModels(_Strict):
+    dpo: str
+    sft: str
+
+
+class MergeConfig(_Strict):
+    """Options shared by every method."""
+
+    method: str
+    output: Path
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: each tensor keeps its dtype
+    max_shard_size: int = 5 * 10**9  # bytes; YAML may say 5GB, 500MB, 4MiB
+    overwrite: bool = False
+
+    @field_validator("max_shard_size", mode="before")
+    @classmethod
+    def _parse_size(cls, value: int | str) -> int:
+        return parse_size(value)
+
+
+class TaskArithmeticConfig(MergeConfig):
+    """``base + sum_i w_i (model_i - base)``."""
+
+    method: Literal["task_arithmetic"] = "task_arithmetic"
+    models: TaskArithmeticModels
+
+
+class ChatVectorConfig(MergeConfig):
+    """``cpt + sum_i r_i (chat_i - base_i)`` with an explicit policy for embeddings and lm_head."""
+
+    method: Literal["chat_vector"] = "chat_vector"
+    models: ChatVectorModels
+    vocab_policy: Literal["error", "skip", "shared_rows"] = "error"
+    copy_rows: list[int] = []  # token ids whose embed/lm_head rows come from the first chat model
+    tokenizer_from: Literal["chat", "cpt"] = "chat"  # cpt: keep an expanded CPT tokenizer
+
+    @model_validator(mode="after")
+    def _copy_rows_need_shared_rows(self) -> ChatVectorConfig:
+        if self.copy_rows and self.vocab_policy != "shared_rows":
+            raise ValueError("copy_rows only applies with vocab_policy: shared_rows")
+        return self
+
+
+class ExpoConfig(MergeConfig):
+    """``dpo + alpha (dpo - sft)`` (ExPO model extrapolation)."""
+
+    method: Literal["expo"] = "expo"
+    models: ExpoModels
+    alpha: float = 0.3
+
+
+def parse_size(value: int | str) -> int:
+    """Bytes from an int or a string such as '5GB' or '4MiB'."""
+    if isinstance(value, int):
+        size = value
+    else:
+        match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMG]i?B|B)?\s*", value, flags=re.IGNORECASE)
+        if not match:
+            raise ValueError(f"cannot read size {value!r}; write e.g. 5GB, 500MB or 4MiB")
+        size = int(float(match[1]) * _UNITS[(match[2] or "B").upper()])
+    if size <= 0:
+        raise ValueError("must be positive")
+    return size
+
+
+def _format_errors(err: ValidationError, cls: type[BaseModel]) -> str:
+    """One paragraph per pydantic error, naming the key and suggesting the fix."""
+    lines = []
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "config"
+        if e["type"] == "extra_forbidden":
+            known = _known_keys(cls, e["loc"][:-1])
+            hint = difflib.get_close_matches(str(e["loc"][-1]), known, n=1)
+            fix = f"did you mean '{hint[0]}'?" if hint else "remove it"
+            lines.append(f"unknown key '{key}': {fix} (allowed here: {', '.join(known)})")
+        elif e["type"] == "missing":
+            lines.append(f"missing required key '{key}'")
+        else:
+            lines.append(f"'{key}': {e['msg']} (got {e.get('input')!r})")
+    return f"invalid {cls.__name__}: " + "; ".join(lines)
+
+
+def _known_keys(cls: type[BaseModel], loc: tuple) -> list[str]:
+    """Field names of the (nested) model at ``loc``, for did-you-mean hints."""
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        ann = cls.model_fields[part].annotation
+        ann = getattr(ann, "__args__", (ann,))[0]  # list[X] -> X
+        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
+            return []
+        cls = ann
+    return list(cls.model_fields)
+
+
+def apply_overrides(raw: dict, overrides: Sequence[str]) -> dict:
+    """A copy of ``raw`` with dotted ``key=value`` pairs set (values parsed as YAML; list items by index)."""
+    raw = copy.deepcopy(raw)
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise MergeConfigError(f"--set {item!r} is not key=value; write e.g. --set alpha=0.5")
+        *parents, last = key.split(".")
+        try:
+            node: Any = raw
+            for part in parents:
+                node = node[int(part)] if isinstance(node, list) else node.setdefault(part, {})
+            node[int(last) if isinstance(node, list) else last] = yaml.safe_load(value)
+        except (AttributeError, IndexError, TypeError, ValueError):
+            raise MergeConfigError(f"--set {item!r}: '{key}' does not name a settable key") from None
+    return raw
+
+
+def load_config(source: str | Path | dict, overrides: Sequence[str] = ()) -> MergeConfig:
+    """Validate a merge config from a YAML path or a dict, after ``--set`` overrides."""
+    if isinstance(source, dict):
+        raw = source
+    elif not Path(source).is_file():
+        raise MergeConfigError(f"merge config {source} does not exist")
+    else:
+        try:
+            raw = yaml.safe_load(Path(source).read_text())
+        except yaml.YAMLError as err:
+            raise MergeConfigError(f"{source} is not valid YAML: {err}") from None
+    if not isinstance(raw, dict):
+        raise MergeConfigError(f"{source}: a merge config is a YAML mapping")
+    raw = apply_overrides(raw, overrides)
+    if "method" not in raw:
+        raise MergeConfigError(f"missing required key 'method' (one of: {', '.join(MERGE_METHODS)})")
+    method = get_method(str(raw["method"]))
+    try:
+        return method.config_cls.model_validate(raw)
+    except ValidationError as err:
+        raise MergeConfigError(_format_errors(err, method.config_cls)) from None
+
+
+# ---------------------------------------------------------------------------------------------- plans
+
+
+@dataclass
+class Term:
+    """One ``coeff * (plus - minus)`` summand."""
+
+    plus: Path
+    minus: Path
+    coeff: float
+
+
+@dataclass
+class MergePlan:
+    """What a method resolved to: the arithmetic and where each non-weight file comes from."""
+
+    anchor: Path
+    terms: list[Term]
+    file_sources: dict[str, Path]  # non-weight file name -> model dir it is copied from
+    config_updates: dict[str, Any] = field(default_factory=dict)
+    vocab_policy: str = "error"
+    copy_rows: list[int] = field(default_factory=list)
+    rows_source: Path | None = None
+
+
+@dataclass
+class MergeMethod:
+    config_cls: type[MergeConfig]
+    plan: Callable[[Any], MergePlan]
+
+
+MERGE_METHODS: dict[str, MergeMethod] = {}
+
+
+def register(name: str, config_cls: type[MergeConfig]) -> Callable:
+    """Register a planning function under ``name`` with its typed config."""
+
+    def wrap(fn: Callable[[Any], MergePlan]) -> Callable[[Any], MergePlan]:
+        MERGE_METHODS[name] = MergeMethod(config_cls, fn)
+        return fn
+
+    return wrap
+
+
+def get_method(name: str) -> MergeMethod:
+    """Look up a merge method, suggesting the nearest name on a typo."""
+    if name not in MERGE_METHODS:
+        hint = difflib.get_close_matches(name, MERGE_METHODS, n=1)
+        fix = f"did you mean '{hint[0]}'? " if hint else ""
+        raise MergeConfigError(f"unknown merge method '{name}': {fix}known: {', '.join(MERGE_METHODS)}")
+    return MERGE_METHODS[name]
+
+
+def resolve_model(ref: str) -> Path:
+    """A local model directory, or a hub id downloaded (weights, config and tokenizer only)."""
+    path = Path(ref).expanduser()
+    if path.is_dir():
+        return path.resolve()
+    if ref.startswith((".", "/", "~")) or ref.count("/") != 1:
+        raise MergeError(f"model '{ref}' is neither an existing directory nor a hub id like org/name")
+    from huggingface_hub import snapshot_download
+
+    patterns = ["*.safetensors", "*.json", "*.jinja", "tokenizer.model"]
+    try:
+        return Path(snapshot_download(ref, allow_patterns=patterns))
+    except OSError as err:  # hub errors (missing repo, gated, offline) are all OSErrors
+        raise MergeError(f"could not fetch '{ref}' from the Hugging Face hub: {err}") from None
+
+
+def _files_from(tokenizer: Path, templates: Path) -> dict[str, Path]:
+    return {**dict.fromkeys(TOKENIZER_FILES, tokenizer), **dict.fromkeys(TEMPLATE_FILES, templates)}
+
+
+@register("task_arithmetic", TaskArithmeticConfig)
+def plan_task_arithmetic(cfg: TaskArithmeticConfig) -> MergePlan:
+    """``base + sum_i w_i (model_i - base)``; tokenizer and config from the base."""
+    base = resolve_model(cfg.models.base)
+    terms = [Term(resolve_model(t.path), base, t.weight) for t in cfg.models.tasks]
+    return MergePlan(base, terms, _files_from(base, base))
+
+
+@register("chat_vector", ChatVectorConfig)
+def plan_chat_vector(cfg: ChatVectorConfig) -> MergePlan:
+    """``cpt + sum_i r_i (chat_i - base_i)``; chat template, generation config and EOS from the chat model."""
+    cpt = resolve_model(cfg.models.cpt)
+    terms = [Term(resolve_model(v.chat), resolve_model(v.base), v.ratio) for v in cfg.models.vectors]
+    chat = terms[0].plus
+    eos = _read_config(chat).get("eos_token_id")
+    return MergePlan(
+        anchor=cpt,
+        terms=terms,
+        file_sources=_files_from(chat if cfg.tokenizer_from == "chat" else cpt, chat),
+        config_updates={"eos_token_id": eos} if eos is not None else {},
+        vocab_policy=cfg.vocab_policy,
+        copy_rows=cfg.copy_rows,
+        rows_source=chat,
+    )
+
+
+@register("expo", ExpoConfig)
+def plan_expo(cfg: ExpoConfig) -> MergePlan:
+    """``dpo + alpha (dpo - sft)`` over every tensor, embeddings included; everything else from the DPO model."""
+    dpo = resolve_model(cfg.models.dpo)
+    return MergePlan(dpo, [Term(dpo, resolve_model(cfg.models.sft), cfg.alpha)], _files_from(dpo, dpo))
+
+
+# ---------------------------------------------------------------------------------------------- streaming
+
+
+def _read_config(model: Path) -> dict:
+    path = model / "config.json"
+    if not path.is_file():
+        raise MergeError(f"{model} has no config.json")
+    return json.loads(path.read_text())
+
+
+def _is_vocab(name: str) -> bool:
+    return name.endswith(VOCAB_TENSORS)
+
+
+def _check_inputs(plan: MergePlan, reader: ShardReader) -> None:
+    """Refuse mismatched architectures, tensor sets or shapes before anything is written."""
+    models = list(reader.maps)
+    configs = {m: _read_config(m) for m in models}
+    for key in ARCH_KEYS:
+        values = {m: configs[m].get(key) for m in models}
+        if len(set(map(repr, values.values()))) > 1:
+            found = ", ".join(f"{v!r} in {m}" for m, v in values.items())
+            raise MergeError(f"architecture mismatch: config.json '{key}' is {found}")
+    names = set(reader.maps[plan.anchor])
+    for m in models[1:]:
+        missing, extra = sorted(names - set(reader.maps[m])), sorted(set(reader.maps[m]) - names)
+        if missing or extra:
+            raise MergeError(
+                f"tensor sets differ between {plan.anchor} and {m}: missing in the latter {missing[:5]}, "
+                f"extra {extra[:5]}; refusing to skip tensors"
+            )
+    shapes = {m: reader.shapes(m) for m in models}
+    for name, shape in shapes[plan.anchor].items():
+        for m in models[1:]:
+            other = shapes[m][name]
+            if other == shape:
+                continue
+            if not _is_vocab(name) or other[1:] != shape[1:]:
+                raise MergeError(
+                    f"shape mismatch for tensor '{name}': {shape} in {plan.anchor} but {other} in {m}"
+                )
+            if plan.vocab_policy == "error":
+                raise MergeError(
+                    f"vocabulary mismatch for tensor '{name}': {shape} in {plan.anchor} but {other} in {m}; "
+                    "set vocab_policy: skip (keep the CPT rows) or shared_rows (apply the vector to the "
+                    "rows both vocabularies share)"
+                )
+    if plan.copy_rows:
+        limit = min(shapes[m][n][0] for m in (plan.anchor, plan.rows_source) for n in names if _is_vocab(n))
+        bad = [i for i in plan.copy_rows if not 0 <= i < limit]
+        if bad:
+            raise MergeError(
+                f"copy_rows {bad} are outside the rows both the CPT and chat models have (< {limit})"
+            )
+
+
+def _merge_tensor(plan: MergePlan, name: str, tensors: dict[Path, torch.Tensor]) -> torch.Tensor:
+    """The fp32 result for one tensor; ``tensors`` holds each input's copy in fp32."""
+    out = tensors[plan.anchor]
+    if not _is_vocab(name) or plan.vocab_policy == "error":
+        for t in plan.terms:
+            out = out + t.coeff * (tensors[t.plus] - tensors[t.minus])
+        return out
+    if plan.vocab_policy == "skip":
+        return out
+    # shared_rows: the vector only means something on token ids every vocabulary has; extra rows stay CPT.
+    rows = min(t.shape[0] for t in tensors.values())
+    shared = out[:rows]
+    for t in plan.terms:
+        shared = shared + t.coeff * (tensors[t.plus][:rows] - tensors[t.minus][:rows])
+    out = out.clone()
+    out[:rows] = shared
+    for i in plan.copy_rows:
+        out[i] = tensors[plan.rows_source][i]
+    return out
+
+
+def _copy_files(plan: MergePlan, cfg: MergeConfig, tmp: Path) -> None:
+    """Tokenizer, template and generation files from their source models; config.json from the anchor."""
+    for fname, source in plan.file_sources.items():
+        if (source / fname).is_file():
+            shutil.copy2(source / fname, tmp / fname)
+    # Older checkpoints keep the chat template inside tokenizer_config.json; it must follow the template
+    # source even when the tokenizer comes from another model.
+    template_src = plan.file_sources["chat_template.jinja"]
+    tok_config = template_src / "tokenizer_config.json"
+    if not (tmp / "chat_template.jinja").exists() and tok_config.is_file():
+        inline = json.loads(tok_config.read_text()).get("chat_template")
+        if isinstance(inline, str):
+            (tmp / "chat_template.jinja").write_text(inline)
+    config = {**_read_config(plan.anchor), **plan.config_updates}
+    if cfg.dtype != "auto":
+        config["dtype"] = cfg.dtype
+    (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+
+
+def merge(cfg: MergeConfig) -> Path:
+    """Run a validated merge config; the output appears complete or not at all."""
+    out = cfg.output.resolve()
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not cfg.overwrite:
+        raise MergeError(f"output {out} exists and is not empty; pass overwrite: true to replace it")
+    plan = get_method(cfg.method).plan(cfg)
+    models = list(dict.fromkeys([plan.anchor, *(p for t in plan.terms for p in (t.plus, t.minus))]))
+    try:
+        reader = ShardReader(models)
+    except FileNotFoundError as err:
+        raise MergeError(str(err)) from None
+    _check_inputs(plan, reader)
+    with atomic_dir(out) as tmp:
+        writer = ShardWriter(tmp, cfg.max_shard_size)
+        for name in reader.ordered_names(plan.anchor):
+            tensors = {m: reader.get(m, name) for m in models}
+            dtype = DTYPES.get(cfg.dtype, tensors[plan.anchor].dtype)
+            merged = _merge_tensor(plan, name, {m: t.float() for m, t in tensors.items()})
+            writer.add(name, merged.to(dtype))
+        reader.close()
+        writer.finish()
+        _copy_files(plan, cfg, tmp)
+    log.info("merged %s into %s", cfg.method, out)
+    return out

@@ -1,0 +1,125 @@
+"""Streaming safetensors I/O for weight arithmetic: one tensor in at a time, sharded output, atomic directories."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+
+def weight_map(model: Path) -> dict[str, Path]:
+    """Tensor name -> shard file, from the index or a single model.safetensors."""
+    index = model / "model.safetensors.index.json"
+    if index.is_file():
+        return {k: model / v for k, v in json.loads(index.read_text())["weight_map"].items()}
+    single = model / "model.safetensors"
+    if not single.is_file():
+        raise FileNotFoundError(
+            f"{model} has no model.safetensors(.index.json); only safetensors can be merged"
+        )
+    with safe_open(single, framework="pt") as f:
+        return dict.fromkeys(f.keys(), single)
+
+
+class ShardReader:
+    """Reads single tensors from several models, keeping at most one shard per model mapped at a time."""
+
+    def __init__(self, models: list[Path]):
+        self.maps = {m: weight_map(m) for m in models}
+        self._open: dict[Path, tuple[Path, Any]] = {}
+
+    def shapes(self, model: Path) -> dict[str, list[int]]:
+        """Shape of every tensor, read from the shard headers only."""
+        out = {}
+        for file in sorted(set(self.maps[model].values())):
+            with safe_open(file, framework="pt") as f:
+                out.update({name: list(f.get_slice(name).get_shape()) for name in f.keys()})
+        return out
+
+    def get(self, model: Path, name: str) -> torch.Tensor:
+        file = self.maps[model][name]
+        current = self._open.get(model)
+        if current is None or current[0] != file:
+            # Dropping the old handle unmaps its shard, so its pages leave our resident set.
+            self._open.pop(model, None)
+            self._open[model] = (file, safe_open(file, framework="pt"))
+        return self._open[model][1].get_tensor(name)
+
+    def ordered_names(self, model: Path) -> Iterator[str]:
+        """``model``'s tensors grouped by its shards, so every input walks its shards roughly in turn."""
+        by_file: dict[Path, list[str]] = {}
+        for name, file in self.maps[model].items():
+            by_file.setdefault(file, []).append(name)
+        for file in sorted(by_file):
+            yield from sorted(by_file[file])
+
+    def close(self) -> None:
+        self._open.clear()
+
+
+class ShardWriter:
+    """Buffers tensors up to ``max_bytes`` per shard and writes HF-style sharded safetensors with an index."""
+
+    def __init__(self, directory: Path, max_bytes: int):
+        self.directory, self.max_bytes = directory, max_bytes
+        self.buffer: dict[str, torch.Tensor] = {}
+        self.buffered = 0
+        self.parts: list[list[str]] = []
+        self.total = 0
+
+    def add(self, name: str, tensor: torch.Tensor) -> None:
+        size = tensor.numel() * tensor.element_size()
+        if self.buffer and self.buffered + size > self.max_bytes:
+            self.flush()
+        self.buffer[name] = tensor.contiguous()
+        self.buffered += size
+        self.total += size
+
+    def flush(self) -> None:
+        if self.buffer:
+            save_file(self.buffer, self.directory / f"part-{len(self.parts)}", metadata={"format": "pt"})
+            self.parts.append(list(self.buffer))
+            self.buffer, self.buffered = {}, 0
+
+    def finish(self) -> None:
+        """Name the shards model-0000i-of-0000N.safetensors (N is only known now) and write the index."""
+        self.flush()
+        n, names_to_file = len(self.parts), {}
+        for i, names in enumerate(self.parts):
+            final = f"model-{i + 1:05d}-of-{n:05d}.safetensors"
+            os.replace(self.directory / f"part-{i}", self.directory / final)
+            names_to_file.update(dict.fromkeys(names, final))
+        index = {"metadata": {"total_size": self.total}, "weight_map": names_to_file}
+        (self.directory / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
+
+
+@contextmanager
+def atomic_dir(out: Path) -> Iterator[Path]:
+    """Yield a temp dir beside ``out`` that replaces ``out`` only if the block completes."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        yield tmp
+        if not out.exists():
+            os.replace(tmp, out)
+            return
+        # Move the old output aside first, and put it back if the swap fails, so it is never lost.
+        aside = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+        os.replace(out, aside / out.name)
+        try:
+            os.replace(tmp, out)
+        except OSError:
+            os.replace(aside / out.name, out)
+            raise
+        shutil.rmtree(aside)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
