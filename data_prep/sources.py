@@ -99,8 +99,7 @@ def _rows_parquet(path: Path, key: str) -> Iterator[tuple[int, object]]:
 
 def _rows_csv(path: Path) -> Iterator[tuple[int, object]]:
     with path.open(encoding="utf-8", newline="") as f:
-        for lineno, row in enumerate(csv.DictReader(f), 2):
-            yield lineno, row
+        yield from enumerate(csv.DictReader(f), 2)
 
 
 def _rows_arrow(path: Path) -> Iterator[tuple[int, object]]:
