@@ -28,7 +28,9 @@ def run_entry(
     env: dict | None = None,
     timeout: int = 300,
 ) -> subprocess.CompletedProcess:
-    """Run launch/<script> with 1 process (plain python) or `nproc` ranks (torchrun or deepspeed)."""
+    """Run launch/<script> with 1 process (plain python) or `nproc` ranks (torchrun or deepspeed).
+
+    `env` adds variables; a value of None removes one."""
     path = str(ROOT / "launch" / script)
     if nproc == 1 and launcher == "torchrun":
         cmd = [sys.executable, path, *args]
@@ -46,8 +48,10 @@ def run_entry(
         ]
     else:
         cmd = ["deepspeed", "--num_gpus", str(nproc), "--master_port", str(free_port()), path, *args]
-    full_env = {**os.environ, "WANDB_SILENT": "true", "TOKENIZERS_PARALLELISM": "false", **(env or {})}
-    full_env.pop("CONTINUALM_FAULT", None) if not env or "CONTINUALM_FAULT" not in env else None
+    full_env = {**os.environ, "WANDB_SILENT": "true", "TOKENIZERS_PARALLELISM": "false"}
+    full_env.pop("CONTINUALM_FAULT", None)
+    full_env.update(env or {})
+    full_env = {k: v for k, v in full_env.items() if v is not None}  # None in `env` removes a variable
     return subprocess.run(cmd, cwd=ROOT, env=full_env, capture_output=True, text=True, timeout=timeout)
 
 

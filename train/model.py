@@ -124,7 +124,7 @@ def build_model(cfg: ModelConfig, meta: bool = False) -> PreTrainedModel:
         except OSError as e:
             raise UserError(f"cannot load model.name_or_path '{cfg.name_or_path}': {e}") from None
     if cfg.activation_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     model.config.use_cache = False
     return model
 

@@ -75,7 +75,7 @@ class Tracker:
             return
         self._append({"step": step, **metrics})
         if self.wandb is not None:
-            self.wandb.log(metrics, step=step)
+            self.wandb.log({k: v for k, v in metrics.items() if v is not None}, step=step)
 
     def event(self, name: str, **data) -> None:
         """A non-metric record in metrics.jsonl (resume, stop, checkpoint), e.g. {"event": "resume", ...}."""

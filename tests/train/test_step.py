@@ -27,6 +27,7 @@ def _one_step(data_cache, *overrides):
     seed_everything(cfg.seed)
     data = prepare(cfg.data.sources, build_tokenizer(cfg.model), cfg.data.seq_len, cfg.data.cache_dir)
     engine = build_engine(cfg, build_model(cfg.model), 1)
+    engine.train()
     metrics = train_step(engine, data, RowSampler(len(data), cfg.seed), cfg, consumed=0)
     if cfg.deepspeed.zero_stage == 3:  # parameters are partitioned: gather a full copy
         params = {k: v.clone() for k, v in engine._zero3_consolidated_16bit_state_dict().items()}
@@ -61,3 +62,23 @@ def test_weight_decay_follows_lr_ratio_rule(data_cache):
     name = "model.layers.0.mlp.up_proj.weight"
     torch.testing.assert_close(p_rule[name], p_fixed[name], rtol=0, atol=0)
     assert not torch.equal(p_rule[name], p_none[name])
+
+
+def test_activation_checkpointing_changes_nothing_but_memory(data_cache):
+    plain, p_plain, _ = _one_step(data_cache, "deepspeed.zero_stage=2")
+    ckpt, p_ckpt, engine = _one_step(
+        data_cache, "deepspeed.zero_stage=2", "model.activation_checkpointing=true"
+    )
+    assert engine.module.is_activation_checkpointing and engine.module.training
+    assert ckpt["loss"] == plain["loss"]
+    for name in p_plain:
+        torch.testing.assert_close(p_ckpt[name], p_plain[name], rtol=0, atol=0, msg=name)
+
+
+def test_bf16_compute_with_fp32_master_weights(data_cache):
+    fp32, _, _ = _one_step(data_cache, "deepspeed.zero_stage=2")
+    bf16, _, engine = _one_step(data_cache, "deepspeed.zero_stage=2", "model.dtype=bf16")
+    assert next(engine.module.parameters()).dtype == torch.bfloat16
+    master = engine.optimizer.single_partition_of_fp32_groups[0]
+    assert master.dtype == torch.float32
+    assert bf16["loss"] == pytest.approx(fp32["loss"], rel=2e-2)  # same data, bf16 rounding only

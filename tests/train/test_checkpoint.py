@@ -1,0 +1,55 @@
+"""Checkpoint discovery: incomplete or truncated checkpoints are skipped with a reason, never loaded."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+
+from train.checkpoint import STATE_FILE, check_complete, latest_complete, tag_for
+from train.errors import UserError
+
+
+def _fake_checkpoint(root, step, files=None):
+    folder = root / tag_for(step)
+    folder.mkdir(parents=True)
+    files = files or {"mp_rank_00_model_states.pt": b"x" * 100, "rng_rank0.pt": b"y" * 10}
+    for name, blob in files.items():
+        (folder / name).write_bytes(blob)
+    manifest = {name: len(blob) for name, blob in files.items()}
+    (folder / STATE_FILE).write_text(json.dumps({"step": step, "files": manifest}))
+    return folder
+
+
+def test_newest_complete_checkpoint_wins(tmp_path):
+    for step in (3, 6, 9):
+        _fake_checkpoint(tmp_path, step)
+    assert latest_complete(tmp_path).name == "step-00000009"
+
+
+def test_truncated_file_is_skipped_with_reason(tmp_path, caplog):
+    _fake_checkpoint(tmp_path, 3)
+    bad = _fake_checkpoint(tmp_path, 6)
+    (bad / "mp_rank_00_model_states.pt").write_bytes(b"x" * 40)  # torn write
+    with caplog.at_level(logging.WARNING):
+        assert latest_complete(tmp_path).name == "step-00000003"
+    assert "mp_rank_00_model_states.pt has 40 bytes, the manifest says 100" in caplog.text
+
+
+def test_missing_state_or_file_is_incomplete(tmp_path):
+    no_state = _fake_checkpoint(tmp_path, 3)
+    (no_state / STATE_FILE).unlink()
+    with pytest.raises(UserError, match="no trainer_state.json"):
+        check_complete(no_state)
+    missing = _fake_checkpoint(tmp_path, 6)
+    (missing / "rng_rank0.pt").unlink()
+    with pytest.raises(UserError, match="file rng_rank0.pt is missing"):
+        check_complete(missing)
+    assert latest_complete(tmp_path) is None
+
+
+def test_temporary_folders_are_ignored(tmp_path):
+    _fake_checkpoint(tmp_path, 3)
+    (tmp_path / ".tmp-step-00000006").mkdir()
+    assert latest_complete(tmp_path).name == "step-00000003"

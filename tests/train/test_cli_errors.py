@@ -1,0 +1,91 @@
+"""Bad input at the command line: one readable paragraph on stderr, exit code 2, no traceback."""
+
+from __future__ import annotations
+
+import json
+
+from tests.conftest import SMOKE, run_entry
+
+
+def _train(tmp_path, *sets):
+    args = [
+        "--config",
+        str(SMOKE),
+        "--set",
+        f"output_dir={tmp_path / 'run'}",
+        "--set",
+        "tracking=none",
+        "--set",
+        f"data.cache_dir={tmp_path / 'cache'}",
+    ]
+    for s in sets:
+        args += ["--set", s]
+    return run_entry("train.py", *args)
+
+
+def _check(r, *fragments):
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert "Traceback" not in r.stderr
+    err = [line for line in r.stderr.splitlines() if line.startswith("continualm: error:")]
+    assert len(err) == 1, r.stderr[-2000:]
+    for f in fragments:
+        assert f in err[0], err[0]
+
+
+def test_unknown_key_with_suggestion(tmp_path):
+    _check(_train(tmp_path, "optim.learning_rate=1e-4"), "unknown key 'optim.learning_rate'")
+
+
+def test_wrong_type(tmp_path):
+    _check(_train(tmp_path, "train.max_steps=many"), "'train.max_steps'", "'many'")
+
+
+def test_missing_config_file(tmp_path):
+    r = run_entry("train.py", "--config", str(tmp_path / "nope.yaml"))
+    _check(r, "config file not found")
+
+
+def test_missing_data_file(tmp_path):
+    _check(_train(tmp_path, f"data.sources=[{{path: {tmp_path}/none.jsonl}}]"), "matches no data file")
+
+
+def test_empty_dataset(tmp_path):
+    f = tmp_path / "empty.jsonl"
+    f.write_text("")
+    _check(_train(tmp_path, f"data.sources=[{{path: {f}}}]"), "no text in the data sources")
+
+
+def test_line_that_is_not_json(tmp_path):
+    f = tmp_path / "bad.jsonl"
+    f.write_text(json.dumps({"text": "fine"}) + "\n{not json}\n")
+    _check(_train(tmp_path, f"data.sources=[{{path: {f}}}]"), f"{f}:2", "not valid JSON")
+
+
+def test_missing_text_column_lists_columns(tmp_path):
+    f = tmp_path / "rows.jsonl"
+    f.write_text(json.dumps({"body": "x", "url": "y"}) + "\n")
+    _check(_train(tmp_path, f"data.sources=[{{path: {f}}}]"), "text field 'text' is missing", "body, url")
+
+
+def test_resume_refuses_changed_training_config(tmp_path):
+    r = _train(tmp_path, "train.max_steps=2")
+    assert r.returncode == 0, r.stderr[-2000:]
+    args = [
+        "--config",
+        str(SMOKE),
+        "--set",
+        f"output_dir={tmp_path / 'run'}",
+        "--set",
+        "tracking=none",
+        "--set",
+        f"data.cache_dir={tmp_path / 'cache'}",
+        "--set",
+        "train.max_steps=2",
+        "--set",
+        "optim.lr=0.002",
+        "--resume",
+        "auto",
+    ]
+    _check(
+        run_entry("train.py", *args), "different config", "optim.lr: 0.003 -> 0.002", "--allow-config-change"
+    )
