@@ -186,8 +186,12 @@ def consolidated_state_dict(folder: Path, zero_stage: int) -> dict[str, torch.Te
 
 
 def export_hf(checkpoint: Path, out: Path, overwrite: bool = False) -> Path:
-    """Write a Hugging Face folder (safetensors, config, tokenizer) from a training checkpoint."""
-    from train.model import DTYPES, build_model, build_tokenizer
+    """Write a Hugging Face folder (safetensors, config, tokenizer) from a training checkpoint.
+
+    With LoRA the peft adapter goes to `out/adapter`, and the merged full model to `out` when
+    `peft.merge_on_export` is set.
+    """
+    from train.model import DTYPES, build_for_training, build_tokenizer
 
     state = check_complete(checkpoint)
     cfg = validate(state["config"], source=f"{checkpoint}/{STATE_FILE}")
@@ -195,22 +199,27 @@ def export_hf(checkpoint: Path, out: Path, overwrite: bool = False) -> Path:
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise UserError(f"export folder {out} is not empty; pass --overwrite or choose another --out")
     weights = consolidated_state_dict(checkpoint, cfg.deepspeed.zero_stage)
-    model_cfg = cfg.model.model_copy(update={"activation_checkpointing": False})
-    model = build_model(model_cfg, meta=True)
+    cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"activation_checkpointing": False})})
+    model = build_for_training(cfg, meta=True)
     dtype = DTYPES[cfg.model.dtype]
     weights = {k: v.to(dtype) for k, v in weights.items()}
     missing, unexpected = model.load_state_dict(weights, strict=False, assign=True)
-    tied = {"lm_head.weight"} if model.config.tie_word_embeddings else set()
+    tied = {k for k in missing if k.endswith("lm_head.weight")} if model.config.tie_word_embeddings else set()
     if unexpected or set(missing) - tied:
         raise UserError(
             f"{checkpoint}: weights do not match the model (missing {missing}, unexpected {unexpected})"
         )
     model.tie_weights()
-    model.config.use_cache = True
     tmp = out.with_name(f".tmp-{out.name}")
     shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp, safe_serialization=True)
-    build_tokenizer(cfg.model).save_pretrained(tmp)
+    tmp.mkdir(parents=True)
+    if cfg.peft is not None:
+        model.save_pretrained(tmp / "adapter", safe_serialization=True)
+        model = model.merge_and_unload() if cfg.peft.merge_on_export else None
+    if model is not None:
+        model.config.use_cache = True
+        model.save_pretrained(tmp, safe_serialization=True)
+        build_tokenizer(cfg.model).save_pretrained(tmp)
     (tmp / "continualm_export.json").write_text(
         json.dumps(
             {"checkpoint": str(checkpoint), "step": state["step"], "config_hash": state["config_hash"]}

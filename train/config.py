@@ -45,6 +45,17 @@ class ModelConfig(Section):
         return self
 
 
+class PeftConfig(Section):
+    method: Literal["lora"] = "lora"
+    r: int = Field(gt=0)
+    alpha: float = Field(gt=0)
+    dropout: float = Field(default=0.0, ge=0, lt=1)
+    target_modules: list[str] = Field(min_length=1)
+    """Module names to adapt, e.g. [q_proj, v_proj] (the Control-LLM paper's LoRA baseline)."""
+    merge_on_export: bool = True
+    """Also write the adapters merged into a full model (export/); the peft adapter goes to export/adapter."""
+
+
 class SourceConfig(Section):
     path: str | None = None
     """Local file, glob or folder (jsonl, json, parquet, csv, arrow)."""
@@ -150,6 +161,7 @@ class RunConfig(Section):
     output_dir: str
     seed: int = 42
     model: ModelConfig
+    peft: PeftConfig | None = None
     data: DataConfig
     train: TrainConfig
     optim: OptimConfig

@@ -27,7 +27,7 @@ from train.config import RunConfig, config_hash, dump_yaml
 from train.engine import apply_weight_decay_rule, build_engine, deepspeed_config
 from train.errors import UserError
 from train.faults import maybe_fault
-from train.model import build_model, build_tokenizer, count_parameters, flops_per_token, peak_tflops
+from train.model import build_for_training, build_tokenizer, count_parameters, flops_per_token, peak_tflops
 from train.tracking import Tracker
 
 log = logging.getLogger(__name__)
@@ -118,7 +118,7 @@ def train(cfg: RunConfig, resume: str | None = None, allow_config_change: bool =
     seed_everything(cfg.seed)
     tokenizer = build_tokenizer(cfg.model)
     data = prepare(cfg.data.sources, tokenizer, cfg.data.seq_len, cfg.data.cache_dir)
-    model = build_model(cfg.model)
+    model = build_for_training(cfg)
     if len(tokenizer) > model.config.vocab_size:
         raise UserError(
             f"the tokenizer has {len(tokenizer)} tokens, the model's vocabulary only {model.config.vocab_size}"
@@ -197,7 +197,7 @@ def dry_run(cfg: RunConfig) -> str:
     """The resolved config, parameter counts (built on the meta device) and the DeepSpeed JSON."""
     import json
 
-    model = build_model(cfg.model, meta=True)
+    model = build_for_training(cfg, meta=True)
     world = dist.world_size()
     lines = [
         "# resolved config",

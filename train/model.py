@@ -102,6 +102,32 @@ def architecture(cfg: ModelConfig):
         raise UserError(f"cannot read the config of model.name_or_path '{cfg.name_or_path}': {e}") from None
 
 
+ARCH_FIELDS = (
+    "vocab_size",
+    "hidden_size",
+    "intermediate_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "tie_word_embeddings",
+)
+
+
+def _check_preset_matches(cfg: ModelConfig, loaded) -> None:
+    """The preset stands for the weights' architecture in dry runs and exports: it must really match."""
+    preset = preset_config(cfg)
+    diff = [
+        f"{k}: preset {getattr(preset, k)} vs weights {getattr(loaded, k)}"
+        for k in ARCH_FIELDS
+        if getattr(preset, k) != getattr(loaded, k)
+    ]
+    if diff:
+        raise UserError(
+            f"model.preset '{cfg.preset}' does not match model.name_or_path '{cfg.name_or_path}' "
+            f"({'; '.join(diff)}): fix the preset or remove it"
+        )
+
+
 def build_model(cfg: ModelConfig, meta: bool = False) -> PreTrainedModel:
     """Pretrained weights when `name_or_path` is set, else a random init of the preset; `meta`: shapes only."""
     dtype = DTYPES[cfg.dtype]
@@ -123,6 +149,8 @@ def build_model(cfg: ModelConfig, meta: bool = False) -> PreTrainedModel:
             )
         except OSError as e:
             raise UserError(f"cannot load model.name_or_path '{cfg.name_or_path}': {e}") from None
+        if cfg.preset is not None:
+            _check_preset_matches(cfg, model.config)
     if cfg.activation_checkpointing:
         model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     model.config.use_cache = False
@@ -204,3 +232,13 @@ def peak_tflops() -> float | None:
         return None
     name = torch.cuda.get_device_name()
     return next((v for k, v in PEAK_TFLOPS.items() if k in name), None)
+
+
+def build_for_training(cfg, meta: bool = False) -> torch.nn.Module:
+    """The model the engine trains: the base model, plus peft adapters when `cfg.peft` is set."""
+    model = build_model(cfg.model, meta=meta)
+    if cfg.peft is not None:
+        from train.lora import apply_lora
+
+        model = apply_lora(model, cfg.peft)
+    return model
