@@ -54,3 +54,25 @@ def test_partial_and_full_baselines():
     assert apply_freeze_policy(model, "full") == (total, total, 0)
     with pytest.raises(ValueError, match="Did you mean 'partial'"):
         apply_freeze_policy(model, "parital")
+
+
+@pytest.mark.parametrize("use_reentrant", [False, True])
+def test_gradient_checkpointing_covers_both_branches(use_reentrant, input_ids):
+    def loss_and_grads(checkpointing: bool):
+        model = expand_model(tiny_llama(), ExpansionConfig(type="hybrid", method="dlerp", num_exp_layers=2))
+        perturb(model)
+        apply_freeze_policy(model)
+        model.train()
+        if checkpointing:
+            model.gradient_checkpointing_enable(
+                gradient_checkpointing_kwargs={"use_reentrant": use_reentrant}
+            )
+        outputs = model(input_ids, labels=input_ids)
+        (outputs.loss + outputs.divergence_loss).backward()
+        return outputs.loss, [p.grad for p in model.parameters() if p.requires_grad]
+
+    loss, grads = loss_and_grads(False)
+    loss_ckpt, grads_ckpt = loss_and_grads(True)
+    torch.testing.assert_close(loss_ckpt, loss)
+    for g, g_ckpt in zip(grads, grads_ckpt, strict=True):
+        torch.testing.assert_close(g_ckpt, g, atol=1e-6, rtol=1e-5)
