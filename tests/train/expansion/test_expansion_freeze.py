@@ -64,9 +64,7 @@ def test_gradient_checkpointing_covers_both_branches(use_reentrant, input_ids):
         apply_freeze_policy(model)
         model.train()
         if checkpointing:
-            model.gradient_checkpointing_enable(
-                gradient_checkpointing_kwargs={"use_reentrant": use_reentrant}
-            )
+            model.activation_checkpointing_enable({"use_reentrant": use_reentrant})
         outputs = model(input_ids, labels=input_ids)
         (outputs.loss + outputs.divergence_loss).backward()
         return outputs.loss, [p.grad for p in model.parameters() if p.requires_grad]
