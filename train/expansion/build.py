@@ -75,6 +75,10 @@ def expand_model(base: LlamaForCausalLM, cfg: ExpansionConfig) -> LlamaForCausal
 
     Frozen parts reuse the base tensors (no copy); trainable copies are clones. Nothing is deep-copied.
     """
+    if any(hasattr(p, "ds_id") for p in base.parameters()):
+        raise ValueError(
+            "expand_model needs full tensors: expand before deepspeed.initialize / outside zero.Init"
+        )
     model = build_meta(base.config, cfg)
     expansion = model.config.expansion
     sources, pairs, stacked = (

@@ -86,7 +86,9 @@ class ConcatPair(nn.Module):
         if divergence is not None:
             reference = h_pre.detach() if divergence.detach_pretrained else h_pre
             div = get_divergence(divergence.type)(reference, h_exp, token_mask)
-        alpha_mean = alpha.mean() if alpha.dim() == 1 else token_mean(alpha.squeeze(-1).float(), token_mask)
+        alpha_mean = (
+            alpha.float().mean() if alpha.dim() == 1 else token_mean(alpha.squeeze(-1).float(), token_mask)
+        )
         return interpolate(h_pre, h_exp, alpha), div, alpha_mean.detach()
 
 
