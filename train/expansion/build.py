@@ -62,8 +62,7 @@ def build_meta(base_config: LlamaConfig, cfg: ExpansionConfig) -> LlamaForCausal
 
 def _fresh_interpolator(cfg: ExpansionConfig, hidden_size: int) -> dict[str, torch.Tensor]:
     interpolator = get_interpolator(cfg.method)
-    gate = interpolator.build(hidden_size)
-    interpolator.reset(gate, cfg.interpolation_factor, torch.nn.init)
+    gate = interpolator.build(hidden_size, cfg.interpolation_factor)
     if isinstance(gate, nn.Parameter):
         return {interpolator.attr: gate.detach()}
     return {f"{interpolator.attr}.{name}": t for name, t in gate.state_dict().items()}

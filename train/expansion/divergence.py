@@ -5,6 +5,7 @@ tokens. Standalone (torch only): shipped verbatim next to saved models.
 """
 
 import difflib
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -36,7 +37,7 @@ def mse_divergence(
 DIVERGENCES = {"cosine": cosine_divergence, "mse": mse_divergence}
 
 
-def get_divergence(name: str):
+def get_divergence(name: str) -> Callable[..., torch.Tensor]:
     """Look a divergence up by name, suggesting the closest one for a typo."""
     if name not in DIVERGENCES:
         close = difflib.get_close_matches(name, DIVERGENCES, n=1)

@@ -8,17 +8,32 @@ saved models for `trust_remote_code` loading.
 
 import difflib
 import math
+from types import ModuleType
 
 import torch
 from torch import nn
 
 
-class Gate(nn.Module):
-    """A one-output linear gate; `fc` keeps the released key name."""
+class GateLinear(nn.Linear):
+    """A one-output Linear whose bias starts at the interpolation factor (so alpha starts at sigmoid of it)."""
 
-    def __init__(self, in_features: int):
+    def __init__(self, in_features: int, init_bias: float):
+        self.init_bias = init_bias
+        super().__init__(in_features, 1)
+
+    def reset_parameters(self, init: ModuleType = torch.nn.init) -> None:
+        # The weight keeps torch's default Linear init, as the reference; `init` may be transformers'
+        # flag-respecting module so that loaded weights are left alone.
+        init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+        init.constant_(self.bias, self.init_bias)
+
+
+class Gate(nn.Module):
+    """Holds the gate as `fc`, the released key name."""
+
+    def __init__(self, in_features: int, init_bias: float):
         super().__init__()
-        self.fc = nn.Linear(in_features, 1)
+        self.fc = GateLinear(in_features, init_bias)
 
 
 class Lerp:
@@ -27,11 +42,11 @@ class Lerp:
     attr = "interpolation_factor"
 
     @staticmethod
-    def build(hidden_size: int) -> nn.Parameter:
-        return nn.Parameter(torch.zeros(1))
+    def build(hidden_size: int, factor: float) -> nn.Parameter:
+        return nn.Parameter(torch.full((1,), float(factor)))
 
     @staticmethod
-    def reset(param: nn.Parameter, factor: float, init) -> None:
+    def reset(param: nn.Parameter, factor: float, init: ModuleType) -> None:
         init.constant_(param, factor)
 
     @staticmethod
@@ -46,14 +61,12 @@ class DLerp:
     fan_in = 2
 
     @classmethod
-    def build(cls, hidden_size: int) -> Gate:
-        return Gate(cls.fan_in * hidden_size)
+    def build(cls, hidden_size: int, factor: float) -> Gate:
+        return Gate(cls.fan_in * hidden_size, factor)
 
     @staticmethod
-    def reset(gate: Gate, factor: float, init) -> None:
-        # The weight keeps torch's default Linear init, as the reference; the bias sets the starting alpha.
-        init.kaiming_uniform_(gate.fc.weight, a=math.sqrt(5))
-        init.constant_(gate.fc.bias, factor)
+    def reset(gate: Gate, factor: float, init: ModuleType) -> None:
+        gate.fc.reset_parameters(init)
 
     @staticmethod
     def alpha(gate: Gate, x: torch.Tensor, h_pre: torch.Tensor, h_exp: torch.Tensor) -> torch.Tensor:
@@ -73,7 +86,7 @@ class DLerpIn(DLerp):
 INTERPOLATORS = {"lerp": Lerp, "dlerp": DLerp, "dlerpin": DLerpIn}
 
 
-def get_interpolator(name: str):
+def get_interpolator(name: str) -> type:
     """Look an interpolator up by name, suggesting the closest one for a typo."""
     if name not in INTERPOLATORS:
         close = difflib.get_close_matches(name, INTERPOLATORS, n=1)

@@ -14,6 +14,7 @@ imports next to the weights, so `trust_remote_code=True` loads the model without
 """
 
 from dataclasses import dataclass
+from types import ModuleType
 
 import torch
 from torch import nn
@@ -31,7 +32,7 @@ from transformers.models.llama.modeling_llama import (
 
 from .configuration import ControlLLMConfig, DivergenceConfig
 from .divergence import get_divergence, token_mean
-from .interpolation import get_interpolator, interpolate
+from .interpolation import GateLinear, get_interpolator, interpolate
 
 
 @dataclass
@@ -57,13 +58,15 @@ class ConcatPair(nn.Module):
         self.expanded_layer = LlamaDecoderLayer(config, branch_cache_idx)
         self.interpolator = get_interpolator(expansion.method)
         self.interpolation_init = expansion.interpolation_factor
-        setattr(self, self.interpolator.attr, self.interpolator.build(config.hidden_size))
+        setattr(
+            self, self.interpolator.attr, self.interpolator.build(config.hidden_size, self.interpolation_init)
+        )
 
     @property
     def gate(self) -> nn.Module | nn.Parameter:
         return getattr(self, self.interpolator.attr)
 
-    def reset_interpolator(self, init=hf_init) -> None:
+    def reset_interpolator(self, init: ModuleType = hf_init) -> None:
         """Set the interpolator to its starting value (`init` is transformers' or torch's init module)."""
         self.interpolator.reset(self.gate, self.interpolation_init, init)
 
@@ -109,7 +112,11 @@ class ControlLLMPreTrainedModel(LlamaPreTrainedModel):
     _no_split_modules = ["LlamaDecoderLayer", "ConcatPair"]
 
     def _init_weights(self, module: nn.Module) -> None:
-        super()._init_weights(module)
+        # Gates skip the generic Linear init: their bias sets the starting alpha.
+        if isinstance(module, GateLinear):
+            module.reset_parameters(hf_init)
+        else:
+            super()._init_weights(module)
         if isinstance(module, ConcatPair):
             module.reset_interpolator()
 

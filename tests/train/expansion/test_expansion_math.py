@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from conftest import perturb, tiny_llama
 
-from train.expansion import ExpansionConfig, expand_model
+from train.expansion import ControlLLMForCausalLM, ExpansionConfig, expand_model, expanded_config
 from train.expansion.divergence import cosine_divergence, mse_divergence
 from train.expansion.interpolation import get_interpolator
 
@@ -85,3 +85,14 @@ def test_unknown_names_suggest_the_closest():
         ExpansionConfig(divergence={"type": "cosin"})
     with pytest.raises(ValueError, match="hub id or a relative path"):
         ExpansionConfig(base_model="/home/me/llama")
+
+
+@pytest.mark.parametrize("method", ["lerp", "dlerp", "dlerpin"])
+def test_interpolator_init_from_config(method):
+    """A model built from its config alone (as from_pretrained does for missing keys) starts at interpolation_factor."""
+    cfg = ExpansionConfig(type="concat", method=method, num_exp_layers=2, interpolation_factor=0.3)
+    model = ControlLLMForCausalLM(expanded_config(tiny_llama().config, cfg))
+    for j in model.config.pair_layers:
+        gate = model.model.layers[j].gate
+        start = gate if method == "lerp" else gate.fc.bias
+        torch.testing.assert_close(start.detach(), torch.tensor([0.3]))
