@@ -26,7 +26,8 @@ _LAYER_KEY = re.compile(r"model\.layers\.(\d+)\.(.+)")
 FREEZE_POLICIES = ("expansion", "partial", "full")
 
 
-def _plain_fields(config: LlamaConfig) -> dict:
+def llama_fields(config: LlamaConfig) -> dict:
+    """The architecture fields of `config`, without class identity or expansion layout."""
     fields = config.to_dict()
     for key in (
         "model_type",
@@ -43,7 +44,7 @@ def _plain_fields(config: LlamaConfig) -> dict:
 def expanded_config(base_config: LlamaConfig, cfg: ExpansionConfig) -> LlamaConfig:
     """The config of the expanded model: a ControlLLMConfig, or a deeper LlamaConfig for stack-only."""
     plan = plan_expansion(base_config.num_hidden_layers, cfg.num_exp_layers, cfg.type)
-    fields = _plain_fields(base_config)
+    fields = llama_fields(base_config)
     fields["num_hidden_layers"] = len(plan.sources)
     layout = {"source_layers": plan.sources, "stacked_layers": plan.stacked, "pair_layers": plan.pairs}
     # Stack-only exports as a plain Llama; its `expansion` entry is informational (and drives the freeze policy).

@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from .build import llama_fields
 from .modeling import ConcatPair, ControlLLMForCausalLM
 
 _PAIR_KEY = re.compile(r"model\.layers\.(\d+)\.(.+)")
@@ -34,17 +35,7 @@ def fold_pairs(
 ) -> LlamaForCausalLM:
     """A plain Llama with each pair folded with weight w (one value, one per pair, or None: lerp's alpha)."""
     weights = _pair_weights(model, weight)
-    fields = model.config.to_dict()
-    for key in (
-        "model_type",
-        "architectures",
-        "transformers_version",
-        "auto_map",
-        "_name_or_path",
-        "expansion",
-    ):
-        fields.pop(key, None)
-    config = LlamaConfig(**fields)
+    config = LlamaConfig(**llama_fields(model.config))
     config._attn_implementation = model.config._attn_implementation
     with torch.device("meta"):
         merged = LlamaForCausalLM(config)
