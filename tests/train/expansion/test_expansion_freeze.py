@@ -1,0 +1,76 @@
+"""What trains: only the copies and (unless frozen) the interpolators; and the partial / full baselines."""
+
+import pytest
+import torch
+from conftest import perturb, tiny_llama
+
+from train.expansion import ExpansionConfig, apply_freeze_policy, count_parameters, expand_model
+
+
+def _is_trainable_part(name: str, stacked: list[int]) -> bool:
+    return "expanded_layer" in name or "interp" in name or any(f"layers.{j}." in name for j in stacked)
+
+
+@pytest.mark.parametrize(("expansion_type", "method"), [("concat", "dlerp"), ("hybrid", "lerp")])
+def test_one_step_changes_only_copies_and_interpolators(expansion_type, method, input_ids):
+    model = expand_model(tiny_llama(), ExpansionConfig(type=expansion_type, method=method, num_exp_layers=2))
+    perturb(model)
+    model.train()
+    total, trainable, frozen = apply_freeze_policy(model)
+    assert (total, trainable + frozen) == (count_parameters(model)[0], total)
+    stacked = model.config.expansion["stacked_layers"]
+    names = {name for name, p in model.named_parameters() if p.requires_grad}
+    assert names == {name for name, _ in model.named_parameters() if _is_trainable_part(name, stacked)}
+
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    optimizer = torch.optim.AdamW(
+        [p for p in model.parameters() if p.requires_grad], lr=1e-2, weight_decay=0.0
+    )
+    outputs = model(input_ids, labels=input_ids)
+    (outputs.loss + outputs.divergence_loss).backward()
+    optimizer.step()
+
+    changed = {name for name, p in model.named_parameters() if not torch.equal(p, before[name])}
+    assert changed and changed <= names
+    # Every pair's copy and interpolator moved; frozen parameters got no gradient at all.
+    assert all(any(part in name for name in changed) for part in ("expanded_layer", "interp"))
+    assert all(p.grad is None for p in model.parameters() if not p.requires_grad)
+
+
+def test_frozen_interpolation_factor_stays_frozen():
+    cfg = ExpansionConfig(type="concat", method="lerp", num_exp_layers=2, freeze_interpolation=True)
+    model = expand_model(tiny_llama(), cfg)
+    apply_freeze_policy(model)
+    assert not any(p.requires_grad for name, p in model.named_parameters() if "interpolation_factor" in name)
+    assert any(p.requires_grad for name, p in model.named_parameters() if "expanded_layer" in name)
+
+
+def test_partial_and_full_baselines():
+    model = tiny_llama()
+    total, trainable, _ = apply_freeze_policy(model, "partial", num_exp_layers=2)
+    per_layer = sum(p.numel() for p in model.model.layers[0].parameters())
+    assert trainable == 2 * per_layer
+    assert {n.split(".")[2] for n, p in model.named_parameters() if p.requires_grad} == {"1", "3"}
+    assert apply_freeze_policy(model, "full") == (total, total, 0)
+    with pytest.raises(ValueError, match="Did you mean 'partial'"):
+        apply_freeze_policy(model, "parital")
+
+
+@pytest.mark.parametrize("use_reentrant", [False, True])
+def test_gradient_checkpointing_covers_both_branches(use_reentrant, input_ids):
+    def loss_and_grads(checkpointing: bool):
+        model = expand_model(tiny_llama(), ExpansionConfig(type="hybrid", method="dlerp", num_exp_layers=2))
+        perturb(model)
+        apply_freeze_policy(model)
+        model.train()
+        if checkpointing:
+            model.activation_checkpointing_enable({"use_reentrant": use_reentrant})
+        outputs = model(input_ids, labels=input_ids)
+        (outputs.loss + outputs.divergence_loss).backward()
+        return outputs.loss, [p.grad for p in model.parameters() if p.requires_grad]
+
+    loss, grads = loss_and_grads(False)
+    loss_ckpt, grads_ckpt = loss_and_grads(True)
+    torch.testing.assert_close(loss_ckpt, loss)
+    for g, g_ckpt in zip(grads, grads_ckpt, strict=True):
+        torch.testing.assert_close(g_ckpt, g, atol=1e-6, rtol=1e-5)

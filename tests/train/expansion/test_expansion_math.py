@@ -1,0 +1,98 @@
+"""Hand-computed checks: the pair output, the interpolators and the divergence losses against their formulas."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import perturb, tiny_llama
+
+from train.expansion import ControlLLMForCausalLM, ExpansionConfig, expand_model, expanded_config
+from train.expansion.divergence import cosine_divergence, mse_divergence
+from train.expansion.interpolation import get_interpolator
+
+
+def _expected_alpha(method: str, pair, x, h_pre, h_exp) -> torch.Tensor:
+    if method == "lerp":
+        return torch.sigmoid(pair.interpolation_factor)
+    fc = pair.interp_weight.fc
+    features = torch.cat([h_pre, h_exp], dim=-1) if method == "dlerp" else x
+    return torch.sigmoid(features @ fc.weight.T + fc.bias)
+
+
+@pytest.mark.parametrize("method", ["lerp", "dlerp", "dlerpin"])
+@pytest.mark.parametrize("divergence", ["cosine", "mse"])
+@torch.no_grad()
+def test_pair_output_and_divergence_match_formula(method, divergence, input_ids):
+    cfg = ExpansionConfig(
+        type="concat", method=method, num_exp_layers=1, divergence={"type": divergence, "weight": 0.7}
+    )
+    model = expand_model(tiny_llama(num_layers=2), cfg)
+    perturb(model)
+    pair = model.model.layers[1]
+    seen = {}
+    pair.register_forward_hook(lambda mod, args, out: seen.update(x=args[0], out=out[0]))
+    outputs = model(input_ids)
+
+    # Recompute the pair from its two blocks (attention_mask=None: SDPA applies the causal mask itself).
+    x = seen["x"]
+    position_ids = torch.arange(x.shape[1])[None]
+    rope = model.model.rotary_emb(x, position_ids)
+    h_pre = pair.pretrained_layer(x, attention_mask=None, position_embeddings=rope, position_ids=position_ids)
+    h_exp = pair.expanded_layer(x, attention_mask=None, position_embeddings=rope, position_ids=position_ids)
+    assert not torch.allclose(h_pre, h_exp)
+    a = _expected_alpha(method, pair, x, h_pre, h_exp)
+    torch.testing.assert_close(seen["out"], (1 - a) * h_pre + a * h_exp, atol=1e-6, rtol=0)
+    torch.testing.assert_close(
+        outputs.logits, model.lm_head(model.model.norm(seen["out"])), atol=1e-5, rtol=0
+    )
+    torch.testing.assert_close(outputs.alphas, a.mean().reshape(1), atol=1e-6, rtol=0)
+
+    if divergence == "cosine":
+        cos = (h_pre * h_exp).sum(-1) / (h_pre.norm(dim=-1) * h_exp.norm(dim=-1))
+        d = (1 - cos).clamp(min=0)
+        per_token = torch.where(d < 1, 0.5 * d**2, d - 0.5)
+    else:
+        per_token = ((h_exp - h_pre) ** 2).mean(-1)
+    torch.testing.assert_close(outputs.divergence_loss, 0.7 * per_token.mean(), atol=1e-7, rtol=1e-4)
+
+
+def test_divergence_weight_zero_gives_none(input_ids):
+    cfg = ExpansionConfig(type="concat", num_exp_layers=2, divergence={"weight": 0.0})
+    assert expand_model(tiny_llama(), cfg)(input_ids).divergence_loss is None
+
+
+def test_divergences_average_over_real_tokens_only():
+    g = torch.Generator().manual_seed(0)
+    h_pre, h_exp = torch.randn(2, 5, 8, generator=g), torch.randn(2, 5, 8, generator=g)
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
+    keep = mask.bool()
+    d = (1 - F.cosine_similarity(h_pre, h_exp, dim=-1)).clamp(min=0)[keep]
+    expected_cos = torch.where(d < 1, 0.5 * d**2, d - 0.5).mean()
+    torch.testing.assert_close(cosine_divergence(h_pre, h_exp, mask), expected_cos)
+    expected_mse = ((h_exp - h_pre) ** 2).mean(-1)[keep].mean()
+    torch.testing.assert_close(mse_divergence(h_pre, h_exp, mask), expected_mse)
+
+
+def test_identical_branches_have_zero_divergence_and_exact_interpolation():
+    h = torch.randn(2, 3, 8)
+    assert mse_divergence(h, h.clone()) == 0
+    assert cosine_divergence(h, h.clone()) < 1e-12
+
+
+def test_unknown_names_suggest_the_closest():
+    with pytest.raises(ValueError, match="Did you mean 'dlerp'"):
+        get_interpolator("dlrep")
+    with pytest.raises(ValueError, match="Did you mean 'cosine'"):
+        ExpansionConfig(divergence={"type": "cosin"})
+    with pytest.raises(ValueError, match="hub id or a relative path"):
+        ExpansionConfig(base_model="/home/me/llama")
+
+
+@pytest.mark.parametrize("method", ["lerp", "dlerp", "dlerpin"])
+def test_interpolator_init_from_config(method):
+    """A model built from its config alone (as from_pretrained does for missing keys) starts at interpolation_factor."""
+    cfg = ExpansionConfig(type="concat", method=method, num_exp_layers=2, interpolation_factor=0.3)
+    model = ControlLLMForCausalLM(expanded_config(tiny_llama().config, cfg))
+    for j in model.config.pair_layers:
+        gate = model.model.layers[j].gate
+        start = gate if method == "lerp" else gate.fc.bias
+        torch.testing.assert_close(start.detach(), torch.tensor([0.3]))
