@@ -56,6 +56,26 @@ class PeftConfig(Section):
     """Also write the adapters merged into a full model (export/); the peft adapter goes to export/adapter."""
 
 
+class DivergenceSection(Section):
+    type: Literal["cosine", "mse"] = "cosine"
+    weight: float = Field(default=1.0, ge=0)
+    """lambda; 0 turns the divergence loss off."""
+    detach_pretrained: bool = False
+    """The reference does not detach the pretrained branch."""
+
+
+class ExpansionSection(Section):
+    """Control-LLM expansion (see reference/control_llm.md); `partial` is the unfreeze-in-place baseline."""
+
+    type: Literal["concat", "stack", "hybrid", "partial"]
+    method: Literal["lerp", "dlerp", "dlerpin"] = "lerp"
+    num_exp_layers: int = Field(gt=0)
+    interpolation_factor: float = 0.0
+    """Initial logit of alpha (0 -> alpha 0.5); for dlerp / dlerpin the initial gate bias."""
+    freeze_interpolation: bool = False
+    divergence: DivergenceSection = Field(default_factory=DivergenceSection)
+
+
 class SourceConfig(Section):
     path: str | None = None
     """Local file, glob or folder (jsonl, json, parquet, csv, arrow)."""
@@ -162,6 +182,7 @@ class RunConfig(Section):
     seed: int = 42
     model: ModelConfig
     peft: PeftConfig | None = None
+    expansion: ExpansionSection | None = None
     data: DataConfig
     train: TrainConfig
     optim: OptimConfig
@@ -191,6 +212,8 @@ class RunConfig(Section):
             raise ValueError(
                 "deepspeed.offload_optimizer keeps optimizer state on the CPU: use optim.name 'cpu_adam'"
             )
+        if self.peft is not None and self.expansion is not None:
+            raise ValueError("peft and expansion cannot be combined: choose LoRA or Control-LLM expansion")
         if self.schedule.min_lr > opt.lr:
             raise ValueError("schedule.min_lr is larger than optim.lr")
         if self.eval.suites and self.eval.every_steps is None and not self.eval.at_checkpoints:

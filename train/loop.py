@@ -57,7 +57,11 @@ def seed_everything(seed: int) -> None:
 
 
 def train_step(engine, data: PackedRows, sampler: RowSampler, cfg: RunConfig, consumed: int) -> dict:
-    """One optimizer step over the rows at stream position `consumed`; returns step metrics."""
+    """One optimizer step over the rows at stream position `consumed`; returns step metrics.
+
+    `loss` is the token-mean cross-entropy; expanded models add `divergence`, `loss_total` and the mean
+    interpolation weight of each concat pair (`alpha/pair_k`).
+    """
     micro, accum, world, rank = (
         cfg.train.micro_batch_size,
         cfg.train.grad_accum_steps,
@@ -75,6 +79,7 @@ def train_step(engine, data: PackedRows, sampler: RowSampler, cfg: RunConfig, co
     lr = engine.get_lr()[0]
     apply_weight_decay_rule(cfg, engine)
     loss_sum = torch.zeros((), dtype=torch.float64)
+    div_sum, alpha_sum = torch.zeros((), dtype=torch.float64), None
     device = engine.device
     for batch in batches:
         out = engine(
@@ -85,18 +90,34 @@ def train_step(engine, data: PackedRows, sampler: RowSampler, cfg: RunConfig, co
         labels = batch["labels"][:, 1:].to(device)
         logits = out.logits[:, :-1]
         ce = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), labels.reshape(-1), reduction="sum")
-        engine.backward(ce * scale)
+        loss = ce * scale
+        divergence = getattr(out, "divergence_loss", None)  # Control-LLM: already a mean, lambda applied
+        if divergence is not None:
+            loss = loss + divergence  # DeepSpeed's 1/accum and rank average make it the step mean
+            div_sum += divergence.detach().double().cpu()
+        if getattr(out, "alphas", None) is not None:
+            alphas = out.alphas.detach().double().cpu()
+            alpha_sum = alphas if alpha_sum is None else alpha_sum + alphas
+        engine.backward(loss)
         engine.step()
         loss_sum += ce.detach().double().cpu()
-    total_loss = dist.all_reduce_sum(loss_sum.reshape(1)).item()
+    ce_mean = dist.all_reduce_sum(loss_sum.reshape(1)).item() / max(targets, 1)
     grad_norm = engine.get_global_grad_norm()
-    return {
-        "loss": total_loss / max(targets, 1),
+    metrics = {
+        "loss": ce_mean,
         "lr": lr,
         "grad_norm": float(grad_norm) if grad_norm is not None else None,
         "target_tokens": targets,
         "tokens": len(rows) * cfg.data.seq_len,
     }
+    if cfg.expansion is not None and cfg.expansion.type in ("concat", "hybrid"):
+        per_microbatch = accum * world
+        metrics["divergence"] = dist.all_reduce_sum(div_sum.reshape(1)).item() / per_microbatch
+        metrics["loss_total"] = metrics["loss"] + metrics["divergence"]
+        if alpha_sum is not None:
+            alpha_mean = dist.all_reduce_sum(alpha_sum) / per_microbatch
+            metrics.update({f"alpha/pair_{k}": a for k, a in enumerate(alpha_mean.tolist())})
+    return metrics
 
 
 def peak_memory_gb() -> float:

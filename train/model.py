@@ -151,8 +151,6 @@ def build_model(cfg: ModelConfig, meta: bool = False) -> PreTrainedModel:
             raise UserError(f"cannot load model.name_or_path '{cfg.name_or_path}': {e}") from None
         if cfg.preset is not None:
             _check_preset_matches(cfg, model.config)
-    if cfg.activation_checkpointing:
-        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     model.config.use_cache = False
     return model
 
@@ -234,11 +232,43 @@ def peak_tflops() -> float | None:
     return next((v for k, v in PEAK_TFLOPS.items() if k in name), None)
 
 
+def _expand(cfg, meta: bool) -> torch.nn.Module:
+    from train.expansion import ExpansionConfig, apply_freeze_policy, build_meta, expand_model
+
+    e = cfg.expansion
+    if e.type == "partial":
+        model = build_model(cfg.model, meta=meta)
+        apply_freeze_policy(model, "partial", e.num_exp_layers)
+        return model
+    base_ref = cfg.model.name_or_path
+    ecfg = ExpansionConfig(
+        type=e.type,
+        method=e.method,
+        num_exp_layers=e.num_exp_layers,
+        interpolation_factor=e.interpolation_factor,
+        freeze_interpolation=e.freeze_interpolation,
+        divergence=e.divergence.model_dump(),
+        base_model=base_ref if base_ref and not Path(base_ref).is_absolute() else None,
+    )
+    if meta:
+        model = build_meta(architecture(cfg.model), ecfg)
+    else:
+        model = expand_model(build_model(cfg.model), ecfg)
+    apply_freeze_policy(model, "expansion")
+    return model
+
+
 def build_for_training(cfg, meta: bool = False) -> torch.nn.Module:
-    """The model the engine trains: the base model, plus peft adapters when `cfg.peft` is set."""
-    model = build_model(cfg.model, meta=meta)
+    """The model the engine trains: the base model, expanded (Control-LLM) or with LoRA adapters."""
+    if cfg.expansion is not None:
+        model = _expand(cfg, meta)
+    else:
+        model = build_model(cfg.model, meta=meta)
+    if cfg.model.activation_checkpointing:
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     if cfg.peft is not None:
         from train.lora import apply_lora
 
         model = apply_lora(model, cfg.peft)
+    model.config.use_cache = False
     return model

@@ -11,12 +11,12 @@ import torch  # noqa: E402
 from train import checkpoint, distributed  # noqa: E402
 from train.config import validate  # noqa: E402
 from train.engine import build_engine  # noqa: E402
-from train.model import build_model  # noqa: E402
+from train.model import build_for_training  # noqa: E402
 
 ckpt, out = Path(sys.argv[1]), Path(sys.argv[2])
 distributed.init()
 cfg = validate(checkpoint.check_complete(ckpt)["config"])
-engine = build_engine(cfg, build_model(cfg.model), distributed.world_size())
+engine = build_engine(cfg, build_for_training(cfg), distributed.world_size())
 checkpoint.load(engine, ckpt)
 engine.eval()
 batch = torch.arange(3, 3 + 2 * 24).reshape(2, 24)
