@@ -24,6 +24,23 @@ def flags_to_raw(args: argparse.Namespace) -> dict:
     }
 
 
+def fold_expansion(args: argparse.Namespace) -> int:
+    """Merge-back of an expanded model; w defaults to the alphas logged next to the export."""
+    from train.expansion import merge_back
+    from train.expansion.merge_back import logged_alphas
+
+    metrics = args.metrics or args.model.parent / "metrics.jsonl"
+    try:
+        weight = args.weight
+        if weight is None and metrics.exists():
+            weight = logged_alphas(metrics)
+        print(merge_back(args.model, args.out, weight))
+    except ValueError as err:
+        print(f"merge error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--config", help="merge YAML (configs/merge/*.yaml)")
@@ -37,13 +54,25 @@ def main(argv: list[str] | None = None) -> int:
     for flag in ("--dpo", "--sft", "--out"):
         ex.add_argument(flag, required=True)
     ex.add_argument("--alpha", type=float, default=0.3)
-    # An `expansion` subcommand (Control-LLM, train/expansion/) is to be added here.
-    for p in (cv, ex):
+    fold = sub.add_parser(
+        "expansion", help="fold Control-LLM pairs into a plain Llama: (1-w) W_pre + w W_exp"
+    )
+    fold.add_argument("--model", required=True, type=Path, help="an exported Control-LLM folder")
+    fold.add_argument("--out", required=True, type=Path)
+    fold.add_argument(
+        "--weight", type=float, help="w for every pair (default: lerp's alpha, else the logged alphas)"
+    )
+    fold.add_argument(
+        "--metrics", type=Path, help="metrics.jsonl to read alphas from (default: the run's, if any)"
+    )
+    for p in (cv, ex, fold):
         p.add_argument("--set", dest="sub_set", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args(argv)
     if (args.config is None) == (args.method is None):
-        parser.error("give either --config or a method subcommand (chat_vector, expo)")
+        parser.error("give either --config or a method subcommand (chat_vector, expo, expansion)")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if args.method == "expansion":
+        return fold_expansion(args)
     try:
         source = args.config or flags_to_raw(args)
         print(merge(load_config(source, args.set + getattr(args, "sub_set", []))))

@@ -59,3 +59,28 @@ def run_entry(
 def data_cache(tmp_path_factory) -> Path:
     """One tokenized-data cache for the whole session (the data is the same in most runs)."""
     return tmp_path_factory.mktemp("data_cache")
+
+
+def engine_logits(checkpoint: Path, out: Path) -> dict:
+    """Logits of a fresh 2-rank DeepSpeed engine loaded from `checkpoint` on a fixed batch."""
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            str(free_port()),
+            str(ROOT / "tests/train/engine_logits.py"),
+            str(checkpoint),
+            str(out),
+        ],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    import torch
+
+    return torch.load(out)

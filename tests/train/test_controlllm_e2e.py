@@ -13,7 +13,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 import train.expansion  # noqa: F401  (registers controlllm_llama)
-from tests.conftest import ROOT, free_port, run_entry
+from tests.conftest import ROOT, engine_logits, run_entry
 from train.checkpoint import consolidated_state_dict
 from train.config import load_config
 from train.loop import seed_everything
@@ -79,25 +79,7 @@ def test_only_copies_and_interpolators_changed(runs):
 def test_export_loads_with_engine_logits_in_and_out_of_our_package(runs, tmp_path):
     ckpt = runs / "base" / "checkpoints" / "step-00000006"
     probe = tmp_path / "engine_logits.pt"
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--nproc_per_node",
-            "2",
-            "--master_port",
-            str(free_port()),
-            str(ROOT / "tests/train/engine_logits.py"),
-            str(ckpt),
-            str(probe),
-        ],
-        cwd=ROOT,
-        check=True,
-        capture_output=True,
-        timeout=300,
-    )
-    ref = torch.load(probe)
+    ref = engine_logits(ckpt, probe)
     export = runs / "base" / "export"
     model = AutoModelForCausalLM.from_pretrained(export).eval()
     assert type(model).__name__ == "ControlLLMForCausalLM"
@@ -116,3 +98,17 @@ def test_export_loads_with_engine_logits_in_and_out_of_our_package(runs, tmp_pat
         [sys.executable, "-I", "-c", code], cwd=tmp_path, check=True, capture_output=True, timeout=300
     )
     torch.testing.assert_close(torch.load(tmp_path / "remote.pt"), ref["logits"], atol=0, rtol=0)
+
+
+def test_merge_back_cli_uses_logged_alphas(runs, tmp_path):
+    export = runs / "base" / "export"
+    r = run_entry("merge.py", "expansion", "--model", str(export), "--out", str(tmp_path / "folded"))
+    assert r.returncode == 0, r.stderr[-2000:]
+    folded = AutoModelForCausalLM.from_pretrained(tmp_path / "folded")
+    assert type(folded).__name__ == "LlamaForCausalLM" and folded.config.num_hidden_layers == 4
+    pair = AutoModelForCausalLM.from_pretrained(export).model.layers[1]
+    alpha = read_metrics(runs / "base" / "metrics.jsonl")[6]["alpha/pair_0"]
+    w_pre = pair.pretrained_layer.mlp.up_proj.weight.float()
+    w_exp = pair.expanded_layer.mlp.up_proj.weight.float()
+    expected = ((1 - alpha) * w_pre + alpha * w_exp).to(folded.dtype)
+    torch.testing.assert_close(folded.model.layers[1].mlp.up_proj.weight, expected, atol=1e-2, rtol=1e-2)

@@ -3,14 +3,11 @@ engine's on a fixed batch, and the folder carries the tokenizer and chat templat
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from tests.conftest import ROOT, SMOKE, free_port, run_entry
+from tests.conftest import SMOKE, engine_logits, run_entry
 
 pytestmark = pytest.mark.slow
 
@@ -41,25 +38,7 @@ def test_export_matches_training_engine(tmp_path, data_cache, stage):
     r = run_entry("export.py", "--checkpoint", str(out / "checkpoints"), "--out", str(tmp_path / "hf"))
     assert r.returncode == 0, r.stderr[-3000:]
     probe = tmp_path / "engine_logits.pt"
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--nproc_per_node",
-            "2",
-            "--master_port",
-            str(free_port()),
-            str(ROOT / "tests/train/engine_logits.py"),
-            str(ckpt),
-            str(probe),
-        ],
-        cwd=ROOT,
-        check=True,
-        capture_output=True,
-        timeout=300,
-    )
-    ref = torch.load(probe)
+    ref = engine_logits(ckpt, probe)
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
     with torch.no_grad():
         logits = model(input_ids=ref["input_ids"]).logits

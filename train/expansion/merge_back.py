@@ -69,3 +69,15 @@ def merge_back(
         for path in Path(model_dir).glob(pattern):
             shutil.copy2(path, out / path.name)
     return out
+
+
+def logged_alphas(metrics_file: str | Path) -> list[float]:
+    """Per-pair mean alphas of the last step logged in a run's metrics.jsonl (`alpha/pair_k`)."""
+    from train.tracking import read_metrics
+
+    steps = read_metrics(metrics_file)
+    last = steps[max(steps)] if steps else {}
+    alphas = sorted((int(k.split("_")[-1]), v) for k, v in last.items() if k.startswith("alpha/pair_"))
+    if not alphas:
+        raise ValueError(f"{metrics_file} logs no alpha/pair_k values: pass the weight explicitly")
+    return [v for _, v in alphas]
