@@ -35,6 +35,9 @@ class ModelConfig(Section):
     trust_remote_code: bool = False
     overrides: dict[str, int | float | str | bool] = Field(default_factory=dict)
     """Architecture fields changed on top of the preset (e.g. num_hidden_layers)."""
+    add_tokens: str | None = None
+    """Vocabulary expansion: a text file with one new token per line; new embedding rows start as the mean
+    of the token's pieces under the original tokenizer."""
 
     @model_validator(mode="after")
     def _needs_weights_or_shape(self) -> ModelConfig:
@@ -211,6 +214,10 @@ class RunConfig(Section):
         if ds.offload_optimizer and opt.name == "fused_adam":
             raise ValueError(
                 "deepspeed.offload_optimizer keeps optimizer state on the CPU: use optim.name 'cpu_adam'"
+            )
+        if self.model.add_tokens and (self.peft is not None or self.expansion is not None):
+            raise ValueError(
+                "model.add_tokens needs trainable embeddings: it cannot be combined with peft or expansion"
             )
         if self.peft is not None and self.expansion is not None:
             raise ValueError("peft and expansion cannot be combined: choose LoRA or Control-LLM expansion")

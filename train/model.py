@@ -168,7 +168,43 @@ def build_tokenizer(cfg: ModelConfig):
         raise UserError(f"cannot load tokenizer '{source}': {e}") from None
     if tok.pad_token is None and "<|finetune_right_pad_id|>" in tok.get_vocab():
         tok.pad_token = "<|finetune_right_pad_id|>"  # Llama-3's reserved pad; never add a token
+    if cfg.add_tokens:
+        tok.add_tokens(new_tokens(cfg, tok))
     return tok
+
+
+def new_tokens(cfg: ModelConfig, tokenizer) -> list[str]:
+    """The tokens of `model.add_tokens` that the tokenizer does not have yet, in file order."""
+    path = Path(cfg.add_tokens)
+    if not path.is_file():
+        raise UserError(f"model.add_tokens: file not found: {path}")
+    vocab = tokenizer.get_vocab()
+    lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+    return list(dict.fromkeys(t for t in lines if t and t not in vocab))
+
+
+@torch.no_grad()
+def expand_vocabulary(model: PreTrainedModel, cfg: ModelConfig, init: bool = True) -> list[int]:
+    """Add `model.add_tokens` rows: each new input/output embedding is the mean of its pieces' rows.
+
+    `init=False` only resizes (a meta-device model whose trained rows are loaded afterwards)."""
+    original = build_tokenizer(cfg.model_copy(update={"add_tokens": None}))
+    tokens = new_tokens(cfg, original)
+    pieces = [original(t, add_special_tokens=False)["input_ids"] for t in tokens]
+    old_size = len(original)
+    model.resize_token_embeddings(old_size + len(tokens), mean_resizing=False)
+    embeddings = [model.get_input_embeddings().weight]
+    if not model.config.tie_word_embeddings:
+        embeddings.append(model.get_output_embeddings().weight)
+    for i, ids in enumerate(pieces if init else []):
+        for weight in embeddings:
+            weight[old_size + i] = weight[ids].mean(dim=0)
+    model.config.continualm_added_tokens = {
+        "file": Path(cfg.add_tokens).name,
+        "count": len(tokens),
+        "first_id": old_size,
+    }
+    return list(range(old_size, old_size + len(tokens)))
 
 
 @dataclass(frozen=True)
@@ -264,6 +300,8 @@ def build_for_training(cfg, meta: bool = False) -> torch.nn.Module:
         model = _expand(cfg, meta)
     else:
         model = build_model(cfg.model, meta=meta)
+    if cfg.model.add_tokens:
+        expand_vocabulary(model, cfg.model, init=not meta)
     if cfg.model.activation_checkpointing:
         model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     if cfg.peft is not None:
