@@ -23,10 +23,11 @@ def main() -> int:
 
     from train.config import load_config
     from train.errors import USER_ERRORS
-    from train.loop import dry_run, setup_logging, train
 
     try:
-        cfg = load_config(args.config, args.set)
+        cfg = load_config(args.config, args.set)  # before torch / DeepSpeed load, so typos fail in a second
+        from train.loop import dry_run, setup_logging, train
+
         setup_logging()
         if args.dry_run:
             print(dry_run(cfg))

@@ -26,7 +26,7 @@ def run_entry(
     nproc: int = 1,
     launcher: str = "torchrun",
     env: dict | None = None,
-    timeout: int = 300,
+    timeout: int = 600,
 ) -> subprocess.CompletedProcess:
     """Run launch/<script> with 1 process (plain python) or `nproc` ranks (torchrun or deepspeed).
 
