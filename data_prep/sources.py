@@ -78,23 +78,24 @@ def _rows_json(path: Path) -> Iterator[tuple[int, object]]:
     yield from enumerate(data, 1)
 
 
-def _rows_parquet(path: Path, key: str) -> Iterator[tuple[int, object]]:
+def _rows_parquet(path: Path, key: str | None) -> Iterator[tuple[int, object]]:
+    """Rows of a parquet file; with `key`, only that column is read (text corpora are wide)."""
     import pyarrow.parquet as pq
 
     try:
         pf = pq.ParquetFile(path)
     except Exception as e:  # pyarrow raises several types for corrupt files
         raise DataError(f"{path}: cannot read parquet file ({e})") from None
-    if key not in pf.schema_arrow.names:
+    if key is not None and key not in pf.schema_arrow.names:
         raise DataError(
             f"{path}: text column '{key}' not found; the columns are: {', '.join(pf.schema_arrow.names)}. "
             "Set the source's text_key."
         )
     row = 0
-    for batch in pf.iter_batches(columns=[key], batch_size=4096):
-        for value in batch.column(0).to_pylist():
+    for batch in pf.iter_batches(columns=[key] if key else None, batch_size=4096):
+        for value in batch.to_pylist():
             row += 1
-            yield row, {key: value}
+            yield row, value
 
 
 def _rows_csv(path: Path) -> Iterator[tuple[int, object]]:
@@ -111,8 +112,10 @@ def _rows_arrow(path: Path) -> Iterator[tuple[int, object]]:
     yield from enumerate(ds, 1)
 
 
-def iter_rows(path: Path, key: str) -> Iterator[tuple[int, object]]:
-    """(row number, row) pairs of one local file; the row number is the line for text formats."""
+def iter_rows(path: Path, key: str | None = None) -> Iterator[tuple[int, object]]:
+    """(row number, row) pairs of one local file; the row number is the line for text formats.
+
+    `key` limits columnar formats to that column; None reads whole rows."""
     if path.is_dir() or path.suffix == ".arrow":
         return _rows_arrow(path)
     return {
