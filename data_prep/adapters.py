@@ -77,7 +77,13 @@ def check_conversation(messages: list[dict]) -> list[dict]:
 
 def text(row: object, opts: AdapterOptions) -> dict:
     """Plain text corpora (SynE, llm-jp-corpus, CulturaX, Wikipedia): the `text_key` column, rest ignored."""
-    return {"text": _str_field(_as_dict(row), opts.text_key)}
+    row = _as_dict(row)
+    if opts.text_key not in row:
+        raise BadRow(
+            f"text field '{opts.text_key}' is missing; the row has: {', '.join(map(str, row)) or 'no fields'}. "
+            "Set the source's text_key."
+        )
+    return {"text": _str_field(row, opts.text_key)}
 
 
 def alpaca(row: object, opts: AdapterOptions) -> dict:

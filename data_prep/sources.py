@@ -1,6 +1,6 @@
-"""Read raw text documents from local files (jsonl, json, parquet, csv, arrow folders) or the hub.
+"""Read raw rows from local files (jsonl, json, parquet, csv, arrow folders), each with its row number.
 
-Every bad row raises a DataError naming the file and the row, so training never starts on
+Unreadable input raises a DataError naming the file and the line, so training never starts on
 silently broken data.
 """
 
@@ -10,27 +10,11 @@ import csv
 import glob
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
 
 from data_prep.errors import DataError
 
 SUFFIXES = {".jsonl", ".json", ".parquet", ".csv", ".arrow"}
-
-
-class SourceSpec(Protocol):
-    path: str | None
-    hub_id: str | None
-    split: str
-    text_key: str
-
-
-@dataclass(frozen=True)
-class Document:
-    text: str
-    where: str
-    """file:row (or hub id:row), for error messages."""
 
 
 def resolve_files(pattern: str) -> list[Path]:
@@ -126,44 +110,12 @@ def iter_rows(path: Path, key: str | None = None) -> Iterator[tuple[int, object]
     }[path.suffix]()
 
 
-def _text_of(row: object, key: str, where: str) -> str:
-    if not isinstance(row, dict):
-        raise DataError(f"{where}: expected an object with a '{key}' field, found {type(row).__name__}")
-    if key not in row:
-        raise DataError(
-            f"{where}: text field '{key}' is missing; the row has: {', '.join(map(str, row)) or 'no fields'}. "
-            "Set the source's text_key."
-        )
-    text = row[key]
-    if not isinstance(text, str):
-        raise DataError(f"{where}: field '{key}' must be a string, found {type(text).__name__}")
-    return text
-
-
-def iter_documents(spec: SourceSpec) -> Iterator[Document]:
-    """Yield the text documents of one source in a fixed order."""
-    if spec.hub_id is not None:
-        import datasets
-
-        try:
-            ds = datasets.load_dataset(spec.hub_id, split=spec.split, streaming=True)
-        except Exception as e:  # offline, gated or misspelled: one clear message
-            raise DataError(f"cannot load hub dataset '{spec.hub_id}' (split '{spec.split}'): {e}") from None
-        for i, row in enumerate(ds, 1):
-            yield Document(_text_of(row, spec.text_key, f"{spec.hub_id}:{i}"), f"{spec.hub_id}:{i}")
-        return
-    for path in resolve_files(spec.path):
-        for row_no, row in iter_rows(path, spec.text_key):
-            where = f"{path}:{row_no}"
-            yield Document(_text_of(row, spec.text_key, where), where)
-
-
-def source_identity(spec: SourceSpec) -> dict:
+def source_identity(path: str | None, hub_id: str | None, split: str, data_files: str | None) -> dict:
     """What identifies a source's content for cache fingerprints (files by name, size and mtime)."""
-    if spec.hub_id is not None:
-        return {"hub_id": spec.hub_id, "split": spec.split, "text_key": spec.text_key}
+    if path is None:
+        return {"hub_id": hub_id, "split": split, "data_files": data_files}
     files = []
-    for f in resolve_files(spec.path):
+    for f in resolve_files(path):
         stats = [f.stat()] if f.is_file() else [g.stat() for g in sorted(f.rglob("*")) if g.is_file()]
         files.append([str(f.resolve()), sum(s.st_size for s in stats), max(s.st_mtime_ns for s in stats)])
-    return {"files": files, "text_key": spec.text_key}
+    return {"files": files}

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from data_prep.sampler import RowSampler
-from data_prep.shards import PackedRows, prepare
+from data_prep.shards import MixedRows, prepare
 from train import checkpoint
 from train import distributed as dist
 from train.config import RunConfig, config_hash, dump_yaml
@@ -56,7 +56,7 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def train_step(engine, data: PackedRows, sampler: RowSampler, cfg: RunConfig, consumed: int) -> dict:
+def train_step(engine, data: MixedRows, sampler: RowSampler, cfg: RunConfig, consumed: int) -> dict:
     """One optimizer step over the rows at stream position `consumed`; returns step metrics.
 
     `loss` is the token-mean cross-entropy; expanded models add `divergence`, `loss_total` and the mean
@@ -138,7 +138,7 @@ def train(cfg: RunConfig, resume: str | None = None, allow_config_change: bool =
     dist.init()
     seed_everything(cfg.seed)
     tokenizer = build_tokenizer(cfg.model)
-    data = prepare(cfg.data.sources, tokenizer, cfg.data.seq_len, cfg.data.cache_dir)
+    data = prepare(cfg.data, tokenizer)
     model = build_for_training(cfg)
     if len(tokenizer) > model.config.vocab_size:
         raise UserError(
