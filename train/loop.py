@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from data_prep.sampler import RowSampler
+from data_prep.mixture import make_sampler
 from data_prep.shards import MixedRows, prepare
 from train import checkpoint
 from train import distributed as dist
@@ -56,7 +56,7 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def train_step(engine, data: MixedRows, sampler: RowSampler, cfg: RunConfig, consumed: int) -> dict:
+def train_step(engine, data: MixedRows, sampler, cfg: RunConfig, consumed: int) -> dict:
     """One optimizer step over the rows at stream position `consumed`; returns step metrics.
 
     `loss` is the token-mean cross-entropy; expanded models add `divergence`, `loss_total` and the mean
@@ -147,7 +147,7 @@ def train(cfg: RunConfig, resume: str | None = None, allow_config_change: bool =
     counts = count_parameters(model)
     flops_token = flops_per_token(model, cfg.data.seq_len)
     engine = build_engine(cfg, model, dist.world_size())
-    sampler = RowSampler(len(data), cfg.seed, cfg.data.shuffle)
+    sampler = make_sampler(data, cfg.data, cfg.seed)
     state = {"step": 0, "consumed_rows": 0, "tokens": 0}
     folder = checkpoint.find_resume(cfg, resume) if resume else None
     if folder is not None:
