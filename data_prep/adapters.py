@@ -14,15 +14,11 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
-from data_prep.errors import DataError
+from data_prep.errors import BadRow, DataError
 
 ROLES = ("system", "user", "assistant")
 SHAREGPT_ROLES = {"human": "user", "gpt": "assistant", "system": "system"}
 MESSAGE_KEYS = ("messages", "dialog", "conversation")
-
-
-class BadRow(ValueError):
-    """A row that does not fit the adapter's schema; the caller adds file and row."""
 
 
 @dataclass(frozen=True)
@@ -180,6 +176,8 @@ def oasst_top1(
     roots = []
     for where, row in rows:
         try:
+            if isinstance(row, BadRow):
+                raise row
             node = {**_oasst_node(row), "where": where}
         except BadRow as e:
             yield where, e

@@ -10,8 +10,8 @@ import logging
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from data_prep.adapters import ROW_ADAPTERS, TREE_ADAPTERS, BadRow
-from data_prep.errors import DataError
+from data_prep.adapters import ROW_ADAPTERS, TREE_ADAPTERS
+from data_prep.errors import BadRow, DataError
 from data_prep.registry import Source
 from data_prep.sources import iter_rows, resolve_files
 
@@ -25,15 +25,16 @@ def iter_raw(source: Source) -> Iterator[tuple[str, object]]:
         import datasets
 
         kwargs = {"data_files": source.data_files} if source.data_files else {}
-        try:
-            ds = datasets.load_dataset(source.hub_id, split=source.split, streaming=True, **kwargs)
-        except Exception as e:  # offline, gated or misspelled: one clear message
-            raise DataError(
-                f"cannot load hub dataset '{source.hub_id}' (split '{source.split}'): {e}. "
-                "Offline? Set the source's 'path' to a local copy."
-            ) from None
-        for i, row in enumerate(ds, 1):
-            yield f"{source.hub_id}:{i}", row
+        for split in source.split.split("+"):  # streaming loads one split at a time
+            try:
+                ds = datasets.load_dataset(source.hub_id, split=split, streaming=True, **kwargs)
+            except Exception as e:  # offline, gated or misspelled: one clear message
+                raise DataError(
+                    f"cannot load hub dataset '{source.hub_id}' (split '{split}'): {e}. "
+                    "Offline? Set the source's 'path' to a local copy."
+                ) from None
+            for i, row in enumerate(ds, 1):
+                yield f"{source.hub_id}/{split}:{i}", row
         return
     key = source.options.text_key if source.adapter == "text" else None
     for path in resolve_files(source.path):
@@ -59,7 +60,7 @@ def iter_records(source: Source, on_error: str = "raise", skips: Skips | None = 
         def results():
             for where, row in iter_raw(source):
                 try:
-                    yield where, adapt(row, opts)
+                    yield where, row if isinstance(row, BadRow) else adapt(row, opts)
                 except BadRow as e:
                     yield where, e
 

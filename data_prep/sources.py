@@ -12,7 +12,7 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
-from data_prep.errors import DataError
+from data_prep.errors import BadRow, DataError
 
 SUFFIXES = {".jsonl", ".json", ".parquet", ".csv", ".arrow"}
 
@@ -40,10 +40,8 @@ def _rows_jsonl(path: Path) -> Iterator[tuple[int, object]]:
                 continue
             try:
                 yield lineno, json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(
-                    f"{path}:{lineno}: line is not valid JSON ({e.msg} at column {e.colno})"
-                ) from None
+            except json.JSONDecodeError as e:  # yielded, not raised, so `on_error: skip` can go on
+                yield lineno, BadRow(f"line is not valid JSON ({e.msg} at column {e.colno})")
 
 
 def _rows_json(path: Path) -> Iterator[tuple[int, object]]:
@@ -98,6 +96,7 @@ def _rows_arrow(path: Path) -> Iterator[tuple[int, object]]:
 
 def iter_rows(path: Path, key: str | None = None) -> Iterator[tuple[int, object]]:
     """(row number, row) pairs of one local file; the row number is the line for text formats.
+    An unparsable line comes as a BadRow in place of the row.
 
     `key` limits columnar formats to that column; None reads whole rows."""
     if path.is_dir() or path.suffix == ".arrow":

@@ -137,13 +137,15 @@ def test_bad_conversations(tmp_path):
         '{"messages": []}\n'
         '{"messages": [{"role": "user", "content": "hi"}]}\n'
         '{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}\n'
+        '{"messages": [\n'
     )
     with pytest.raises(DataError, match=r"m.jsonl:1: the conversation is empty"):
         records(adapter="messages", path=str(f))
     skips = Skips()
     out = records("skip", skips, adapter="messages", path=str(f))
-    assert len(out) == 1 and skips.count == 2
+    assert len(out) == 1 and skips.count == 3
     assert skips.reasons[1].endswith("m.jsonl:2: the conversation does not end with an assistant turn")
+    assert "m.jsonl:4: line is not valid JSON" in skips.reasons[2]
 
 
 def test_empty_after_filtering_and_unknown_names(tmp_path):
