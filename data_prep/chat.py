@@ -22,8 +22,16 @@ def _render(tokenizer, messages: list[dict], generation_prompt: bool = False) ->
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
 
 
-def _ids(tokenizer, text: str) -> list[int]:
-    return tokenizer(text, add_special_tokens=False)["input_ids"]
+def _boundary(offsets: list[tuple[int, int]], char: int, n_chars: int) -> int:
+    """Index of the first token starting at `char` (a turn boundary must fall between tokens)."""
+    if char == n_chars:
+        return len(offsets)
+    for i, (begin, _) in enumerate(offsets):
+        if begin >= char:
+            if begin == char and (i == 0 or offsets[i - 1][1] <= char):
+                return i
+            break
+    raise ValueError(f"a turn boundary (character {char}) falls inside a token")
 
 
 def encode_chat(
@@ -33,10 +41,12 @@ def encode_chat(
 
     train_on_prompt ("mixed training") keeps every token but the first as a target."""
     text = _render(tokenizer, messages)
-    ids = _ids(tokenizer, text)
+    backend = tokenizer.backend_tokenizer  # one fast encode with offsets instead of one per prefix
+    enc = backend.encode(text, add_special_tokens=False)
+    ids = enc.ids
     if ids.count(tokenizer.bos_token_id) != 1 or ids[0] != tokenizer.bos_token_id:
         raise ValueError(f"the rendered conversation must start with exactly one BOS: {text[:80]!r}")
-    if tokenizer.decode(ids) != text:
+    if backend.decode(ids, skip_special_tokens=False) != text:
         raise ValueError(
             f"the rendered conversation does not round-trip through the tokenizer: {text[:80]!r}"
         )
@@ -46,13 +56,16 @@ def encode_chat(
     for i, m in enumerate(messages):
         if m["role"] != "assistant":
             continue
-        before = _ids(tokenizer, _render(tokenizer, messages[:i], generation_prompt=True))
-        through = _ids(tokenizer, _render(tokenizer, messages[: i + 1]))
-        start, end = len(before), len(through)
-        if ids[:start] != before or ids[:end] != through:
-            raise ValueError(f"turn {i}: the template's prefixes do not tokenize as prefixes of the whole")
+        before = _render(tokenizer, messages[:i], generation_prompt=True)
+        through = _render(tokenizer, messages[: i + 1])
+        if not (text.startswith(through) and through.startswith(before)):
+            raise ValueError(
+                f"turn {i}: the template's renderings of earlier turns are not prefixes of the whole"
+            )
+        start = _boundary(enc.offsets, len(before), len(text))
+        end = _boundary(enc.offsets, len(through), len(text))
         # The span must be this turn's content plus special tokens only (the template trims content).
-        if tokenizer.decode(ids[start:end], skip_special_tokens=True) != m["content"].strip():
+        if backend.decode(ids[start:end], skip_special_tokens=True) != m["content"].strip():
             raise ValueError(f"turn {i}: the loss span is not exactly the assistant's content")
         labels[start:end] = ids[start:end]
     return ids, labels
