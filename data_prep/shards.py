@@ -133,7 +133,8 @@ class MixedRows:
         }
 
 
-def _cpt_rows(source: Source, tokenizer, opts: PackOptions, skips: Skips):
+def _cpt_rows(source: Source, tokenizer, opts: PackOptions, skips: Skips, stats: dict):
+    """Yield (input_ids, position_ids, None) rows; fill `stats` when done."""
     packer = CptPacker(opts.seq_len, tokenizer.bos_token_id, tokenizer.eos_token_id)
     records = iter_records(source, opts.on_error, skips)
     while batch := [r["text"] for _, r in zip(range(TOKENIZE_BATCH), records, strict=False)]:
@@ -144,16 +145,17 @@ def _cpt_rows(source: Source, tokenizer, opts: PackOptions, skips: Skips):
     s = packer.stats
     if s.documents == s.empty_documents:
         raise DataError(f"no text in the data source '{source.label}': {s.documents} rows, all empty or none")
-    yield {
-        "documents": s.documents,
-        "empty_documents": s.empty_documents,
-        "tokens": s.tokens,
-        "tokens_in_rows": s.rows * opts.seq_len,
-        "dropped_tail_tokens": s.dropped_tail_tokens,
-    }
+    stats.update(
+        documents=s.documents,
+        empty_documents=s.empty_documents,
+        tokens=s.tokens,
+        tokens_in_rows=s.rows * opts.seq_len,
+        dropped_tail_tokens=s.dropped_tail_tokens,
+    )
 
 
-def _sft_rows(source: Source, tokenizer, opts: PackOptions, skips: Skips):
+def _sft_rows(source: Source, tokenizer, opts: PackOptions, skips: Skips, stats: dict):
+    """Yield (input_ids, position_ids, labels) rows; fill `stats` when done."""
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     packer = SftPacker(opts.seq_len, pad, opts.sft_packing, opts.overlong)
     for record in iter_records(source, opts.on_error, skips):
@@ -163,14 +165,14 @@ def _sft_rows(source: Source, tokenizer, opts: PackOptions, skips: Skips):
             raise DataError(f"{record['id']}: {e}") from None
         yield from packer.add(ids, labels)
     yield from packer.finish()
-    yield {**packer.stats.as_dict(), "tokens_in_rows": packer.stats.tokens}
+    stats.update(packer.stats.as_dict(), tokens_in_rows=packer.stats.tokens)
 
 
 def _build(folder: Path, source: Source, tokenizer, opts: PackOptions, key: dict) -> None:
     tmp = folder.with_name(f".tmp-{folder.name}-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    kind, skips, rows = key["kind"], Skips(), 0
+    kind, skips, stats, rows = key["kind"], Skips(), {}, 0
     produce = _cpt_rows if kind == "cpt" else _sft_rows
     try:
         with (
@@ -179,14 +181,11 @@ def _build(folder: Path, source: Source, tokenizer, opts: PackOptions, key: dict
             open(tmp / "labels.bin", "wb") as f_lab,
         ):
             bar = tqdm(desc=f"tokenize+pack {source.label}", unit="row", disable=None)
-            for item in produce(source, tokenizer, opts, skips):
-                if isinstance(item, dict):  # the last item: the packer's counts
-                    stats = item
-                    break
-                item[0].tofile(f_ids)
-                item[1].tofile(f_pos)
-                if item[2] is not None:
-                    item[2].tofile(f_lab)
+            for ids, pos, labels in produce(source, tokenizer, opts, skips, stats):
+                ids.tofile(f_ids)
+                pos.tofile(f_pos)
+                if labels is not None:
+                    labels.tofile(f_lab)
                 rows += 1
                 bar.update()
             bar.close()

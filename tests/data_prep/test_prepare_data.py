@@ -72,3 +72,14 @@ def test_bad_rows_stop_prepare_with_file_and_row(tmp_path):
     cfg = load_config(SFT, [f"data.cache_dir={tmp_path}", f"data.sources=[{{path: {f}, adapter: messages}}]"])
     with pytest.raises(DataError, match=rf"{f}:1: the conversation does not end with an assistant turn"):
         shards.prepare(cfg.data, build_tokenizer(cfg.model))
+
+
+def test_sft_smoke_recipe_trains_through_the_launcher(tmp_path):
+    out = run_entry(
+        "train.py", "--config", str(SFT), "--set", f"output_dir={tmp_path / 'run'}",
+        "--set", f"data.cache_dir={tmp_path / 'cache'}", "--set", "tracking=none",
+        "--set", "train.max_steps=2", "--set", "checkpoint.every_steps=2",
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    state = json.loads((tmp_path / "run/checkpoints/step-00000002/trainer_state.json").read_text())
+    assert state["step"] == 2 and state["consumed_rows"] == 8
