@@ -71,7 +71,9 @@ class SftPacker:
             return
         for piece in pieces:
             n = len(piece[0])
-            fits = [k for k, used in enumerate(self._used) if used + n <= self.seq_len]
+            fits = [
+                k for k, used in enumerate(self._used) if used + n <= self.seq_len and self.mode == "best_fit"
+            ]
             if fits:
                 k = max(fits, key=lambda k: self._used[k])  # least room left that still fits
             else:

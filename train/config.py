@@ -130,7 +130,8 @@ class SourceConfig(Section):
 
 class StageConfig(Section):
     tokens: int | None = Field(default=None, gt=0)
-    """Token budget of the stage; only the last may leave it unset (open-ended)."""
+    """Token budget of the stage; only the last may leave it unset. The last stage keeps its mixture
+    past its budget if training runs longer."""
     weights: dict[str, float] = Field(min_length=1)
     """Source label -> share of the stage's tokens (relative; missing sources get none)."""
 

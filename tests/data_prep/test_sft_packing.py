@@ -34,8 +34,8 @@ def test_best_fit_fills_the_tightest_row_and_restarts_positions():
 
 
 def test_pad_mode_one_sample_per_row():
-    rows, _ = pack([sample(3, 10), sample(3, 20)], seq_len=4, mode="pad")
-    assert [r[0] for r in rows] == [[10, 11, 12, PAD], [20, 21, 22, PAD]]
+    rows, _ = pack([sample(3, 10), sample(3, 20)], seq_len=8, mode="pad")  # both would fit in one row
+    assert [r[0] for r in rows] == [[10, 11, 12] + [PAD] * 5, [20, 21, 22] + [PAD] * 5]
 
 
 @pytest.mark.parametrize(
