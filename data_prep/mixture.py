@@ -124,14 +124,16 @@ def make_sampler(data, data_cfg, seed: int):
     if not stages and all(w is None for w in source_weights):
         return RowSampler(len(data), seed, data_cfg.shuffle)
     if not stages:
-        stages = [_OpenStage({label: w for label, w in zip(data.labels, source_weights, strict=True)})]
+        stages = [_OpenStage({label: w for label, w in zip(data.source_labels, source_weights, strict=True)})]
     tpr = np.asarray([s.tokens_per_row for s in data.shards])
     plan = []
     for stage in stages:
-        unknown = set(stage.weights) - set(data.labels)
+        unknown = set(stage.weights) - set(data.source_labels)
         if unknown:
-            raise DataError(f"stage weights name unknown sources {sorted(unknown)}; sources: {data.labels}")
-        tokens = np.asarray([stage.weights.get(label, 0.0) for label in data.labels], dtype=np.float64)
+            raise DataError(
+                f"stage weights name unknown sources {sorted(unknown)}; sources: {data.source_labels}"
+            )
+        tokens = np.asarray([stage.weights.get(label, 0.0) for label in data.source_labels], dtype=np.float64)
         row_weights = tokens / tpr  # weights are in tokens; rows of SFT shards hold fewer real tokens
         probs = row_weights / row_weights.sum()
         rows = None if stage.tokens is None else max(1, round(stage.tokens / float(probs @ tpr)))

@@ -111,8 +111,8 @@ class PackedRows:
 class MixedRows:
     """All sources' shards behind one row index space (source k owns rows offsets[k]:offsets[k+1])."""
 
-    def __init__(self, shards: list[PackedRows], labels: list[str]):
-        self.shards, self.labels = shards, labels
+    def __init__(self, shards: list[PackedRows], source_labels: list[str]):
+        self.shards, self.source_labels = shards, source_labels
         self.offsets = np.cumsum([0, *(len(s) for s in shards)])
 
     def __len__(self) -> int:

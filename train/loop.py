@@ -19,7 +19,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from data_prep.mixture import make_sampler
+from data_prep.mixture import MixtureSampler, make_sampler
+from data_prep.sampler import RowSampler
 from data_prep.shards import MixedRows, prepare
 from train import checkpoint
 from train import distributed as dist
@@ -56,7 +57,9 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def train_step(engine, data: MixedRows, sampler, cfg: RunConfig, consumed: int) -> dict:
+def train_step(
+    engine, data: MixedRows, sampler: RowSampler | MixtureSampler, cfg: RunConfig, consumed: int
+) -> dict:
     """One optimizer step over the rows at stream position `consumed`; returns step metrics.
 
     `loss` is the token-mean cross-entropy; expanded models add `divergence`, `loss_total` and the mean

@@ -46,8 +46,8 @@ def syne(tmp_path_factory):
 
 def shares(data, rows: np.ndarray) -> dict[str, float]:
     which = np.searchsorted(data.offsets, rows, side="right") - 1
-    tokens = np.bincount(which, minlength=len(data.labels)) * SEQ  # CPT rows are full
-    return dict(zip(data.labels, tokens / tokens.sum(), strict=True))
+    tokens = np.bincount(which, minlength=len(data.source_labels)) * SEQ  # CPT rows are full
+    return dict(zip(data.source_labels, tokens / tokens.sum(), strict=True))
 
 
 def test_two_stage_token_ratios(syne):
@@ -62,7 +62,7 @@ def test_two_stage_token_ratios(syne):
     assert zh2 == pytest.approx(0.1, abs=0.01)
     assert s2[label("synthesis-en")] == pytest.approx(0.2, abs=0.01)
     assert s1[label("web-cn")] / zh1 == pytest.approx(0.7 / 0.9, abs=0.01)
-    assert sampler.consumed_per_source(92_500)[data.labels.index(label("synthesis-en"))] == 0
+    assert sampler.consumed_per_source(92_500)[data.source_labels.index(label("synthesis-en"))] == 0
 
 
 def test_resume_mid_mixture_continues_with_the_next_rows(syne):
