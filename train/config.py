@@ -166,6 +166,10 @@ class DataConfig(Section):
         if any(weights) and not all(weights):
             raise ValueError("set data.sources[].weight on every source or on none")
         for i, stage in enumerate(self.stages):
+            if any(w <= 0 for w in stage.weights.values()):
+                raise ValueError(
+                    f"data.stages.{i}.weights must be positive (leave a source out to give it none)"
+                )
             if stage.tokens is None and i != len(self.stages) - 1:
                 raise ValueError(
                     f"data.stages.{i}.tokens is required (only the last stage may be open-ended)"

@@ -28,6 +28,8 @@ def test_labels_default_and_stage_weights_must_name_sources():
         ValidationError, match=r"data.stages.0.weights: unknown source 'alpaca_zn'. Did you mean"
     ):
         data(sources=[{"name": "alpaca_zh"}], stages=[{"tokens": 10, "weights": {"alpaca_zn": 1}}])
+    with pytest.raises(ValidationError, match=r"data.stages.0.weights must be positive"):
+        data(sources=[{"name": "alpaca_zh"}], stages=[{"weights": {"alpaca_zh": 0}}])
     with pytest.raises(ValidationError, match=r"data.stages.0.tokens is required"):
         data(
             sources=[{"name": "alpaca_zh"}],
