@@ -10,10 +10,13 @@ SFT shards also store labels, since loss masks cannot be derived from the tokens
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
+import multiprocessing as mp
 import os
 import shutil
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -33,6 +36,7 @@ from data_prep.sources import source_identity
 log = logging.getLogger(__name__)
 FORMAT_VERSION = 2
 TOKENIZE_BATCH = 512
+ENCODE_BATCH = 256
 
 
 @dataclass(frozen=True)
@@ -44,10 +48,12 @@ class PackOptions:
     overlong: str = "drop"
     train_on_prompt: bool = False
     on_error: str = "raise"
+    num_proc: int = 1
+    """Worker processes for SFT tokenization; does not change the shard (not in its key)."""
 
     @classmethod
     def of(cls, data) -> PackOptions:
-        names = ("sft_packing", "overlong", "train_on_prompt", "on_error")
+        names = ("sft_packing", "overlong", "train_on_prompt", "on_error", "num_proc")
         return cls(data.seq_len, **{n: getattr(data, n) for n in names if hasattr(data, n)})
 
 
@@ -154,15 +160,48 @@ def _cpt_rows(source: Source, tokenizer, opts: PackOptions, skips: Skips, stats:
     )
 
 
+_WORKER: tuple = ()  # (tokenizer, train_on_prompt), inherited by forked workers
+
+
+def _encode_batch(records: list[dict]) -> list[tuple[list[int], list[int]] | str]:
+    tokenizer, train_on_prompt = _WORKER
+    out = []
+    for record in records:
+        try:
+            out.append(encode_chat(tokenizer, record["messages"], train_on_prompt))
+        except ValueError as e:
+            out.append(f"{record['id']}: {e}")
+    return out
+
+
+def _no_tokenizer_threads() -> None:
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one core per worker: no oversubscription
+
+
+def _encoded(records: Iterator[dict], tokenizer, opts: PackOptions) -> Iterator[tuple[list[int], list[int]]]:
+    """(input_ids, labels) per record, in record order; chat rendering is Python-bound, so with
+    num_proc > 1 batches go to forked worker processes (imap keeps the order)."""
+    global _WORKER
+    _WORKER = (tokenizer, opts.train_on_prompt)
+    batches = iter(lambda: list(itertools.islice(records, ENCODE_BATCH)), [])
+    procs = min(opts.num_proc, os.cpu_count() or 1)
+    pool = mp.get_context("fork").Pool(procs, initializer=_no_tokenizer_threads) if procs > 1 else None
+    try:
+        for batch in pool.imap(_encode_batch, batches) if pool else map(_encode_batch, batches):
+            for item in batch:
+                if isinstance(item, str):
+                    raise DataError(item)
+                yield item
+    finally:
+        if pool is not None:
+            pool.terminate()
+
+
 def _sft_rows(source: Source, tokenizer, opts: PackOptions, skips: Skips, stats: dict):
     """Yield (input_ids, position_ids, labels) rows; fill `stats` when done."""
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     packer = SftPacker(opts.seq_len, pad, opts.sft_packing, opts.overlong)
-    for record in iter_records(source, opts.on_error, skips):
-        try:
-            ids, labels = encode_chat(tokenizer, record["messages"], opts.train_on_prompt)
-        except ValueError as e:
-            raise DataError(f"{record['id']}: {e}") from None
+    for ids, labels in _encoded(iter_records(source, opts.on_error, skips), tokenizer, opts):
         yield from packer.add(ids, labels)
     yield from packer.finish()
     stats.update(packer.stats.as_dict(), tokens_in_rows=packer.stats.tokens)

@@ -66,6 +66,18 @@ def test_sft_shard_keeps_masks(tmp_path):
     assert data.shards[0].manifest["dropped_samples"] == 0
 
 
+def test_worker_processes_build_the_same_shard(tmp_path, monkeypatch):
+    monkeypatch.setattr(shards, "ENCODE_BATCH", 2)  # several batches in flight: their order must hold
+    cfg = load_config(SFT, [f"data.cache_dir={tmp_path / 'one'}"])
+    tok = build_tokenizer(cfg.model)
+    one = shards.prepare(cfg.data, tok).shards[0].folder
+    cfg = load_config(SFT, [f"data.cache_dir={tmp_path / 'two'}", "data.num_proc=2"])
+    two = shards.prepare(cfg.data, tok).shards[0].folder
+    assert one.name == two.name
+    for name in ("input_ids.bin", "position_ids.bin", "labels.bin", "manifest.json"):
+        assert (one / name).read_bytes() == (two / name).read_bytes()
+
+
 def test_bad_rows_stop_prepare_with_file_and_row(tmp_path):
     f = tmp_path / "chat.jsonl"
     f.write_text('{"messages": [{"role": "user", "content": "only a question"}]}\n')
