@@ -1,53 +1,95 @@
-"""Tokenized, packed rows on disk: memory-mapped arrays plus a manifest, keyed by a fingerprint.
+"""Tokenized, packed rows on disk, one shard folder per source: memory-mapped arrays plus a manifest.
 
-Built once (streamed: memory stays flat in corpus size) and reused while the sources, tokenizer
-and packing settings are unchanged. A build writes to a temporary folder and renames it when
-complete, so a crash never leaves a half-written cache that looks valid.
+A shard is keyed by a fingerprint of everything that changes its content (files, adapter and its
+options, tokenizer, chat template for SFT, seq_len, packing), built once (streamed: memory stays
+flat in corpus size) and reused while that key holds. A build writes to a temporary folder and
+renames it when complete, so a crash never leaves a half-written shard that looks valid.
+SFT shards also store labels, since loss masks cannot be derived from the tokens.
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
+import multiprocessing as mp
 import os
 import shutil
-from collections.abc import Sequence
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
+from data_prep.adapters import record_kind
+from data_prep.chat import encode_chat, template_fingerprint
 from data_prep.errors import DataError
 from data_prep.packing import CptPacker, labels_for
-from data_prep.sources import SourceSpec, iter_documents, source_identity
+from data_prep.records import Skips, iter_records
+from data_prep.registry import Source, resolve
+from data_prep.sft_packing import SftPacker
+from data_prep.sources import source_identity
 
 log = logging.getLogger(__name__)
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 TOKENIZE_BATCH = 512
+ENCODE_BATCH = 256
+
+
+@dataclass(frozen=True)
+class PackOptions:
+    """The data settings that change what a shard holds (read from the data config by name)."""
+
+    seq_len: int
+    sft_packing: str = "best_fit"
+    overlong: str = "drop"
+    train_on_prompt: bool = False
+    on_error: str = "raise"
+    num_proc: int = 1
+    """Worker processes for SFT tokenization; does not change the shard (not in its key)."""
+
+    @classmethod
+    def of(cls, data) -> PackOptions:
+        names = ("sft_packing", "overlong", "train_on_prompt", "on_error", "num_proc")
+        return cls(data.seq_len, **{n: getattr(data, n) for n in names if hasattr(data, n)})
 
 
 def tokenizer_fingerprint(tokenizer) -> str:
     """Hash of the tokenizer's full definition (vocab, merges, normalisation, special tokens)."""
     backend = getattr(tokenizer, "backend_tokenizer", None) or getattr(tokenizer, "_tokenizer", None)
     blob = backend.to_str() if backend is not None else json.dumps(sorted(tokenizer.get_vocab().items()))
-    blob += json.dumps([tokenizer.bos_token_id, tokenizer.eos_token_id])
+    blob += json.dumps([tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id])
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def fingerprint(sources: Sequence[SourceSpec], tokenizer, seq_len: int) -> str:
+def shard_key(source: Source, tokenizer, opts: PackOptions) -> dict:
+    """Everything that changes a shard's content."""
+    kind = record_kind(source.adapter)
     key = {
         "version": FORMAT_VERSION,
-        "sources": [source_identity(s) for s in sources],
+        "kind": kind,
+        "data": source_identity(source.path, source.hub_id, source.split, source.data_files),
+        "adapter": source.adapter,
+        "adapter_options": asdict(source.options),
         "tokenizer": tokenizer_fingerprint(tokenizer),
-        "seq_len": seq_len,
+        "seq_len": opts.seq_len,
+        "on_error": opts.on_error,
     }
-    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    if kind == "sft":
+        key.update(
+            template=template_fingerprint(tokenizer),
+            sft_packing=opts.sft_packing,
+            overlong=opts.overlong,
+            train_on_prompt=opts.train_on_prompt,
+        )
+    return key
 
 
 class PackedRows:
-    """Read-only view of a built cache: rows of input_ids and position_ids."""
+    """Read-only view of one built shard: rows of input_ids, position_ids (and labels for SFT)."""
 
     def __init__(self, folder: Path):
         self.folder = folder
@@ -55,87 +97,176 @@ class PackedRows:
         shape = (self.manifest["rows"], self.manifest["seq_len"])
         self.input_ids = np.memmap(folder / "input_ids.bin", dtype=np.uint32, mode="r", shape=shape)
         self.position_ids = np.memmap(folder / "position_ids.bin", dtype=np.uint32, mode="r", shape=shape)
+        labels = folder / "labels.bin"
+        self.labels = np.memmap(labels, dtype=np.int32, mode="r", shape=shape) if labels.exists() else None
 
     def __len__(self) -> int:
         return self.manifest["rows"]
 
-    def batch(self, rows: np.ndarray) -> dict[str, torch.Tensor]:
-        """Rows by index, as int64 tensors: input_ids, position_ids and labels."""
-        ids = self.input_ids[rows]
-        pos = self.position_ids[rows]
+    @property
+    def tokens_per_row(self) -> float:
+        """Average real (non-padding) tokens per row, for token-weighted mixtures."""
+        return self.manifest["tokens_in_rows"] / self.manifest["rows"]
+
+    def arrays(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        ids, pos = self.input_ids[rows], self.position_ids[rows]
+        labels = self.labels[rows].astype(np.int64) if self.labels is not None else labels_for(ids, pos)
+        return ids, pos, labels
+
+
+class MixedRows:
+    """All sources' shards behind one row index space (source k owns rows offsets[k]:offsets[k+1])."""
+
+    def __init__(self, shards: list[PackedRows], source_labels: list[str]):
+        self.shards, self.source_labels = shards, source_labels
+        self.offsets = np.cumsum([0, *(len(s) for s in shards)])
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    def batch(self, rows) -> dict[str, torch.Tensor]:
+        """Rows by global index, as int64 tensors: input_ids, position_ids and labels."""
+        rows = np.asarray(rows, dtype=np.int64)
+        which = np.searchsorted(self.offsets, rows, side="right") - 1
+        parts = [
+            self.shards[k].arrays(np.asarray([r - self.offsets[k]])) for r, k in zip(rows, which, strict=True)
+        ]
+        ids, pos, labels = (np.concatenate([p[i] for p in parts]) for i in range(3))
         return {
             "input_ids": torch.from_numpy(ids.astype(np.int64)),
             "position_ids": torch.from_numpy(pos.astype(np.int64)),
-            "labels": torch.from_numpy(labels_for(ids, pos)),
+            "labels": torch.from_numpy(labels),
         }
 
 
-def _build(folder: Path, sources: Sequence[SourceSpec], tokenizer, seq_len: int, fp: str) -> None:
-    tmp = folder.with_name(f".tmp-{folder.name}-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    packer = CptPacker(seq_len, tokenizer.bos_token_id, tokenizer.eos_token_id)
-    with open(tmp / "input_ids.bin", "wb") as f_ids, open(tmp / "position_ids.bin", "wb") as f_pos:
-        bar = tqdm(desc="tokenize+pack", unit="doc", disable=None)
-        for spec in sources:
-            docs = iter_documents(spec)
-            while True:
-                batch = [d.text for _, d in zip(range(TOKENIZE_BATCH), docs, strict=False)]
-                if not batch:
-                    break
-                for ids in tokenizer(batch, add_special_tokens=False)["input_ids"]:
-                    for row_ids, row_pos in packer.add(ids):
-                        row_ids.tofile(f_ids)
-                        row_pos.tofile(f_pos)
-                bar.update(len(batch))
-        bar.close()
+def _cpt_rows(source: Source, tokenizer, opts: PackOptions, skips: Skips, stats: dict):
+    """Yield (input_ids, position_ids, None) rows; fill `stats` when done."""
+    packer = CptPacker(opts.seq_len, tokenizer.bos_token_id, tokenizer.eos_token_id)
+    records = iter_records(source, opts.on_error, skips)
+    while batch := [r["text"] for _, r in zip(range(TOKENIZE_BATCH), records, strict=False)]:
+        for ids in tokenizer(batch, add_special_tokens=False)["input_ids"]:
+            for row_ids, row_pos in packer.add(ids):
+                yield row_ids, row_pos, None
     packer.finish()
-    stats = packer.stats
-    if stats.documents == stats.empty_documents:
-        shutil.rmtree(tmp)
-        where = ", ".join(s.path or s.hub_id for s in sources)
-        raise DataError(f"no text in the data sources ({where}): {stats.documents} rows, all empty or none")
-    if stats.rows == 0:
-        shutil.rmtree(tmp)
-        raise DataError(
-            f"the data has {stats.tokens} tokens, less than one row of data.seq_len={seq_len}: "
-            "lower data.seq_len or add data"
-        )
-    manifest = {
-        "fingerprint": fp,
-        "format_version": FORMAT_VERSION,
-        "seq_len": seq_len,
-        "rows": stats.rows,
-        "documents": stats.documents,
-        "empty_documents": stats.empty_documents,
-        "tokens": stats.tokens,
-        "dropped_tail_tokens": stats.dropped_tail_tokens,
-        "sources": [source_identity(s) for s in sources],
-        "tokenizer": tokenizer_fingerprint(tokenizer),
-    }
-    (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
-    shutil.rmtree(folder, ignore_errors=True)
-    os.replace(tmp, folder)
-    log.info(
-        "packed %d documents (%d empty) into %d rows of %d tokens; %d tail tokens not used",
-        stats.documents,
-        stats.empty_documents,
-        stats.rows,
-        seq_len,
-        stats.dropped_tail_tokens,
+    s = packer.stats
+    if s.documents == s.empty_documents:
+        raise DataError(f"no text in the data source '{source.label}': {s.documents} rows, all empty or none")
+    stats.update(
+        documents=s.documents,
+        empty_documents=s.empty_documents,
+        tokens=s.tokens,
+        tokens_in_rows=s.rows * opts.seq_len,
+        dropped_tail_tokens=s.dropped_tail_tokens,
     )
 
 
-def prepare(sources: Sequence[SourceSpec], tokenizer, seq_len: int, cache_dir: str | Path) -> PackedRows:
-    """Build (on global rank 0 only, the others wait) or reuse the packed rows for these sources."""
-    fp = fingerprint(sources, tokenizer, seq_len)
-    folder = Path(cache_dir) / f"cpt-{fp}"
+_WORKER: tuple = ()  # (tokenizer, train_on_prompt), inherited by forked workers
+
+
+def _encode_batch(records: list[dict]) -> list[tuple[list[int], list[int]] | str]:
+    tokenizer, train_on_prompt = _WORKER
+    out = []
+    for record in records:
+        try:
+            out.append(encode_chat(tokenizer, record["messages"], train_on_prompt))
+        except ValueError as e:
+            out.append(f"{record['id']}: {e}")
+    return out
+
+
+def _no_tokenizer_threads() -> None:
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one core per worker: no oversubscription
+
+
+def _encoded(records: Iterator[dict], tokenizer, opts: PackOptions) -> Iterator[tuple[list[int], list[int]]]:
+    """(input_ids, labels) per record, in record order; chat rendering is Python-bound, so with
+    num_proc > 1 batches go to forked worker processes (imap keeps the order)."""
+    global _WORKER
+    _WORKER = (tokenizer, opts.train_on_prompt)
+    batches = iter(lambda: list(itertools.islice(records, ENCODE_BATCH)), [])
+    procs = min(opts.num_proc, os.cpu_count() or 1)
+    pool = mp.get_context("fork").Pool(procs, initializer=_no_tokenizer_threads) if procs > 1 else None
+    try:
+        for batch in pool.imap(_encode_batch, batches) if pool else map(_encode_batch, batches):
+            for item in batch:
+                if isinstance(item, str):
+                    raise DataError(item)
+                yield item
+    finally:
+        if pool is not None:
+            pool.terminate()
+
+
+def _sft_rows(source: Source, tokenizer, opts: PackOptions, skips: Skips, stats: dict):
+    """Yield (input_ids, position_ids, labels) rows; fill `stats` when done."""
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    packer = SftPacker(opts.seq_len, pad, opts.sft_packing, opts.overlong)
+    for ids, labels in _encoded(iter_records(source, opts.on_error, skips), tokenizer, opts):
+        yield from packer.add(ids, labels)
+    yield from packer.finish()
+    stats.update(packer.stats.as_dict(), tokens_in_rows=packer.stats.tokens)
+
+
+def _build(folder: Path, source: Source, tokenizer, opts: PackOptions, key: dict) -> None:
+    tmp = folder.with_name(f".tmp-{folder.name}-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    kind, skips, stats, rows = key["kind"], Skips(), {}, 0
+    produce = _cpt_rows if kind == "cpt" else _sft_rows
+    try:
+        with (
+            open(tmp / "input_ids.bin", "wb") as f_ids,
+            open(tmp / "position_ids.bin", "wb") as f_pos,
+            open(tmp / "labels.bin", "wb") as f_lab,
+        ):
+            bar = tqdm(desc=f"tokenize+pack {source.label}", unit="row", disable=None)
+            for ids, pos, labels in produce(source, tokenizer, opts, skips, stats):
+                ids.tofile(f_ids)
+                pos.tofile(f_pos)
+                if labels is not None:
+                    labels.tofile(f_lab)
+                rows += 1
+                bar.update()
+            bar.close()
+        if rows == 0:
+            raise DataError(
+                f"source '{source.label}' gives less than one row of data.seq_len={opts.seq_len} "
+                f"({json.dumps(stats)}): lower data.seq_len or add data"
+            )
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if kind == "cpt":
+        (tmp / "labels.bin").unlink()
+    manifest = {"key": key, "label": source.label, "rows": rows, "seq_len": opts.seq_len, **stats}
+    manifest.update(skipped_rows=skips.count, skip_reasons=skips.reasons)
+    (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False))
+    shutil.rmtree(folder, ignore_errors=True)
+    os.replace(tmp, folder)
+    log.info("source '%s': %d rows of %d tokens; %s", source.label, rows, opts.seq_len, json.dumps(stats))
+
+
+def shard_folder(source: Source, tokenizer, opts: PackOptions, cache_dir: str | Path) -> tuple[Path, dict]:
+    key = shard_key(source, tokenizer, opts)
+    fp = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    return Path(cache_dir) / f"{key['kind']}-{fp}", key
+
+
+def prepare(data, tokenizer) -> MixedRows:
+    """Build (on global rank 0 only, the others wait) or reuse one shard per source of `data`.
+
+    `data` is any object with `sources`, `seq_len`, `cache_dir` (and optionally the PackOptions names)."""
+    opts = PackOptions.of(data)
+    sources = [resolve(s) for s in data.sources]
+    folders = [shard_folder(s, tokenizer, opts, data.cache_dir) for s in sources]
     distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
     is_writer = not distributed or torch.distributed.get_rank() == 0
     failure = None
-    if is_writer and not (folder / "manifest.json").exists():
+    if is_writer:
         try:
-            _build(folder, sources, tokenizer, seq_len, fp)
+            for source, (folder, key) in zip(sources, folders, strict=True):
+                if not (folder / "manifest.json").exists():
+                    _build(folder, source, tokenizer, opts, key)
         except DataError as e:
             failure = e
     if distributed:  # one writer; the other ranks wait and learn whether it failed
@@ -145,5 +276,5 @@ def prepare(sources: Sequence[SourceSpec], tokenizer, seq_len: int, cache_dir: s
             failure = DataError(flag[0])
     if failure is not None:
         raise failure
-    log.info("using packed data %s", folder)
-    return PackedRows(folder)
+    log.info("using packed data %s", ", ".join(str(f) for f, _ in folders))
+    return MixedRows([PackedRows(f) for f, _ in folders], [s.label for s in sources])

@@ -1,6 +1,6 @@
-"""Read raw text documents from local files (jsonl, json, parquet, csv, arrow folders) or the hub.
+"""Read raw rows from local files (jsonl, json, parquet, csv, arrow folders), each with its row number.
 
-Every bad row raises a DataError naming the file and the row, so training never starts on
+Unreadable input raises a DataError naming the file and the line, so training never starts on
 silently broken data.
 """
 
@@ -10,27 +10,11 @@ import csv
 import glob
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
 
-from data_prep.errors import DataError
+from data_prep.errors import BadRow, DataError
 
 SUFFIXES = {".jsonl", ".json", ".parquet", ".csv", ".arrow"}
-
-
-class SourceSpec(Protocol):
-    path: str | None
-    hub_id: str | None
-    split: str
-    text_key: str
-
-
-@dataclass(frozen=True)
-class Document:
-    text: str
-    where: str
-    """file:row (or hub id:row), for error messages."""
 
 
 def resolve_files(pattern: str) -> list[Path]:
@@ -56,10 +40,8 @@ def _rows_jsonl(path: Path) -> Iterator[tuple[int, object]]:
                 continue
             try:
                 yield lineno, json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(
-                    f"{path}:{lineno}: line is not valid JSON ({e.msg} at column {e.colno})"
-                ) from None
+            except json.JSONDecodeError as e:  # yielded, not raised, so `on_error: skip` can go on
+                yield lineno, BadRow(f"line is not valid JSON ({e.msg} at column {e.colno})")
 
 
 def _rows_json(path: Path) -> Iterator[tuple[int, object]]:
@@ -78,23 +60,24 @@ def _rows_json(path: Path) -> Iterator[tuple[int, object]]:
     yield from enumerate(data, 1)
 
 
-def _rows_parquet(path: Path, key: str) -> Iterator[tuple[int, object]]:
+def _rows_parquet(path: Path, key: str | None) -> Iterator[tuple[int, object]]:
+    """Rows of a parquet file; with `key`, only that column is read (text corpora are wide)."""
     import pyarrow.parquet as pq
 
     try:
         pf = pq.ParquetFile(path)
     except Exception as e:  # pyarrow raises several types for corrupt files
         raise DataError(f"{path}: cannot read parquet file ({e})") from None
-    if key not in pf.schema_arrow.names:
+    if key is not None and key not in pf.schema_arrow.names:
         raise DataError(
             f"{path}: text column '{key}' not found; the columns are: {', '.join(pf.schema_arrow.names)}. "
             "Set the source's text_key."
         )
     row = 0
-    for batch in pf.iter_batches(columns=[key], batch_size=4096):
-        for value in batch.column(0).to_pylist():
+    for batch in pf.iter_batches(columns=[key] if key else None, batch_size=4096):
+        for value in batch.to_pylist():
             row += 1
-            yield row, {key: value}
+            yield row, value
 
 
 def _rows_csv(path: Path) -> Iterator[tuple[int, object]]:
@@ -111,8 +94,11 @@ def _rows_arrow(path: Path) -> Iterator[tuple[int, object]]:
     yield from enumerate(ds, 1)
 
 
-def iter_rows(path: Path, key: str) -> Iterator[tuple[int, object]]:
-    """(row number, row) pairs of one local file; the row number is the line for text formats."""
+def iter_rows(path: Path, key: str | None = None) -> Iterator[tuple[int, object]]:
+    """(row number, row) pairs of one local file; the row number is the line for text formats.
+    An unparsable line comes as a BadRow in place of the row.
+
+    `key` limits columnar formats to that column; None reads whole rows."""
     if path.is_dir() or path.suffix == ".arrow":
         return _rows_arrow(path)
     return {
@@ -123,44 +109,12 @@ def iter_rows(path: Path, key: str) -> Iterator[tuple[int, object]]:
     }[path.suffix]()
 
 
-def _text_of(row: object, key: str, where: str) -> str:
-    if not isinstance(row, dict):
-        raise DataError(f"{where}: expected an object with a '{key}' field, found {type(row).__name__}")
-    if key not in row:
-        raise DataError(
-            f"{where}: text field '{key}' is missing; the row has: {', '.join(map(str, row)) or 'no fields'}. "
-            "Set the source's text_key."
-        )
-    text = row[key]
-    if not isinstance(text, str):
-        raise DataError(f"{where}: field '{key}' must be a string, found {type(text).__name__}")
-    return text
-
-
-def iter_documents(spec: SourceSpec) -> Iterator[Document]:
-    """Yield the text documents of one source in a fixed order."""
-    if spec.hub_id is not None:
-        import datasets
-
-        try:
-            ds = datasets.load_dataset(spec.hub_id, split=spec.split, streaming=True)
-        except Exception as e:  # offline, gated or misspelled: one clear message
-            raise DataError(f"cannot load hub dataset '{spec.hub_id}' (split '{spec.split}'): {e}") from None
-        for i, row in enumerate(ds, 1):
-            yield Document(_text_of(row, spec.text_key, f"{spec.hub_id}:{i}"), f"{spec.hub_id}:{i}")
-        return
-    for path in resolve_files(spec.path):
-        for row_no, row in iter_rows(path, spec.text_key):
-            where = f"{path}:{row_no}"
-            yield Document(_text_of(row, spec.text_key, where), where)
-
-
-def source_identity(spec: SourceSpec) -> dict:
+def source_identity(path: str | None, hub_id: str | None, split: str, data_files: str | None) -> dict:
     """What identifies a source's content for cache fingerprints (files by name, size and mtime)."""
-    if spec.hub_id is not None:
-        return {"hub_id": spec.hub_id, "split": spec.split, "text_key": spec.text_key}
+    if path is None:
+        return {"hub_id": hub_id, "split": split, "data_files": data_files}
     files = []
-    for f in resolve_files(spec.path):
+    for f in resolve_files(path):
         stats = [f.stat()] if f.is_file() else [g.stat() for g in sorted(f.rglob("*")) if g.is_file()]
         files.append([str(f.resolve()), sum(s.st_size for s in stats), max(s.st_mtime_ns for s in stats)])
-    return {"files": files, "text_key": spec.text_key}
+    return {"files": files}

@@ -80,26 +80,110 @@ class ExpansionSection(Section):
 
 
 class SourceConfig(Section):
+    name: str | None = None
+    """A dataset from the registry (data_prep/registry.py: alpaca_zh, oasst2_en_top1, syne_web_cn, ...)."""
     path: str | None = None
-    """Local file, glob or folder (jsonl, json, parquet, csv, arrow)."""
+    """Local file, glob or folder (jsonl, json, parquet, csv, arrow); overrides the registry's hub id."""
     hub_id: str | None = None
     """Hugging Face dataset id (loaded with datasets.load_dataset)."""
-    split: str = "train"
+    data_files: str | None = None
+    """Hub only: a glob of files inside the dataset repo."""
+    split: str | None = None
+    """Hub split (default: the registry's, else train)."""
+    adapter: str | None = None
+    """Raw schema: text, alpaca, messages, sharegpt, oasst_top1 (default: the registry's, else text)."""
     text_key: str = "text"
+    messages_key: str | None = None
+    """messages adapter: the list's key (default: the first of messages / dialog / conversation)."""
+    alpaca_input: Literal["system", "concat"] = "system"
+    """Non-empty alpaca input: instruction as system turn and input as user (the reference), or
+    instruction + newline + input as the user turn (LLaMA-Factory)."""
+    langs: list[str] | None = None
+    """oasst_top1: root-prompt languages to keep (default: the registry's)."""
+    label: str | None = None
+    """The name stages' weights use (default: name, else path, else hub_id)."""
+    weight: float | None = Field(default=None, gt=0)
+    """Share of training tokens (relative to the other sources); unset on all: natural shares."""
 
     @model_validator(mode="after")
     def _one_location(self) -> SourceConfig:
-        if (self.path is None) == (self.hub_id is None):
-            raise ValueError("each data source needs exactly one of 'path' or 'hub_id'")
+        from data_prep.adapters import ADAPTERS, suggest
+        from data_prep.registry import DATASETS
+
+        if self.name is not None and self.name not in DATASETS:
+            raise ValueError(
+                f"data source name '{self.name}' is not in the registry.{suggest(self.name, DATASETS)}"
+            )
+        if self.adapter is not None and self.adapter not in ADAPTERS:
+            raise ValueError(
+                f"data source adapter '{self.adapter}' is unknown.{suggest(self.adapter, ADAPTERS)} "
+                f"Adapters: {', '.join(ADAPTERS)}"
+            )
+        if self.path is not None and self.hub_id is not None:
+            raise ValueError("a data source takes 'path' or 'hub_id', not both")
+        if self.name is None and self.path is None and self.hub_id is None:
+            raise ValueError("each data source needs a registry 'name', a 'path' or a 'hub_id'")
+        if self.label is None:
+            self.label = self.name or self.path or self.hub_id
         return self
+
+
+class StageConfig(Section):
+    tokens: int | None = Field(default=None, gt=0)
+    """Token budget of the stage; only the last may leave it unset. The last stage keeps its mixture
+    past its budget if training runs longer."""
+    weights: dict[str, float] = Field(min_length=1)
+    """Source label -> share of the stage's tokens (relative; missing sources get none)."""
 
 
 class DataConfig(Section):
     sources: list[SourceConfig] = Field(min_length=1)
     seq_len: int = Field(gt=1)
     shuffle: bool = True
+    """False keeps each source's stored order (curriculum order)."""
     cache_dir: str = ".cache/continualm"
     """Where tokenized, packed shards are cached by fingerprint."""
+    on_error: Literal["raise", "skip"] = "raise"
+    """Bad rows: stop with file and row, or skip them (counted, first reasons logged)."""
+    sft_packing: Literal["best_fit", "pad"] = "best_fit"
+    overlong: Literal["drop", "truncate", "split"] = "drop"
+    """SFT samples longer than seq_len."""
+    train_on_prompt: bool = False
+    """"Mixed training": loss on every chat token, not only the assistant's."""
+    num_proc: int = Field(default=1, gt=0)
+    """Worker processes that tokenize SFT data (capped at the CPU count); shards are the same for any value."""
+    stages: list[StageConfig] = Field(default_factory=list)
+    """Mixture stages in order, each with its own token weights and budget."""
+
+    @model_validator(mode="after")
+    def _mixture(self) -> DataConfig:
+        labels = [s.label for s in self.sources]
+        if len(set(labels)) != len(labels):
+            raise ValueError(
+                f"data.sources labels must be unique, got {labels}: set 'label' on the duplicates"
+            )
+        weights = [s.weight is not None for s in self.sources]
+        if self.stages and any(weights):
+            raise ValueError("with data.stages, give the weights per stage, not data.sources[].weight")
+        if any(weights) and not all(weights):
+            raise ValueError("set data.sources[].weight on every source or on none")
+        for i, stage in enumerate(self.stages):
+            if any(w <= 0 for w in stage.weights.values()):
+                raise ValueError(
+                    f"data.stages.{i}.weights must be positive (leave a source out to give it none)"
+                )
+            if stage.tokens is None and i != len(self.stages) - 1:
+                raise ValueError(
+                    f"data.stages.{i}.tokens is required (only the last stage may be open-ended)"
+                )
+            for key in stage.weights:
+                if key not in labels:
+                    close = difflib.get_close_matches(key, labels, n=1)
+                    hint = f" Did you mean '{close[0]}'?" if close else ""
+                    raise ValueError(
+                        f"data.stages.{i}.weights: unknown source '{key}'.{hint} Sources: {labels}"
+                    )
+        return self
 
 
 class TrainConfig(Section):

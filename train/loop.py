@@ -19,8 +19,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from data_prep.mixture import MixtureSampler, make_sampler
 from data_prep.sampler import RowSampler
-from data_prep.shards import PackedRows, prepare
+from data_prep.shards import MixedRows, prepare
 from train import checkpoint
 from train import distributed as dist
 from train.config import RunConfig, config_hash, dump_yaml
@@ -56,7 +57,9 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def train_step(engine, data: PackedRows, sampler: RowSampler, cfg: RunConfig, consumed: int) -> dict:
+def train_step(
+    engine, data: MixedRows, sampler: RowSampler | MixtureSampler, cfg: RunConfig, consumed: int
+) -> dict:
     """One optimizer step over the rows at stream position `consumed`; returns step metrics.
 
     `loss` is the token-mean cross-entropy; expanded models add `divergence`, `loss_total` and the mean
@@ -138,7 +141,7 @@ def train(cfg: RunConfig, resume: str | None = None, allow_config_change: bool =
     dist.init()
     seed_everything(cfg.seed)
     tokenizer = build_tokenizer(cfg.model)
-    data = prepare(cfg.data.sources, tokenizer, cfg.data.seq_len, cfg.data.cache_dir)
+    data = prepare(cfg.data, tokenizer)
     model = build_for_training(cfg)
     if len(tokenizer) > model.config.vocab_size:
         raise UserError(
@@ -147,7 +150,7 @@ def train(cfg: RunConfig, resume: str | None = None, allow_config_change: bool =
     counts = count_parameters(model)
     flops_token = flops_per_token(model, cfg.data.seq_len)
     engine = build_engine(cfg, model, dist.world_size())
-    sampler = RowSampler(len(data), cfg.seed, cfg.data.shuffle)
+    sampler = make_sampler(data, cfg.data, cfg.seed)
     state = {"step": 0, "consumed_rows": 0, "tokens": 0}
     folder = checkpoint.find_resume(cfg, resume) if resume else None
     if folder is not None:

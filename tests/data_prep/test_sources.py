@@ -10,21 +10,27 @@ import pyarrow.parquet as pq
 import pytest
 
 from data_prep.errors import DataError
+from data_prep.records import iter_records
+from data_prep.registry import resolve
 from data_prep.shards import prepare
-from data_prep.sources import iter_documents
 from train.model import TINY_TOKENIZER
 
 
 @dataclass
 class Spec:
     path: str | None = None
-    hub_id: str | None = None
-    split: str = "train"
     text_key: str = "text"
 
 
+@dataclass
+class Data:
+    sources: list
+    seq_len: int
+    cache_dir: object
+
+
 def _docs(path, **kw):
-    return [d.text for d in iter_documents(Spec(path=str(path), **kw))]
+    return [r["text"] for r in iter_records(resolve(Spec(path=str(path), **kw)))]
 
 
 def test_reads_jsonl_json_parquet_csv_and_globs(tmp_path):
@@ -79,8 +85,8 @@ def test_empty_dataset_is_an_error(tmp_path):
     f = tmp_path / "empty.jsonl"
     f.write_text('{"text": ""}\n')
     tok = AutoTokenizer.from_pretrained(TINY_TOKENIZER)
-    with pytest.raises(DataError, match="no text in the data sources"):
-        prepare([Spec(path=str(f))], tok, 16, tmp_path / "cache")
+    with pytest.raises(DataError, match="no text in the data source"):
+        prepare(Data([Spec(path=str(f))], 16, tmp_path / "cache"), tok)
     assert not any((tmp_path / "cache").iterdir())  # nothing half-built left behind
 
 
@@ -90,11 +96,14 @@ def test_cache_is_reused_and_rebuilt_when_data_changes(tmp_path):
     f = tmp_path / "d.jsonl"
     f.write_text("".join(json.dumps({"text": f"document number {i} " * 5}) + "\n" for i in range(20)))
     tok = AutoTokenizer.from_pretrained(TINY_TOKENIZER)
-    first = prepare([Spec(path=str(f))], tok, 32, tmp_path / "cache")
-    again = prepare([Spec(path=str(f))], tok, 32, tmp_path / "cache")
-    assert again.folder == first.folder
+    first = prepare(Data([Spec(path=str(f))], 32, tmp_path / "cache"), tok)
+    again = prepare(Data([Spec(path=str(f))], 32, tmp_path / "cache"), tok)
+    assert again.shards[0].folder == first.shards[0].folder
     f.write_text(f.read_text() + json.dumps({"text": "one more"}) + "\n")
-    assert prepare([Spec(path=str(f))], tok, 32, tmp_path / "cache").folder != first.folder
+    assert (
+        prepare(Data([Spec(path=str(f))], 32, tmp_path / "cache"), tok).shards[0].folder
+        != first.shards[0].folder
+    )
     batch = first.batch([0, 1])
     assert batch["input_ids"][0, 0].item() == tok.bos_token_id
     assert batch["input_ids"].shape == (2, 32)

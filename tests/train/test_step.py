@@ -25,7 +25,7 @@ def world_of_one():
 def _one_step(data_cache, *overrides):
     cfg = load_config(SMOKE, ["tracking=none", f"data.cache_dir={data_cache}", *overrides])
     seed_everything(cfg.seed)
-    data = prepare(cfg.data.sources, build_tokenizer(cfg.model), cfg.data.seq_len, cfg.data.cache_dir)
+    data = prepare(cfg.data, build_tokenizer(cfg.model))
     engine = build_engine(cfg, build_model(cfg.model), 1)
     engine.train()
     metrics = train_step(engine, data, RowSampler(len(data), cfg.seed), cfg, consumed=0)

@@ -1,0 +1,71 @@
+"""Render conversations with the tokenizer's chat template and build the loss mask.
+
+The template output is tokenized without added special tokens, so the BOS the template writes is
+the only one. Assistant spans are found by rendering prefixes: the tokens between "everything
+before this assistant turn + its header" and "everything up to and including this turn" are its
+content and end-of-turn token. Both facts are checked per sample.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+IGNORE = -100
+
+
+def template_fingerprint(tokenizer) -> str:
+    """Hash of the chat template (a template change must rebuild SFT shards)."""
+    return hashlib.sha256((tokenizer.chat_template or "").encode()).hexdigest()[:16]
+
+
+def _render(tokenizer, messages: list[dict], generation_prompt: bool = False) -> str:
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
+
+
+def _boundary(offsets: list[tuple[int, int]], char: int, n_chars: int) -> int:
+    """Index of the first token starting at `char` (a turn boundary must fall between tokens)."""
+    if char == n_chars:
+        return len(offsets)
+    for i, (begin, _) in enumerate(offsets):
+        if begin >= char:
+            if begin == char and (i == 0 or offsets[i - 1][1] <= char):
+                return i
+            break
+    raise ValueError(f"a turn boundary (character {char}) falls inside a token")
+
+
+def encode_chat(
+    tokenizer, messages: list[dict], train_on_prompt: bool = False
+) -> tuple[list[int], list[int]]:
+    """(input_ids, labels) of one conversation; labels are IGNORE outside assistant content + end of turn.
+
+    train_on_prompt ("mixed training") keeps every token but the first as a target."""
+    text = _render(tokenizer, messages)
+    backend = tokenizer.backend_tokenizer  # one fast encode with offsets instead of one per prefix
+    enc = backend.encode(text, add_special_tokens=False)
+    ids = enc.ids
+    if ids.count(tokenizer.bos_token_id) != 1 or ids[0] != tokenizer.bos_token_id:
+        raise ValueError(f"the rendered conversation must start with exactly one BOS: {text[:80]!r}")
+    if backend.decode(ids, skip_special_tokens=False) != text:
+        raise ValueError(
+            f"the rendered conversation does not round-trip through the tokenizer: {text[:80]!r}"
+        )
+    if train_on_prompt:
+        return ids, [IGNORE, *ids[1:]]
+    labels = [IGNORE] * len(ids)
+    for i, m in enumerate(messages):
+        if m["role"] != "assistant":
+            continue
+        before = _render(tokenizer, messages[:i], generation_prompt=True)
+        through = _render(tokenizer, messages[: i + 1])
+        if not (text.startswith(through) and through.startswith(before)):
+            raise ValueError(
+                f"turn {i}: the template's renderings of earlier turns are not prefixes of the whole"
+            )
+        start = _boundary(enc.offsets, len(before), len(text))
+        end = _boundary(enc.offsets, len(through), len(text))
+        # The span must be this turn's content plus special tokens only (the template trims content).
+        if backend.decode(ids[start:end], skip_special_tokens=True) != m["content"].strip():
+            raise ValueError(f"turn {i}: the loss span is not exactly the assistant's content")
+        labels[start:end] = ids[start:end]
+    return ids, labels

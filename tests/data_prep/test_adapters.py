@@ -1,0 +1,159 @@
+"""Each adapter on a fixture in the dataset's real raw schema gives exactly the expected records;
+bad rows raise with file and row, or are counted with on_error: skip."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from data_prep.errors import DataError
+from data_prep.records import Skips, iter_records
+from data_prep.registry import DATASETS, resolve
+
+FIX = Path(__file__).resolve().parents[1] / "fixtures" / "datasets"
+
+
+def records(on_error: str = "raise", skips: Skips | None = None, **spec) -> list[dict]:
+    return list(iter_records(resolve(SimpleNamespace(**spec)), on_error, skips))
+
+
+def conv(*turns: tuple[str, str]) -> list[dict]:
+    return [{"role": r, "content": c} for r, c in turns]
+
+
+def test_text_corpora_syne_parquet_and_llm_jp_jsonl():
+    syne = records(name="syne_synthesis_en", path=str(FIX / "syne/data/synthesis-en"))
+    assert [r["text"][:22] for r in syne] == ["Question: Why does ice", "Question: What is 12 t"]
+    assert syne[0]["source"] == "syne_synthesis_en"
+    assert syne[0]["id"].endswith("synthesis-en/train-00000-of-00001.parquet:1")
+    ja = records(path=str(FIX / "llm_jp_corpus.jsonl"))
+    assert [{k: r[k] for k in ("text",)} for r in ja] == [{"text": "東京は日本の首都です。"}]
+
+
+@pytest.mark.parametrize(
+    "mode, second",
+    [
+        (
+            "system",
+            conv(
+                ("system", "将以下数字分类。"),
+                ("user", "输入：\n2、4、6、8"),
+                ("assistant", "这是一个偶数序列。"),
+            ),
+        ),
+        (
+            "concat",
+            conv(("user", "将以下数字分类。\n输入：\n2、4、6、8"), ("assistant", "这是一个偶数序列。")),
+        ),
+    ],
+)
+def test_alpaca_input_mapping(mode, second):
+    out = records(name="stem_zh_instruction", path=str(FIX / "stem_zh_instruction.json"), alpaca_input=mode)
+    assert [r["messages"] for r in out] == [
+        conv(("user", "为什么金属导电性好？"), ("assistant", "金属中存在大量自由电子。")),
+        second,
+    ]
+    assert out[1]["id"].endswith("stem_zh_instruction.json:2")
+
+
+def test_alpaca_history_pairs_come_first():
+    (out,) = records(adapter="alpaca", path=str(FIX / "oaast_sft_zh.jsonl"))
+    assert out["messages"] == conv(
+        ("user", "请给我写一个面试准备计划"),
+        ("assistant", "首先，了解公司。"),
+        ("user", "谢谢"),
+        ("assistant", "不用谢！"),
+    )
+
+
+def test_messages_dialog_as_json_string_and_list():
+    out = records(name="llama3_8b_chat", path=str(FIX / "llama3_8b_chat.jsonl"))
+    assert [r["messages"] for r in out] == [
+        conv(("system", "你是一个助手。"), ("user", "你好"), ("assistant", "你好！有什么可以帮你？")),
+        conv(("user", "1+1=?"), ("assistant", "2")),
+    ]
+
+
+def test_swallow_conversation_singular_key():
+    (out,) = records(name="swallow_instruct_v0_1", path=str(FIX / "swallow_instruct.jsonl"))
+    assert out["messages"] == conv(
+        ("user", "日本の首都は？"),
+        ("assistant", "東京です。"),
+        ("user", "人口は？"),
+        ("assistant", "約1400万人です。"),
+    )
+
+
+def test_sharegpt_oasst1_ja():
+    (out,) = records(name="oasst1_21k_ja", path=str(FIX / "oasst1_21k_ja.jsonl"))
+    assert out["messages"] == conv(
+        ("user", "モナドとは何ですか？"), ("assistant", "計算を連結するための構造です。")
+    )
+
+
+def test_oasst2_top1_threads_and_language_filter():
+    out = records(name="oasst2_en_top1", path=str(FIX / "oasst2_messages.jsonl"))
+    assert [r["messages"] for r in out] == [
+        # rank-1 and deleted answers, and a second prompter leaf, are not threads
+        conv(
+            ("user", "What is a monad?"),
+            ("assistant", "A monad chains computations."),
+            ("user", "Give an example."),
+            ("assistant", "Maybe is a monad."),
+        ),
+        # a lone unranked answer is kept; the first prompter reply after it is popped
+        conv(("user", "Name a prime."), ("assistant", "Seven.")),
+    ]
+    everything = records(name="oasst2_en_top1", path=str(FIX / "oasst2_messages.jsonl"), langs=["en", "de"])
+    assert len(everything) == 3  # the German tree too; not-ready and synthetic trees never
+
+
+def test_every_named_dataset_has_a_known_adapter():
+    assert len([n for n in DATASETS if n.startswith("syne_")]) == 12
+    for name in DATASETS:
+        assert resolve(SimpleNamespace(name=name)).hub_id == DATASETS[name].hub_id
+
+
+@pytest.mark.parametrize(
+    "line, reason",
+    [
+        ('{"instruction": "q", "input": ""}', "field 'output' is missing"),
+        ('{"instruction": 5, "input": "", "output": "a"}', "field 'instruction' must be a string, found int"),
+        ('{"instruction": "q", "input": "", "output": "  "}', r"turn 1 \(assistant\): content is empty"),
+    ],
+)
+def test_bad_alpaca_rows_name_file_and_row(tmp_path, line, reason):
+    f = tmp_path / "a.jsonl"
+    f.write_text('{"instruction": "q", "input": "", "output": "a"}\n' + line + "\n")
+    with pytest.raises(DataError, match=rf"a.jsonl:2: {reason}"):
+        records(adapter="alpaca", path=str(f))
+
+
+def test_bad_conversations(tmp_path):
+    f = tmp_path / "m.jsonl"
+    f.write_text(
+        '{"messages": []}\n'
+        '{"messages": [{"role": "user", "content": "hi"}]}\n'
+        '{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}\n'
+        '{"messages": [\n'
+    )
+    with pytest.raises(DataError, match=r"m.jsonl:1: the conversation is empty"):
+        records(adapter="messages", path=str(f))
+    skips = Skips()
+    out = records("skip", skips, adapter="messages", path=str(f))
+    assert len(out) == 1 and skips.count == 3
+    assert skips.reasons[1].endswith("m.jsonl:2: the conversation does not end with an assistant turn")
+    assert "m.jsonl:4: line is not valid JSON" in skips.reasons[2]
+
+
+def test_empty_after_filtering_and_unknown_names(tmp_path):
+    f = tmp_path / "m.jsonl"
+    f.write_text('{"messages": []}\n')
+    with pytest.raises(DataError, match="has no usable rows .1 skipped as bad"):
+        records("skip", adapter="messages", path=str(f))
+    with pytest.raises(DataError, match="Did you mean 'alpaca_zh'"):
+        resolve(SimpleNamespace(name="alpaca_zn"))
+    with pytest.raises(DataError, match="Did you mean 'sharegpt'"):
+        resolve(SimpleNamespace(path="x", adapter="sharegtp"))

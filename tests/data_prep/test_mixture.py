@@ -1,0 +1,85 @@
+"""SynE's two-stage mixture on fixture data: token ratios within 1%, deterministic by seed, and a
+resume mid-mixture continues with exactly the next rows without replaying."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from types import SimpleNamespace as NS
+
+import numpy as np
+import pytest
+from transformers import AutoTokenizer
+
+from data_prep.mixture import MixtureSampler, make_sampler
+from data_prep.shards import prepare
+
+SYNE = Path(__file__).resolve().parents[1] / "fixtures" / "datasets" / "syne" / "data"
+FOLDERS = ("web-cn", "book-cn", "web-en", "book-en", "synthesis-en")
+ZH = {"web-cn": 0.7 / 0.9, "book-cn": 0.2 / 0.9}  # SynE's inner shares (qa/encyclopedia not in the fixture)
+EN = {"web-en": 0.4 / 0.55, "book-en": 0.15 / 0.55}
+SEQ = 16
+
+
+def label(folder: str) -> str:
+    return "syne_" + folder.replace("-", "_")
+
+
+@pytest.fixture(scope="module")
+def syne(tmp_path_factory):
+    from train.model import TINY_TOKENIZER
+
+    sources = [NS(name=label(f), path=str(SYNE / f)) for f in FOLDERS]
+    stage1 = {**{label(k): 2 * v for k, v in ZH.items()}, **{label(k): 8 * v for k, v in EN.items()}}
+    stage2 = {**{label(k): 1 * v for k, v in ZH.items()}, **{label(k): 7 * v for k, v in EN.items()}}
+    stage2[label("synthesis-en")] = 2
+    cfg = NS(
+        sources=sources,
+        seq_len=SEQ,
+        cache_dir=tmp_path_factory.mktemp("cache"),
+        shuffle=True,
+        stages=[NS(tokens=925 * 100 * SEQ, weights=stage1), NS(tokens=75 * 100 * SEQ, weights=stage2)],
+    )
+    data = prepare(cfg, AutoTokenizer.from_pretrained(TINY_TOKENIZER))
+    return data, cfg
+
+
+def shares(data, rows: np.ndarray) -> dict[str, float]:
+    which = np.searchsorted(data.offsets, rows, side="right") - 1
+    tokens = np.bincount(which, minlength=len(data.source_labels)) * SEQ  # CPT rows are full
+    return dict(zip(data.source_labels, tokens / tokens.sum(), strict=True))
+
+
+def test_two_stage_token_ratios(syne):
+    data, cfg = syne
+    sampler = make_sampler(data, cfg, seed=0)
+    assert all(len(s) < 30 for s in data.shards)  # tiny sources: the budget upsamples them many times
+    s1 = shares(data, sampler.rows(0, 92_500))
+    s2 = shares(data, sampler.rows(92_500, 7_500))
+    zh1 = s1[label("web-cn")] + s1[label("book-cn")]
+    assert zh1 == pytest.approx(0.2, abs=0.01) and s1[label("synthesis-en")] == 0
+    zh2 = s2[label("web-cn")] + s2[label("book-cn")]
+    assert zh2 == pytest.approx(0.1, abs=0.01)
+    assert s2[label("synthesis-en")] == pytest.approx(0.2, abs=0.01)
+    assert s1[label("web-cn")] / zh1 == pytest.approx(0.7 / 0.9, abs=0.01)
+    assert sampler.consumed_per_source(92_500)[data.source_labels.index(label("synthesis-en"))] == 0
+
+
+def test_resume_mid_mixture_continues_with_the_next_rows(syne):
+    data, cfg = syne
+    full = make_sampler(data, cfg, seed=3).rows(92_400, 200)  # crosses the stage boundary
+    resumed = make_sampler(data, cfg, seed=3)
+    assert np.array_equal(resumed.rows(92_450, 150), full[50:])
+    assert not np.array_equal(make_sampler(data, cfg, seed=4).rows(92_400, 200), full)
+    b = data.batch(full[50:52])
+    assert b["input_ids"].shape == (2, SEQ) and b["labels"].shape == (2, SEQ)
+    t0 = time.perf_counter()
+    resumed.rows(10**12, 4)  # far into the open last stage: no replay
+    assert time.perf_counter() - t0 < 0.5
+
+
+def test_curriculum_order_and_upsampling():
+    s = MixtureSampler([3, 2], [(None, [1.0, 1.0])], seed=0, shuffle=False, block=4)
+    # even spread over blocks of 4; source 1 (rows 3, 4) wraps around: upsampled
+    assert s.rows(0, 8).tolist() == [0, 3, 1, 4, 2, 3, 0, 4]
+    assert s.consumed_per_source(8) == [4, 4]

@@ -1,0 +1,97 @@
+"""launch/prepare_data.py builds the shards once; training reuses them; a tokenizer or chat-template
+change rebuilds exactly the shards it affects."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from data_prep import shards
+from data_prep.errors import DataError
+from tests.conftest import ROOT, run_entry
+from train.config import load_config
+from train.model import build_tokenizer
+
+SFT = ROOT / "configs" / "smoke" / "sft_tiny.yaml"
+
+
+def test_prepare_once_reuse_and_rebuild_on_fingerprint_change(tmp_path, monkeypatch):
+    cache = tmp_path / "cache"
+    out = run_entry("prepare_data.py", "--config", str(SFT), "--set", f"data.cache_dir={cache}")
+    assert out.returncode == 0, out.stderr
+    built = [json.loads(line) for line in out.stdout.splitlines()]
+    assert [b["source"] for b in built] == ["tests/fixtures/datasets/sft_smoke.jsonl", "stem_zh_instruction"]
+
+    cfg = load_config(SFT, [f"data.cache_dir={cache}"])
+    cfg.data.sources.append(
+        cfg.data.sources[0].model_copy(
+            update={"label": "text", "adapter": "text", "path": "data_prep/samples/multilingual_cpt.jsonl"}
+        )
+    )
+    cfg.data.sources[2].weight = 1
+    tok = build_tokenizer(cfg.model)
+    shards.prepare(cfg.data, tok)  # builds the CPT shard only
+    folders = [str(s.folder) for s in shards.prepare(cfg.data, tok).shards]
+    assert folders[:2] == [b["folder"] for b in built]
+
+    def no_build(*args, **kw):
+        raise AssertionError("re-tokenized although nothing changed")
+
+    with monkeypatch.context() as m:
+        m.setattr(shards, "_build", no_build)
+        assert [str(s.folder) for s in shards.prepare(cfg.data, tok).shards] == folders
+
+    tok.chat_template = tok.chat_template.replace("| trim", "")  # a template change: SFT shards only
+    after_template = [str(s.folder) for s in shards.prepare(cfg.data, tok).shards]
+    assert (
+        after_template[0] != folders[0]
+        and after_template[1] != folders[1]
+        and after_template[2] == folders[2]
+    )
+
+    tok.add_tokens(["<|new|>"])  # a tokenizer change: everything
+    after_tok = [str(s.folder) for s in shards.prepare(cfg.data, tok).shards]
+    assert not set(after_tok) & set(after_template)
+
+
+def test_sft_shard_keeps_masks(tmp_path):
+    cfg = load_config(SFT, [f"data.cache_dir={tmp_path}"])
+    data = shards.prepare(cfg.data, build_tokenizer(cfg.model))
+    b = data.batch(list(range(len(data))))
+    labels, ids = b["labels"], b["input_ids"]
+    trained = labels != -100
+    assert 0 < int(trained.sum()) < int((ids != build_tokenizer(cfg.model).pad_token_id).sum()) / 2
+    assert bool((labels[trained] == ids[trained]).all())
+    assert data.shards[0].manifest["dropped_samples"] == 0
+
+
+def test_worker_processes_build_the_same_shard(tmp_path, monkeypatch):
+    monkeypatch.setattr(shards, "ENCODE_BATCH", 2)  # several batches in flight: their order must hold
+    cfg = load_config(SFT, [f"data.cache_dir={tmp_path / 'one'}"])
+    tok = build_tokenizer(cfg.model)
+    one = shards.prepare(cfg.data, tok).shards[0].folder
+    cfg = load_config(SFT, [f"data.cache_dir={tmp_path / 'two'}", "data.num_proc=2"])
+    two = shards.prepare(cfg.data, tok).shards[0].folder
+    assert one.name == two.name
+    for name in ("input_ids.bin", "position_ids.bin", "labels.bin", "manifest.json"):
+        assert (one / name).read_bytes() == (two / name).read_bytes()
+
+
+def test_bad_rows_stop_prepare_with_file_and_row(tmp_path):
+    f = tmp_path / "chat.jsonl"
+    f.write_text('{"messages": [{"role": "user", "content": "only a question"}]}\n')
+    cfg = load_config(SFT, [f"data.cache_dir={tmp_path}", f"data.sources=[{{path: {f}, adapter: messages}}]"])
+    with pytest.raises(DataError, match=rf"{f}:1: the conversation does not end with an assistant turn"):
+        shards.prepare(cfg.data, build_tokenizer(cfg.model))
+
+
+def test_sft_smoke_recipe_trains_through_the_launcher(tmp_path):
+    out = run_entry(
+        "train.py", "--config", str(SFT), "--set", f"output_dir={tmp_path / 'run'}",
+        "--set", f"data.cache_dir={tmp_path / 'cache'}", "--set", "tracking=none",
+        "--set", "train.max_steps=2", "--set", "checkpoint.every_steps=2",
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    state = json.loads((tmp_path / "run/checkpoints/step-00000002/trainer_state.json").read_text())
+    assert state["step"] == 2 and state["consumed_rows"] == 8
