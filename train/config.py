@@ -329,7 +329,16 @@ class RunConfig(Section):
 
 
 # Keys that do not change what is trained: resuming with a different value is allowed.
-NON_TRAINING_KEYS = ("output_dir", "tracking", "checkpoint", "eval", "train.log_every", "train.peak_tflops")
+NON_TRAINING_KEYS = (
+    "output_dir",
+    "tracking",
+    "checkpoint",
+    "eval",
+    "train.log_every",
+    "train.peak_tflops",
+    "data.num_proc",
+    "data.cache_dir",
+)
 
 
 def config_hash(cfg: RunConfig) -> str:

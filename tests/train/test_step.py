@@ -14,7 +14,7 @@ from train import distributed as dist
 from train.config import load_config
 from train.engine import build_engine
 from train.loop import seed_everything, train_step
-from train.model import build_model, build_tokenizer
+from train.model import build_for_training, build_tokenizer
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -26,7 +26,7 @@ def _one_step(data_cache, *overrides):
     cfg = load_config(SMOKE, ["tracking=none", f"data.cache_dir={data_cache}", *overrides])
     seed_everything(cfg.seed)
     data = prepare(cfg.data, build_tokenizer(cfg.model))
-    engine = build_engine(cfg, build_model(cfg.model), 1)
+    engine = build_engine(cfg, build_for_training(cfg), 1)
     engine.train()
     metrics = train_step(engine, data, RowSampler(len(data), cfg.seed), cfg, consumed=0)
     if cfg.deepspeed.zero_stage == 3:  # parameters are partitioned: gather a full copy

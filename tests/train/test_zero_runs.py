@@ -22,9 +22,16 @@ STEPS = 9
 
 
 def _run(out: Path, cache: Path, stage: int, *extra: str, fault: str | None = None):
-    sets = [f"output_dir={out}", f"data.cache_dir={cache}", f"deepspeed.zero_stage={stage}",
-            f"train.max_steps={STEPS}", "checkpoint.every_steps=3", "checkpoint.keep_last=5",
-            "checkpoint.export_at_end=false", "tracking=none"]
+    sets = [
+        f"output_dir={out}",
+        f"data.cache_dir={cache}",
+        f"deepspeed.zero_stage={stage}",
+        f"train.max_steps={STEPS}",
+        "checkpoint.every_steps=3",
+        "checkpoint.keep_last=5",
+        "checkpoint.export_at_end=false",
+        "tracking=none",
+    ]
     args = ["--config", str(SMOKE), *(a for s in sets for a in ("--set", s)), *extra]
     return run_entry("train.py", *args, nproc=2, env={"CONTINUALM_FAULT": fault} if fault else None)
 
