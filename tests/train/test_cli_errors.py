@@ -52,7 +52,7 @@ def test_missing_data_file(tmp_path):
 def test_empty_dataset(tmp_path):
     f = tmp_path / "empty.jsonl"
     f.write_text("")
-    _check(_train(tmp_path, f"data.sources=[{{path: {f}}}]"), "no text in the data sources")
+    _check(_train(tmp_path, f"data.sources=[{{path: {f}}}]"), "has no usable rows")
 
 
 def test_line_that_is_not_json(tmp_path):
