@@ -1,0 +1,90 @@
+"""Local benchmark files for our lm-eval tasks: `custom_dataset` loaders and a per-subject few-shot sampler.
+
+A task YAML names files relative to the data dir; the data dir arrives through lm-eval's task metadata
+(`TaskManager(metadata={"data_dir": ...})` or `lm_eval --metadata '{"data_dir": ...}'`), so the YAMLs
+stay free of machine paths and work both from our runner and from the lm_eval CLI.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+import datasets
+from lm_eval.api.samplers import ContextSampler
+
+SHOTS_FIELD = "fewshot"  # per-doc list of its few-shot exemplars, filled by `load`
+_SUFFIXES = (".jsonl", ".json", ".csv")
+
+
+def read_rows(path: Path) -> list[dict[str, Any]]:
+    """Rows of a .jsonl, .json (array, or {"examples": [...]} as in BBH) or headed .csv file."""
+    if path.suffix == ".jsonl":
+        return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if path.suffix == ".json":
+        data = json.loads(path.read_text(encoding="utf-8"))
+        return data["examples"] if isinstance(data, dict) else data
+    if path.suffix == ".csv":
+        with path.open(encoding="utf-8", newline="") as f:
+            return list(csv.DictReader(f))
+    raise ValueError(f"unsupported benchmark file {path} (expected one of {_SUFFIXES})")
+
+
+def _subject(stem: str, split: str) -> str:
+    # Official per-subject layouts name files `<subject>.csv` or `<subject>_<split>.csv` (C-Eval's zip).
+    return stem.removesuffix(f"_{split}")
+
+
+def read_split(path: Path, split: str, subject_field: str) -> list[dict[str, Any]]:
+    """One split from a file, or from a folder of per-subject files (the subject is taken from the name)."""
+    if path.is_file():
+        return read_rows(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"benchmark data not found: {path} (see docs/eval.md for the layout)")
+    rows = []
+    for file in sorted(p for p in path.iterdir() if p.suffix in _SUFFIXES):
+        rows += [{**row, subject_field: _subject(file.stem, split)} for row in read_rows(file)]
+    return rows
+
+
+def load(
+    data_dir: str | None = None,
+    files: dict[str, str] | None = None,
+    shots_from: str | None = None,
+    shots_by: str = "subject",
+    **_: Any,
+) -> datasets.DatasetDict:
+    """lm-eval `custom_dataset`: read `files` ({split: path under data_dir}); with `shots_from`, attach to
+    every doc the exemplars of that split sharing its `shots_by` value, in file order."""
+    if not data_dir:
+        raise ValueError(
+            "no data_dir: pass metadata={'data_dir': ...} to the TaskManager (or lm_eval --metadata)"
+        )
+    if not files:
+        raise ValueError("the task YAML must list `files` under dataset_kwargs")
+    splits = {name: read_split(Path(data_dir) / rel, name, shots_by) for name, rel in files.items()}
+    if shots_from is not None:
+        pool: dict[Any, list[dict]] = {}
+        for row in splits[shots_from]:
+            pool.setdefault(row.get(shots_by), []).append(row)
+        for name, rows in splits.items():
+            if name != shots_from:
+                splits[name] = [{**row, SHOTS_FIELD: pool.get(row.get(shots_by), [])} for row in rows]
+    return datasets.DatasetDict({name: datasets.Dataset.from_list(rows) for name, rows in splits.items()})
+
+
+class DocShotsSampler(ContextSampler):
+    """First-n few-shot exemplars taken from the eval doc's own `fewshot` list (same subject, dev order).
+
+    lm-eval passes the eval doc to the sampler only when `fewshot_split` equals `test_split`, so tasks
+    using this sampler set both to the test split; the exemplars themselves come from `load`."""
+
+    def sample(self, n: int, eval_doc: dict | None = None, df=None, **kwargs) -> list[dict]:
+        if eval_doc is None:
+            raise ValueError("DocShotsSampler needs fewshot_split == test_split so that it sees the eval doc")
+        shots = eval_doc[SHOTS_FIELD]
+        if len(shots) < n:
+            raise ValueError(f"{n}-shot requested but only {len(shots)} exemplars for this doc's subject")
+        return shots[:n]
