@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ import datasets
 from lm_eval.api.samplers import ContextSampler
 
 SHOTS_FIELD = "fewshot"  # per-doc list of its few-shot exemplars, filled by `load`
+HEADER_FIELD = "header"  # per-doc task description (subject header or BBH CoT exemplars), filled by `load`
 _SUFFIXES = (".jsonl", ".json", ".csv")
 
 
@@ -37,16 +39,46 @@ def _subject(stem: str, split: str) -> str:
     return stem.removesuffix(f"_{split}")
 
 
+def _existing(path: Path) -> Path:
+    # A YAML names `mmlu/test`; the data dir may hold `mmlu/test/` (per-subject files) or `mmlu/test.jsonl`.
+    for candidate in (path, *(path.with_name(path.name + s) for s in _SUFFIXES)):
+        if candidate.exists():
+            return candidate
+    raise FileNotFoundError(f"benchmark data not found: {path}[/|.jsonl|.json|.csv] (see docs/eval.md)")
+
+
 def read_split(path: Path, split: str, subject_field: str) -> list[dict[str, Any]]:
     """One split from a file, or from a folder of per-subject files (the subject is taken from the name)."""
+    path = _existing(path)
     if path.is_file():
         return read_rows(path)
-    if not path.is_dir():
-        raise FileNotFoundError(f"benchmark data not found: {path} (see docs/eval.md for the layout)")
     rows = []
     for file in sorted(p for p in path.iterdir() if p.suffix in _SUFFIXES):
         rows += [{**row, subject_field: _subject(file.stem, split)} for row in read_rows(file)]
     return rows
+
+
+@cache
+def lm_eval_headers(benchmark: str) -> dict[str, str]:
+    """{subject: description} from lm-eval's own per-subject YAMLs (e.g. C-Eval's Chinese subject names)."""
+    import lm_eval
+    from lm_eval.tasks._yaml_loader import load_yaml
+
+    folder = Path(lm_eval.__file__).parent / "tasks" / benchmark
+    configs = (load_yaml(p, resolve_func=False, recursive=False) for p in sorted(folder.glob("*.yaml")))
+    return {
+        c["dataset_name"]: c["description"] for c in configs if "dataset_name" in c and "description" in c
+    }
+
+
+def _header(subject: str, headers: dict[str, str], prompts: Path | None) -> str:
+    if prompts is not None:
+        # BBH cot-prompts/<task>.txt: a canary line, "-----", then the description and the 3 CoT exemplars.
+        text = (prompts / f"{subject}.txt").read_text(encoding="utf-8")
+        return text.split("-----\n", 1)[-1].strip() + "\n\n"
+    if subject not in headers:
+        raise KeyError(f"no prompt header for subject {subject!r}")
+    return headers[subject]
 
 
 def load(
@@ -54,10 +86,13 @@ def load(
     files: dict[str, str] | None = None,
     shots_from: str | None = None,
     shots_by: str = "subject",
+    headers_from_lm_eval: str | None = None,
+    headers_dir: str | None = None,
     **_: Any,
 ) -> datasets.DatasetDict:
-    """lm-eval `custom_dataset`: read `files` ({split: path under data_dir}); with `shots_from`, attach to
-    every doc the exemplars of that split sharing its `shots_by` value, in file order."""
+    """lm-eval `custom_dataset`: read `files` ({split: path under data_dir}). With `shots_from`, attach to
+    every doc the exemplars of that split sharing its `shots_by` value, in file order; with
+    `headers_from_lm_eval` or `headers_dir`, a per-subject `header` column for the task's description."""
     if not data_dir:
         raise ValueError(
             "no data_dir: pass metadata={'data_dir': ...} to the TaskManager (or lm_eval --metadata)"
@@ -72,6 +107,12 @@ def load(
         for name, rows in splits.items():
             if name != shots_from:
                 splits[name] = [{**row, SHOTS_FIELD: pool.get(row.get(shots_by), [])} for row in rows]
+    if headers_from_lm_eval or headers_dir:
+        headers = lm_eval_headers(headers_from_lm_eval) if headers_from_lm_eval else {}
+        prompts = Path(data_dir) / headers_dir if headers_dir else None
+        for rows in splits.values():
+            for row in rows:
+                row[HEADER_FIELD] = _header(row[shots_by], headers, prompts)
     return datasets.DatasetDict({name: datasets.Dataset.from_list(rows) for name, rows in splits.items()})
 
 
