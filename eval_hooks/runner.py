@@ -36,14 +36,14 @@ def _hflm_class():
         """HFLM whose ranks come from torch.distributed, and whose ranks run equal numbers of forward passes.
 
         Under ZeRO-3 every forward all-gathers parameters, so a rank that runs fewer forwards hangs the
-        others: generation uses synced_gpus, and each request type pads this rank's forwards to the max."""
+        others. Before each real model call the ranks agree that someone still has work; a rank without
+        work runs a dummy call in that round. Generation uses synced_gpus, so calls of different
+        lengths also stay in step."""
 
         def __init__(self, model, tokenizer, batch_size: int):
-            # logits_cache=False: no merging of requests that share a context, so batch counts depend only
-            # on request counts (which lm-eval equalises across ranks).
+            # logits_cache=False: no merging of requests that share a context, so ranks do similar work.
             super().__init__(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, logits_cache=False)
             self._rank, self._world_size = dist.get_rank(), dist.get_world_size()
-            self._forwards = 0
 
         def all_gather(self, tensor: torch.Tensor) -> torch.Tensor:
             parts = [torch.zeros_like(tensor) for _ in range(self.world_size)]
@@ -53,52 +53,54 @@ def _hflm_class():
         def barrier(self) -> None:
             dist.barrier()
 
-        def _model_call(self, inps, attn_mask=None, labels=None):
-            self._forwards += 1
-            return super()._model_call(inps, attn_mask, labels)
+        def _anyone_busy(self, busy: bool) -> bool:
+            flag = torch.tensor([int(busy)], device=self.device)
+            dist.all_reduce(flag)
+            return bool(flag.item())
 
-        def _model_generate(self, context, max_length, stop, **generation_kwargs):
-            self._forwards += 1
-            return super()._model_generate(context, max_length, stop, synced_gpus=True, **generation_kwargs)
-
-        def _lockstep(self, run: Callable[[], list], dummy: Callable[[], Any]) -> list:
-            start = self._forwards
+        def _drain(self, run: Callable[[], list], dummy: Callable[[], Any]) -> list:
             out = run()
-            mine = torch.tensor(self._forwards - start, device=self.device)
-            most = mine.clone()
-            dist.all_reduce(most, op=dist.ReduceOp.MAX)
-            for _ in range(int(most - mine)):
+            while self._anyone_busy(False):  # others still have calls: join each with a dummy one
                 dummy()
             return out
 
-        def _dummy_input(self) -> torch.Tensor:
+        def _dummy_ids(self) -> torch.Tensor:
             return torch.tensor([[self.tokenizer.bos_token_id or 0]], device=self.device)
 
-        def loglikelihood(self, requests, disable_tqdm: bool = False):
-            return self._lockstep(
-                lambda: super(DistributedHFLM, self).loglikelihood(requests, disable_tqdm),
-                lambda: self.model(self._dummy_input()),
+        def _dummy_forward(self) -> None:
+            with torch.no_grad():
+                self.model(self._dummy_ids())
+
+        def _dummy_generate(self) -> None:
+            ids = self._dummy_ids()
+            self.model.generate(
+                input_ids=ids,
+                attention_mask=torch.ones_like(ids),
+                max_new_tokens=1,
+                do_sample=False,
+                synced_gpus=True,
+                pad_token_id=self.tokenizer.pad_token_id,
             )
+
+        def _model_call(self, inps, attn_mask=None, labels=None):
+            self._anyone_busy(True)
+            return super()._model_call(inps, attn_mask, labels)
+
+        def _model_generate(self, context, max_length, stop, **generation_kwargs):
+            self._anyone_busy(True)
+            return super()._model_generate(context, max_length, stop, synced_gpus=True, **generation_kwargs)
+
+        def loglikelihood(self, requests, disable_tqdm: bool = False):
+            run = super().loglikelihood
+            return self._drain(lambda: run(requests, disable_tqdm), self._dummy_forward)
 
         def loglikelihood_rolling(self, requests, disable_tqdm: bool = False):
-            return self._lockstep(
-                lambda: super(DistributedHFLM, self).loglikelihood_rolling(requests, disable_tqdm),
-                lambda: self.model(self._dummy_input()),
-            )
+            run = super().loglikelihood_rolling
+            return self._drain(lambda: run(requests, disable_tqdm), self._dummy_forward)
 
         def generate_until(self, requests, disable_tqdm: bool = False):
-            dummy = self._dummy_input()
-            return self._lockstep(
-                lambda: super(DistributedHFLM, self).generate_until(requests, disable_tqdm),
-                lambda: self.model.generate(
-                    input_ids=dummy,
-                    attention_mask=torch.ones_like(dummy),
-                    max_new_tokens=1,
-                    do_sample=False,
-                    synced_gpus=True,
-                    pad_token_id=self.tokenizer.pad_token_id,
-                ),
-            )
+            run = super().generate_until
+            return self._drain(lambda: run(requests, disable_tqdm), self._dummy_generate)
 
     return HFLM, DistributedHFLM
 
