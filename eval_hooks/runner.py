@@ -235,3 +235,30 @@ def write_results(
     tmp.write_text(json.dumps(record, indent=2, ensure_ascii=False, default=float))
     os.replace(tmp, path)  # readers never see a half-written file
     return path
+
+
+def evaluate_hf_dir(
+    model_dir: str | Path,
+    suites: list[str],
+    data_dir: str | Path,
+    out: str | Path,
+    limit: int | None = None,
+    batch_size: int = 8,
+    max_gen_tokens: int | None = None,
+) -> dict | None:
+    """Standalone run on an exported HF folder; data parallel when started by torchrun/deepspeed/accelerate."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    cuda = torch.cuda.is_available()
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if cuda else "gloo")
+    device = torch.device(f"cuda:{os.environ.get('LOCAL_RANK', '0')}" if cuda else "cpu")
+    if cuda:
+        torch.cuda.set_device(device)
+    dtype = torch.bfloat16 if cuda else torch.float32
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).to(device).eval()
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    results = evaluate(model, tokenizer, suites, data_dir, limit, batch_size, max_gen_tokens)
+    if results is not None:
+        write_results(out, results, model, data_dir)
+    return results

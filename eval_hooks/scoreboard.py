@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from statistics import fmean
 
 from eval_hooks.metrics import mera_task_score
@@ -200,6 +201,12 @@ def columns_from_results(card: Card | str, results: dict[str, dict]) -> dict[str
         if metrics is not None and col.metric in metrics:
             out[col.name] = float(metrics[col.metric]) * card.scale
     return out
+
+
+def load_columns(card: Card | str, path: str | Path) -> dict[str, float | dict[str, float]]:
+    """Per-column scores from a JSON file: {column: score} as on the card, or a results JSON of our runner."""
+    data = json.loads(Path(path).read_text(encoding="utf-8"))
+    return columns_from_results(card, data["tasks"]) if "tasks" in data else data
 
 
 def markdown_table(card: Card | str, rows: dict[str, dict]) -> str:
