@@ -18,19 +18,52 @@ from lm_eval.api.samplers import ContextSampler
 
 SHOTS_FIELD = "fewshot"  # per-doc list of its few-shot exemplars, filled by `load`
 HEADER_FIELD = "header"  # per-doc task description (subject header or BBH CoT exemplars), filled by `load`
-_SUFFIXES = (".jsonl", ".json", ".csv")
+_SUFFIXES = (".jsonl", ".json", ".csv", ".xml")
 
 
-def read_rows(path: Path) -> list[dict[str, Any]]:
-    """Rows of a .jsonl, .json (array, or {"examples": [...]} as in BBH) or headed .csv file."""
+def _squad_rows(data: dict) -> list[dict[str, Any]]:
+    # SQuAD-v1 nesting (JSQuAD): data[].paragraphs[].qas[] -> one row per question.
+    return [
+        {"title": article.get("title", ""), "context": para["context"], **qa}
+        for article in data["data"]
+        for para in article["paragraphs"]
+        for qa in para["qas"]
+    ]
+
+
+def _niilc_rows(path: Path) -> list[dict[str, Any]]:
+    # NIILC XML: <question id><text>Q</text><answers><answer>A</answer>...</answers>...</question>
+    import xml.etree.ElementTree as ET
+
+    return [
+        {
+            "id": q.get("id"),
+            "text": q.findtext("text", ""),
+            "answers": [a.text or "" for a in q.iter("answer")],
+        }
+        for q in ET.parse(path).getroot().iter("question")
+    ]
+
+
+def read_rows(path: Path, columns: list[str] | None = None) -> list[dict[str, Any]]:
+    """Rows of a benchmark file: .jsonl; .json (array, BBH {"examples"}, SQuAD nesting, or JSON lines as in
+    JGLUE); .csv with a header, or headerless when `columns` names them (JMMLU); NIILC .xml."""
+    text = path.read_text(encoding="utf-8") if path.suffix != ".xml" else ""
     if path.suffix == ".jsonl":
-        return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        return [json.loads(line) for line in text.splitlines() if line.strip()]
     if path.suffix == ".json":
-        data = json.loads(path.read_text(encoding="utf-8"))
-        return data["examples"] if isinstance(data, dict) else data
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError:  # JGLUE ships JSON lines under a .json name
+            return [json.loads(line) for line in text.splitlines() if line.strip()]
+        if isinstance(data, dict):
+            return _squad_rows(data) if "data" in data else data["examples"]
+        return data
     if path.suffix == ".csv":
-        with path.open(encoding="utf-8", newline="") as f:
-            return list(csv.DictReader(f))
+        lines = text.splitlines()
+        return list(csv.DictReader(lines, fieldnames=columns) if columns else csv.DictReader(lines))
+    if path.suffix == ".xml":
+        return _niilc_rows(path)
     raise ValueError(f"unsupported benchmark file {path} (expected one of {_SUFFIXES})")
 
 
@@ -47,14 +80,14 @@ def _existing(path: Path) -> Path:
     raise FileNotFoundError(f"benchmark data not found: {path}[/|.jsonl|.json|.csv] (see docs/eval.md)")
 
 
-def read_split(path: Path, split: str, subject_field: str) -> list[dict[str, Any]]:
+def read_split(path: Path, split: str, subject_field: str, columns: list[str] | None = None) -> list[dict]:
     """One split from a file, or from a folder of per-subject files (the subject is taken from the name)."""
     path = _existing(path)
     if path.is_file():
-        return read_rows(path)
+        return read_rows(path, columns)
     rows = []
     for file in sorted(p for p in path.iterdir() if p.suffix in _SUFFIXES):
-        rows += [{**row, subject_field: _subject(file.stem, split)} for row in read_rows(file)]
+        rows += [{**row, subject_field: _subject(file.stem, split)} for row in read_rows(file, columns)]
     return rows
 
 
@@ -88,32 +121,52 @@ def load(
     shots_by: str = "subject",
     headers_from_lm_eval: str | None = None,
     headers_dir: str | None = None,
+    columns: list[str] | None = None,
     **_: Any,
 ) -> datasets.DatasetDict:
     """lm-eval `custom_dataset`: read `files` ({split: path under data_dir}). With `shots_from`, attach to
-    every doc the exemplars of that split sharing its `shots_by` value, in file order; with
-    `headers_from_lm_eval` or `headers_dir`, a per-subject `header` column for the task's description."""
+    every doc the exemplars of that split sharing its `shots_by` value, in file order (never the doc itself);
+    with `headers_from_lm_eval` or `headers_dir`, a per-subject `header` column for the task's description;
+    `columns` names the fields of headerless CSV files."""
     if not data_dir:
         raise ValueError(
             "no data_dir: pass metadata={'data_dir': ...} to the TaskManager (or lm_eval --metadata)"
         )
     if not files:
         raise ValueError("the task YAML must list `files` under dataset_kwargs")
-    splits = {name: read_split(Path(data_dir) / rel, name, shots_by) for name, rel in files.items()}
+    splits = {name: read_split(Path(data_dir) / rel, name, shots_by, columns) for name, rel in files.items()}
     if shots_from is not None:
         pool: dict[Any, list[dict]] = {}
         for row in splits[shots_from]:
             pool.setdefault(row.get(shots_by), []).append(row)
-        for name, rows in splits.items():
-            if name != shots_from:
-                splits[name] = [{**row, SHOTS_FIELD: pool.get(row.get(shots_by), [])} for row in rows]
+        for name, rows in list(splits.items()):
+            if name != shots_from or len(splits) == 1:
+                # A single split (JMMLU) gives each doc the other docs of its subject as exemplars.
+                splits[name] = [
+                    {**row, SHOTS_FIELD: [r for r in pool.get(row.get(shots_by), []) if r is not row]}
+                    for row in rows
+                ]
     if headers_from_lm_eval or headers_dir:
         headers = lm_eval_headers(headers_from_lm_eval) if headers_from_lm_eval else {}
         prompts = Path(data_dir) / headers_dir if headers_dir else None
         for rows in splits.values():
             for row in rows:
                 row[HEADER_FIELD] = _header(row[shots_by], headers, prompts)
-    return datasets.DatasetDict({name: datasets.Dataset.from_list(rows) for name, rows in splits.items()})
+    return datasets.DatasetDict({name: _to_dataset(rows) for name, rows in splits.items()})
+
+
+def _to_dataset(rows: list[dict[str, Any]]) -> datasets.Dataset:
+    """Rows as a Dataset; a column Arrow cannot type (JEMHopQA's mixed-type `derivations`) is kept as JSON text."""
+    import pyarrow as pa
+
+    keys = dict.fromkeys(key for row in rows for key in row)
+    columns = {key: [row.get(key) for row in rows] for key in keys}
+    for key, values in columns.items():
+        try:
+            pa.array(values)
+        except (pa.ArrowInvalid, pa.ArrowTypeError):
+            columns[key] = [json.dumps(v, ensure_ascii=False) for v in values]
+    return datasets.Dataset.from_dict(columns)
 
 
 class DocShotsSampler(ContextSampler):

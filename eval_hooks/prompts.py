@@ -39,3 +39,98 @@ def mmlu_pro_question(doc: dict) -> str:
 def mmlu_pro_cot_answer(doc: dict) -> str:
     """An exemplar's reasoning and answer: `cot_content` without its leading "A: Let's think step by step."."""
     return doc["cot_content"].removeprefix("A: Let's think step by step.").strip()
+
+
+# --- llm-jp-eval (Swallow's Japanese tasks): every row becomes {"input", "output"} --------------------------------
+
+LLMJP_HEADER = "以下は、タスクを説明する指示と、文脈のある入力の組み合わせです。要求を適切に満たす応答を書きなさい。\n\n### 指示:\n"
+# Our wording of each task's instruction.
+LLMJP_INSTRUCTIONS = {
+    "jcommonsenseqa": "質問と回答の選択肢を読み、正しい選択肢の番号（0から4のいずれか）だけを答えてください。",
+    "jemhopqa": "質問に対する答えを、余計な説明を付けずに簡潔に答えてください。",
+    "niilc": "質問に対する答えを簡潔に答えてください。答えが複数ある場合は「、」で区切ってください。",
+    "jsquad": "文章を読み、質問の答えを文章中からそのまま抜き出して答えてください。",
+    "jmmlu": "質問と選択肢を読み、正しい選択肢の記号（A、B、C、Dのいずれか）だけを答えてください。",
+}
+
+
+def _jcommonsenseqa(row: dict) -> dict:
+    choices = ",".join(f"{i}.{row[f'choice{i}']}" for i in range(5))
+    return {"input": f"質問：{row['question']}\n選択肢：{choices}", "output": str(row["label"])}
+
+
+def _jemhopqa(row: dict) -> dict:
+    return {"input": f"質問：{row['question']}", "output": row["answer"]}
+
+
+def _niilc(row: dict) -> dict:
+    return {"input": f"質問：{row['text']}", "output": "、".join(row["answers"])}
+
+
+def _jsquad(row: dict) -> dict:
+    context = row["context"].split("[SEP]", 1)[-1].strip()  # JSQuAD contexts are "title [SEP] body"
+    return {"input": f"文章：{context}\n質問：{row['question']}", "output": row["answers"][0]["text"]}
+
+
+def _jmmlu(row: dict) -> dict:
+    choices = ",".join(f"{k}.{row[k]}" for k in "ABCD")
+    return {"input": f"質問：{row['question']}\n選択肢：{choices}", "output": row["answer"]}
+
+
+_LLMJP_CONVERTERS = {
+    "jcommonsenseqa": _jcommonsenseqa,
+    "jemhopqa": _jemhopqa,
+    "niilc": _niilc,
+    "jsquad": _jsquad,
+    "jmmlu": _jmmlu,
+}
+
+
+def _llmjp_docs(task: str):
+    convert = _LLMJP_CONVERTERS[task]
+    instruction = LLMJP_HEADER + LLMJP_INSTRUCTIONS[task]
+
+    def process(dataset):
+        def row_to_sample(row: dict) -> dict:
+            sample = {**convert(row), "instruction": instruction}
+            if "fewshot" in row:  # exemplars attached by local_data.load keep the same shape
+                sample["fewshot"] = [convert(shot) for shot in row["fewshot"]]
+            return sample
+
+        return dataset.map(row_to_sample, remove_columns=dataset.column_names)
+
+    return process
+
+
+jcommonsenseqa_docs = _llmjp_docs("jcommonsenseqa")
+jemhopqa_docs = _llmjp_docs("jemhopqa")
+niilc_docs = _llmjp_docs("niilc")
+jsquad_docs = _llmjp_docs("jsquad")
+jmmlu_docs = _llmjp_docs("jmmlu")
+
+
+# --- other Swallow prompts ---------------------------------------------------------------------------------------
+
+
+def mgsm_question(doc: dict) -> str:
+    """MGSM ja: `問題：...\nステップごとの答え：` (the rows may already carry the prefixes)."""
+    return f"問題：{doc['question'].removeprefix('問題：').strip()}\nステップごとの答え："
+
+
+def mgsm_answer(doc: dict) -> str:
+    """An MGSM exemplar's worked answer without its `ステップごとの答え：` prefix."""
+    return doc["answer"].removeprefix("ステップごとの答え：").strip()
+
+
+_LANG = {"en": "English", "ja": "Japanese"}
+
+
+def _translation(src: str, tgt: str):
+    def prompt(doc: dict) -> str:
+        return f"{_LANG[src]} phrase: {doc['translation'][src]}\n{_LANG[tgt]} phrase:"
+
+    return prompt
+
+
+wmt_en_ja_prompt = _translation("en", "ja")
+wmt_ja_en_prompt = _translation("ja", "en")

@@ -72,12 +72,12 @@ SWALLOW_JA = Card(
         _col("JEMHopQA", "cl_jemhopqa", "char_f1,none"),
         _col("NIILC", "cl_niilc", "char_f1,none"),
         _col("JSQuAD", "cl_jsquad", "char_f1,none"),
-        _col("XL-Sum", "cl_xlsum_ja", "rouge2,none"),
+        _col("XL-Sum", "cl_xlsum_ja", "rouge2_mecab,none"),
         _col("MGSM", "cl_mgsm_ja", "exact_match,none"),
         _col("WMT20 en-ja", "cl_wmt20_en_ja", "bleu,none"),
         _col("WMT20 ja-en", "cl_wmt20_ja_en", "bleu,none"),
         _col("JMMLU", "cl_jmmlu", "exact_match,none"),
-        _col("JHumanEval", "cl_jhumaneval", "pass@1,none"),
+        _col("JHumanEval", "cl_jhumaneval", "pass@1,all"),
     ),
     aggregates=(
         Aggregate(
@@ -109,7 +109,7 @@ SWALLOW_EN = Card(
         _col("MMLU", "cl_mmlu"),
         _col("GSM8K", "cl_gsm8k", "exact_match,strict-match"),
         _col("BBH", "cl_bbh_cot_3shot", "exact_match,get-answer"),
-        _col("HumanEval", "cl_humaneval", "pass@1,none"),
+        _col("HumanEval", "cl_humaneval", "pass@1,all"),
     ),
     aggregates=(
         Aggregate(

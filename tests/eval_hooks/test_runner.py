@@ -64,3 +64,10 @@ def test_two_ranks_stay_in_lockstep(tmp_path):
     assert rank0["forwards"] == rank1["forwards"] > 0
     assert rank1["results"] is None
     assert rank0["results"]["n_samples"] == {"cl_mmlu": 6, "cl_bbh_cot_3shot": 5}
+
+
+def test_swallow_ja_suite_end_to_end(tiny_model, tiny_tokenizer):
+    results = evaluate(tiny_model, tiny_tokenizer, ["swallow_ja"], FIXTURES, batch_size=4, max_gen_tokens=4)
+    board = results["aggregates"]["swallow_ja"]
+    assert len(board["columns"]) == 10 and 0 <= board["aggregates"]["Ja Avg"] <= 1
+    assert results["n_samples"]["cl_jmmlu"] == 6 and results["n_samples"]["cl_jhumaneval"] == 3

@@ -75,3 +75,51 @@ def test_loader_reads_per_subject_folders_and_reports_missing_data(tmp_path):
         load(data_dir=str(tmp_path), files={"test": "cmmlu/test"})
     with pytest.raises(ValueError, match="data_dir"):
         load(files={"test": "cmmlu/test"})
+
+
+def test_llmjp_prompt_layout(tm):
+    prompt = _prompts(tm, "cl_jcommonsenseqa")[0]
+    assert prompt.startswith(
+        "以下は、タスクを説明する指示と、文脈のある入力の組み合わせです。要求を適切に満たす応答を書きなさい。\n\n### 指示:\n"
+    )
+    assert (
+        "\n\n### 入力:\n質問：電車に乗るときに必要なものは？\n選択肢：0.切符,1.傘,2.枕,3.鍋,4.靴下\n\n### 応答:\n0"
+        in prompt
+    )
+    assert prompt.count("### 入力:") == 5  # 4 exemplars + the query
+    assert prompt.endswith(
+        "質問：寒い日に首に巻くものは？\n選択肢：0.ベルト,1.マフラー,2.指輪,3.眼鏡,4.靴\n\n### 応答:\n"
+    )
+
+
+def test_jmmlu_shots_exclude_the_doc_and_jsquad_drops_title(tm):
+    jmmlu = _prompts(tm, "cl_jmmlu")[0]
+    assert jmmlu.count("質問：2+2は？") == 1 and jmmlu.count("### 入力:") == 6
+    jsquad = _prompts(tm, "cl_jsquad")[0]
+    assert "[SEP]" not in jsquad and jsquad.endswith(
+        "文章：京都は794年に都となり、千年以上にわたり日本の都であった。\n質問：京都が都になったのは何年？\n\n### 応答:\n"
+    )
+
+
+def test_mgsm_and_wmt_prompts(tm):
+    mgsm = _prompts(tm, "cl_mgsm_ja")[0]
+    assert (
+        "問題：りんごが3個あり、2個もらいました。何個ですか？\nステップごとの答え：3 + 2 = 5。答えは5です。\n\n"
+        in mgsm
+    )
+    assert mgsm.endswith("問題：猫が2匹、犬が3匹います。全部で何匹？\nステップごとの答え：")
+    wmt = _prompts(tm, "cl_wmt20_en_ja")[0]
+    assert wmt.startswith("English phrase: Good morning.\nJapanese phrase: おはようございます。\n\n")
+    assert wmt.endswith("English phrase: Thank you very much.\nJapanese phrase:")
+
+
+def test_humaneval_scoring_runs_samples_in_the_sandbox():
+    from eval_hooks.task_metrics import humaneval_pass_at_1
+
+    doc = {
+        "prompt": "def add(a, b):\n",
+        "test": "def check(f):\n    assert f(2, 3) == 5\n",
+        "entry_point": "add",
+    }
+    samples = ["    return a + b\n"] * 3 + ["    return a - b\n"] * 7
+    assert humaneval_pass_at_1(doc, samples)["pass@1"] == pytest.approx(0.3)

@@ -1,0 +1,55 @@
+"""lm-eval `process_results` and `aggregation` hooks that score our tasks with eval_hooks.metrics."""
+
+from __future__ import annotations
+
+from eval_hooks import metrics
+from eval_hooks.sandbox import check_completion
+
+
+def llmjp_exact_match(doc: dict, results: list[str]) -> dict:
+    """llm-jp-eval exact match of the generation against `output`."""
+    return {"exact_match": metrics.exact_match_nfkc(results[0], doc["output"])}
+
+
+def llmjp_char_f1(doc: dict, results: list[str]) -> dict:
+    """llm-jp-eval char-F1 of the generation against `output`."""
+    return {"char_f1": metrics.char_f1(results[0], doc["output"])}
+
+
+def xlsum_rouge2(doc: dict, results: list[str]) -> dict:
+    """ROUGE-2 F over MeCab words (the tokenizer-independent variant of the card's XL-Sum column)."""
+    return {"rouge2_mecab": metrics.rouge2(results[0].strip(), doc["summary"])}
+
+
+def mgsm_exact_match(doc: dict, results: list[str]) -> dict:
+    """MGSM: the last integer of the generation equals `answer_number`."""
+    return {"exact_match": metrics.mgsm_exact_match(results[0], doc["answer_number"])}
+
+
+def _pair_en(doc: dict, results: list[str]) -> dict:
+    return {"bleu": (results[0].strip(), doc["translation"]["en"])}
+
+
+def _pair_ja(doc: dict, results: list[str]) -> dict:
+    return {"bleu": (results[0].strip(), doc["translation"]["ja"])}
+
+
+wmt_ja_en_pair, wmt_en_ja_pair = _pair_en, _pair_ja
+
+
+def bleu(pairs: list[tuple[str, str]]) -> float:
+    """Corpus BLEU (sacrebleu 13a) of English outputs."""
+    preds, golds = zip(*pairs, strict=True)
+    return metrics.corpus_bleu(list(preds), list(golds))
+
+
+def bleu_ja(pairs: list[tuple[str, str]]) -> float:
+    """Corpus BLEU of Japanese outputs, word-split with nagisa first."""
+    preds, golds = zip(*pairs, strict=True)
+    return metrics.corpus_bleu(list(preds), list(golds), japanese_target=True)
+
+
+def humaneval_pass_at_1(doc: dict, results: list[str]) -> dict:
+    """Unbiased pass@1 of one problem's samples, each checked in the sandbox."""
+    passed = sum(check_completion(doc["prompt"], r, doc["test"], doc["entry_point"]) for r in results)
+    return {"pass@1": metrics.pass_at_k(len(results), passed, 1)}
