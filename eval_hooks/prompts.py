@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 LETTERS = "ABCDEFGHIJ"
 
 # Our wording of the Control-LLM Chinese pretrain CoT instruction: pick the best of A-D, brief reasoning for
@@ -134,3 +136,52 @@ def _translation(src: str, tgt: str):
 
 wmt_en_ja_prompt = _translation("en", "ja")
 wmt_ja_en_prompt = _translation("ja", "en")
+
+
+# --- Swallow's English tasks ---------------------------------------------------------------------------------------
+
+
+def _hellaswag_clean(text: str) -> str:
+    text = text.strip().replace(" [title]", ". ")
+    text = re.sub(r"\[.*?\]", "", text)  # WikiHow markup such as [header]
+    return text.replace("  ", " ")
+
+
+def hellaswag_docs(dataset):
+    """HellaSwag rows as {query, choices, gold}: "activity: ctx_a Ctx_b" and the cleaned endings."""
+
+    def convert(row: dict) -> dict:
+        ctx = f"{row['ctx_a']} {row['ctx_b'].capitalize()}"
+        return {
+            "query": _hellaswag_clean(f"{row['activity_label']}: {ctx}"),
+            "choices": [_hellaswag_clean(e) for e in row["endings"]],
+            "gold": int(row["label"]),
+        }
+
+    return dataset.map(convert, remove_columns=dataset.column_names)
+
+
+def squadv2_docs(dataset):
+    """SQuAD 2.0 rows with `golds`: the answer texts, or ["unanswerable"] for impossible questions."""
+
+    def convert(row: dict) -> dict:
+        texts = [a["text"] for a in row["answers"]]
+        return {"golds": texts if texts and not row.get("is_impossible") else ["unanswerable"]}
+
+    return dataset.map(convert)
+
+
+def winograd_gold_index(doc: dict) -> int:
+    """Index of the correct option (lm-eval's multiple-input convention)."""
+    return int(doc["answer"]) - 1
+
+
+def winograd_contexts(doc: dict) -> list[str]:
+    """The sentence up to "_" with each option filled in."""
+    head = doc["sentence"][: doc["sentence"].index("_")]
+    return [head + doc["option1"], head + doc["option2"]]
+
+
+def winograd_continuation(doc: dict) -> str:
+    """The text after "_", scored after each context."""
+    return " " + doc["sentence"][doc["sentence"].index("_") + 1 :].strip()

@@ -53,3 +53,8 @@ def humaneval_pass_at_1(doc: dict, results: list[str]) -> dict:
     """Unbiased pass@1 of one problem's samples, each checked in the sandbox."""
     passed = sum(check_completion(doc["prompt"], r, doc["test"], doc["entry_point"]) for r in results)
     return {"pass@1": metrics.pass_at_k(len(results), passed, 1)}
+
+
+def squad_exact_match(doc: dict, results: list[str]) -> dict:
+    """SQuAD-normalised exact match against any gold answer."""
+    return {"exact_match": metrics.squad_em(results[0].strip(), doc["golds"])}

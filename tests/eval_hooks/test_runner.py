@@ -71,3 +71,9 @@ def test_swallow_ja_suite_end_to_end(tiny_model, tiny_tokenizer):
     board = results["aggregates"]["swallow_ja"]
     assert len(board["columns"]) == 10 and 0 <= board["aggregates"]["Ja Avg"] <= 1
     assert results["n_samples"]["cl_jmmlu"] == 6 and results["n_samples"]["cl_jhumaneval"] == 3
+
+
+def test_swallow_en_suite_end_to_end(tiny_model, tiny_tokenizer):
+    results = evaluate(tiny_model, tiny_tokenizer, ["swallow_en"], FIXTURES, batch_size=4, max_gen_tokens=4)
+    board = results["aggregates"]["swallow_en"]
+    assert len(board["columns"]) == 9 and 0 <= board["aggregates"]["En Avg"] <= 1

@@ -123,3 +123,22 @@ def test_humaneval_scoring_runs_samples_in_the_sandbox():
     }
     samples = ["    return a + b\n"] * 3 + ["    return a - b\n"] * 7
     assert humaneval_pass_at_1(doc, samples)["pass@1"] == pytest.approx(0.3)
+
+
+def test_swallow_en_prompts(tm):
+    hella = tm.load("cl_hellaswag")["tasks"]["cl_hellaswag"]
+    doc = list(hella.eval_docs)[1]
+    assert (
+        doc["query"] == "Home. How to clean a window: A person sprays cleaner on the glass. Then"
+        and doc["gold"] == 2
+    )
+    xw = tm.load("cl_xwinograd_en")["tasks"]["cl_xwinograd_en"]
+    first = list(xw.eval_docs)[0]
+    assert xw.doc_to_choice(first) == ["The trophy didn't fit in the suitcase because the trophy"] * 1 + [
+        "The trophy didn't fit in the suitcase because the suitcase"
+    ]
+    assert xw.doc_to_target(first) == " was too big." and xw.doc_to_text(first) == 0
+    squad = tm.load("cl_squadv2")["tasks"]["cl_squadv2"]
+    assert [d["golds"] for d in squad.eval_docs] == [["the Seine"], ["Paris"], ["unanswerable"]]
+    gsm = _prompts(tm, "cl_gsm8k")[0]
+    assert gsm.count("Question:") == 5 and "#### 5\n\nQuestion:" in gsm
