@@ -185,3 +185,22 @@ def winograd_contexts(doc: dict) -> list[str]:
 def winograd_continuation(doc: dict) -> str:
     """The text after "_", scored after each context."""
     return " " + doc["sentence"][doc["sentence"].index("_") + 1 :].strip()
+
+
+# --- MERA: prompt = the record's instruction template filled with its inputs ---------------------------------------
+
+
+def mera_prompt(doc: dict) -> str:
+    """`instruction.format(**inputs)`, or with `{inputs}` when the inputs are a plain string."""
+    inputs = doc["inputs"]
+    return (
+        doc["instruction"].format(**inputs)
+        if isinstance(inputs, dict)
+        else doc["instruction"].format(inputs=inputs)
+    )
+
+
+def mera_target(doc: dict) -> str:
+    """The gold answer text (MultiQ: the first answer segment)."""
+    outputs = doc["outputs"]
+    return outputs[0]["segment"] if isinstance(outputs, list) else str(outputs)

@@ -137,10 +137,10 @@ MERA_BASE = (
     "USE",
 )
 MERA_DIAGNOSTIC = ("BPS", "SimpleAr", "ruMMLU", "ruHumanEval", "ruDetox", "ruEthics", "ruHateSpeech", "ruHHH")
-# A MERA column's value is the task score (mean of its main metrics, see metrics.MERA_MAIN_METRICS).
+# A MERA column takes all of its task's metrics; its score is the mean of the main ones (metrics.mera_task_score).
 MERA = Card(
     name="mera",
-    columns=tuple(_col(t, f"cl_mera_{t.lower()}", "score,none") for t in MERA_BASE + MERA_DIAGNOSTIC),
+    columns=tuple(_col(t, f"cl_mera_{t.lower()}", metric="") for t in MERA_BASE + MERA_DIAGNOSTIC),
     aggregates=(Aggregate("Total", MERA_BASE),),
     diagnostics=MERA_DIAGNOSTIC,
 )
@@ -192,13 +192,20 @@ def score(card: Card | str, columns: dict[str, float | dict[str, float]]) -> dic
     return {"card": card.name, "columns": main, "diagnostics": diagnostics, "aggregates": aggregates}
 
 
-def columns_from_results(card: Card | str, results: dict[str, dict]) -> dict[str, float]:
-    """Map lm-eval per-task results ({task: {"acc,none": x, ...}}) onto the card's columns, scaled."""
+def columns_from_results(card: Card | str, results: dict[str, dict]) -> dict[str, float | dict[str, float]]:
+    """Map lm-eval per-task results ({task: {"acc,none": x, ...}}) onto the card's columns, scaled; a column
+    without a metric key (MERA) gets all of its task's unfiltered metrics by name."""
     card = get_card(card) if isinstance(card, str) else card
-    out = {}
+    out: dict[str, float | dict[str, float]] = {}
     for col in card.columns:
         metrics = results.get(col.task)
-        if metrics is not None and col.metric in metrics:
+        if metrics is None:
+            continue
+        if not col.metric:
+            out[col.name] = {
+                k.removesuffix(",none"): float(v) for k, v in metrics.items() if k.endswith(",none")
+            }
+        elif col.metric in metrics:
             out[col.name] = float(metrics[col.metric]) * card.scale
     return out
 

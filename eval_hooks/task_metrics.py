@@ -58,3 +58,46 @@ def humaneval_pass_at_1(doc: dict, results: list[str]) -> dict:
 def squad_exact_match(doc: dict, results: list[str]) -> dict:
     """SQuAD-normalised exact match against any gold answer."""
     return {"exact_match": metrics.squad_em(results[0].strip(), doc["golds"])}
+
+
+# --- MERA ------------------------------------------------------------------------------------------------------
+
+
+def _mera_answer(text: str) -> str:
+    lines = text.strip().splitlines()
+    return lines[0].strip() if lines else ""
+
+
+def _mera_golds(doc: dict) -> list[str]:
+    outputs = doc["outputs"]
+    return [o["segment"] for o in outputs] if isinstance(outputs, list) else [str(outputs)]
+
+
+def mera_acc(doc: dict, results: list[str]) -> dict:
+    """Accuracy of the first output line against the gold label."""
+    return {"acc": float(_mera_answer(results[0]) == str(doc["outputs"]).strip())}
+
+
+def mera_em(doc: dict, results: list[str]) -> dict:
+    """Exact match of the first output line (arithmetic tasks)."""
+    return {"em": float(_mera_answer(results[0]) == str(doc["outputs"]).strip())}
+
+
+def mera_acc_f1(doc: dict, results: list[str]) -> dict:
+    """Accuracy per doc, plus the (prediction, gold) pair for the corpus-level macro F1."""
+    pred, gold = _mera_answer(results[0]), str(doc["outputs"]).strip()
+    return {"acc": float(pred == gold), "f1_macro": (pred, gold)}
+
+
+def f1_macro(pairs: list[tuple[str, str]]) -> float:
+    """Macro F1 over the gold labels' classes."""
+    from sklearn.metrics import f1_score
+
+    preds, golds = zip(*pairs, strict=True)
+    return float(f1_score(golds, preds, labels=sorted(set(golds)), average="macro", zero_division=0))
+
+
+def mera_qa(doc: dict, results: list[str]) -> dict:
+    """MultiQ / CheGeKa: SQuAD-style F1 and EM, max over gold answers."""
+    pred, golds = _mera_answer(results[0]), _mera_golds(doc)
+    return {"f1": metrics.squad_f1(pred, golds), "em": metrics.squad_em(pred, golds)}

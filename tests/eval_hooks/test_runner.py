@@ -77,3 +77,10 @@ def test_swallow_en_suite_end_to_end(tiny_model, tiny_tokenizer):
     results = evaluate(tiny_model, tiny_tokenizer, ["swallow_en"], FIXTURES, batch_size=4, max_gen_tokens=4)
     board = results["aggregates"]["swallow_en"]
     assert len(board["columns"]) == 9 and 0 <= board["aggregates"]["En Avg"] <= 1
+
+
+def test_mera_suite_end_to_end(tiny_model, tiny_tokenizer):
+    results = evaluate(tiny_model, tiny_tokenizer, ["mera"], FIXTURES, batch_size=4, max_gen_tokens=3)
+    board = results["aggregates"]["mera"]
+    assert len(board["columns"]) == 13 and len(board["diagnostics"]) == 5
+    assert "f1_macro,none" in results["tasks"]["cl_mera_rcb"]

@@ -121,3 +121,14 @@ def test_markdown_and_json():
     assert header.startswith("| model | CEval | CEvalC |") and header.endswith("| C-Avg | O-Avg | Overall |")
     assert row.startswith("| Concat16-Lerp | - | 34.8 |") and row.endswith("| 37.1 | 45.9 | 41.5 |")
     assert json.loads(scoreboard.to_json(board)) == json.loads(json.dumps(board))
+
+
+def test_mera_columns_from_results_use_main_metrics():
+    results = {
+        "cl_mera_rcb": {"acc,none": 0.6, "f1_macro,none": 0.4},
+        "cl_mera_parus": {"acc,none": 0.9},
+        "cl_mera_bps": {"acc,none": 0.5},
+    }
+    board = scoreboard.score("mera", scoreboard.columns_from_results("mera", results))
+    assert board["columns"] == {"RCB": pytest.approx(0.5), "PARus": 0.9}
+    assert board["diagnostics"] == {"BPS": 0.5} and board["aggregates"]["Total"] is None

@@ -142,3 +142,23 @@ def test_swallow_en_prompts(tm):
     assert [d["golds"] for d in squad.eval_docs] == [["the Seine"], ["Paris"], ["unanswerable"]]
     gsm = _prompts(tm, "cl_gsm8k")[0]
     assert gsm.count("Question:") == 5 and "#### 5\n\nQuestion:" in gsm
+
+
+def test_mera_prompts_and_scoring(tm):
+    from eval_hooks import task_metrics
+
+    rcb = _prompts(tm, "cl_mera_rcb")[0]
+    assert rcb.startswith("Ты — полезный ассистент.")
+    assert (
+        "Ситуация: Иван купил машину.\nГипотеза: У Ивана есть машина.\n1 — следует, 2 — противоречит, 3 — нейтрально.\nОтвет: 1\n\n"
+        in rcb
+    )
+    assert rcb.endswith(
+        "Ситуация: Магазин закрыт.\nГипотеза: Магазин открыт.\n1 — следует, 2 — противоречит, 3 — нейтрально.\nОтвет:"
+    )
+    lcs = _prompts(tm, "cl_mera_lcs")[0]  # string inputs fill {inputs}
+    assert lcs.endswith("строк:\nhello\nyellow\nОтвет:")
+    doc = {"outputs": [{"label": "passage", "length": 6, "offset": 0, "segment": "России"}]}
+    assert task_metrics.mera_qa(doc, [" России\nпотому что"]) == {"f1": 1.0, "em": 1.0}
+    assert task_metrics.mera_acc_f1({"outputs": "2"}, ["2\n"]) == {"acc": 1.0, "f1_macro": ("2", "2")}
+    assert task_metrics.f1_macro([("1", "1"), ("2", "1"), ("2", "2")]) == pytest.approx(2 / 3)
