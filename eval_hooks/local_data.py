@@ -8,6 +8,7 @@ stay free of machine paths and work both from our runner and from the lm_eval CL
 from __future__ import annotations
 
 import csv
+import io
 import json
 from functools import cache
 from pathlib import Path
@@ -60,8 +61,8 @@ def read_rows(path: Path, columns: list[str] | None = None) -> list[dict[str, An
             return _squad_rows(data) if "data" in data else data["examples"]
         return data
     if path.suffix == ".csv":
-        lines = text.splitlines()
-        return list(csv.DictReader(lines, fieldnames=columns) if columns else csv.DictReader(lines))
+        stream = io.StringIO(text, newline="")  # quoted fields (XL-Sum articles) may span lines
+        return list(csv.DictReader(stream, fieldnames=columns))
     if path.suffix == ".xml":
         return _niilc_rows(path)
     raise ValueError(f"unsupported benchmark file {path} (expected one of {_SUFFIXES})")

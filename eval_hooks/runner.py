@@ -160,6 +160,9 @@ def evaluate(
     _check_names(suites, tm.all_tasks)
     HFLM, DistributedHFLM = _hflm_class()
     distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+    if distributed and limit is not None and limit < dist.get_world_size():
+        # A rank without docs skips a request type entirely and the ranks fall out of step.
+        raise ValueError(f"limit={limit} must be at least the world size ({dist.get_world_size()})")
     with _preserved_state(model):
         if distributed:
             lm = DistributedHFLM(model, tokenizer, batch_size)
@@ -262,3 +265,15 @@ def evaluate_hf_dir(
     if results is not None:
         write_results(out, results, model, data_dir)
     return results
+
+
+def scalars(results: dict, prefix: str = "eval") -> dict[str, float]:
+    """Flat {"eval/<task>/<metric>": v, "eval/<card>/<aggregate>": v} for wandb or any scalar logger."""
+    flat = {
+        f"{prefix}/{task}/{metric.replace(',', '/')}": float(value)
+        for task, metrics in results["tasks"].items()
+        for metric, value in metrics.items()
+    }
+    for card, board in results["aggregates"].items():
+        flat.update({f"{prefix}/{card}/{k}": v for k, v in board["aggregates"].items() if v is not None})
+    return flat

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from eval_hooks.runner import evaluate, write_results
+from eval_hooks.runner import evaluate, scalars, write_results
 
 REPO = Path(__file__).resolve().parents[2]
 FIXTURES = REPO / "tests" / "fixtures" / "eval"
@@ -37,6 +37,9 @@ def test_suite_end_to_end_restores_rng_and_train_mode(tiny_model, tiny_tokenizer
     assert set(board["columns"]) == {"CEval", "CEvalC", "CMMLU", "CMMLUC", "BBH", "MMLU", "MMLU-Pro"}
     assert board["columns"]["CEval"] == 100 * results["tasks"]["cl_ceval_valid"]["acc,none"]
     assert all(0 <= v <= 100 for v in board["aggregates"].values())
+    flat = scalars(results)
+    assert flat["eval/cl_mmlu/acc/none"] == results["tasks"]["cl_mmlu"]["acc,none"]
+    assert flat["eval/control_llm/Overall"] == board["aggregates"]["Overall"]
 
     path = write_results(
         tmp_path / "step_10" / "eval.json", results, tiny_model, FIXTURES, step=10, config_hash="abc"
