@@ -1,0 +1,185 @@
+"""Local benchmark files for our lm-eval tasks: `custom_dataset` loaders and a per-subject few-shot sampler.
+
+A task YAML names files relative to the data dir; the data dir arrives through lm-eval's task metadata
+(`TaskManager(metadata={"data_dir": ...})` or `lm_eval --metadata '{"data_dir": ...}'`), so the YAMLs
+stay free of machine paths and work both from our runner and from the lm_eval CLI.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import datasets
+from lm_eval.api.samplers import ContextSampler
+
+SHOTS_FIELD = "fewshot"  # per-doc list of its few-shot exemplars, filled by `load`
+HEADER_FIELD = "header"  # per-doc task description (subject header or BBH CoT exemplars), filled by `load`
+_SUFFIXES = (".jsonl", ".json", ".csv", ".xml")
+
+
+def _squad_rows(data: dict) -> list[dict[str, Any]]:
+    # SQuAD-v1 nesting (JSQuAD): data[].paragraphs[].qas[] -> one row per question.
+    return [
+        {"title": article.get("title", ""), "context": para["context"], **qa}
+        for article in data["data"]
+        for para in article["paragraphs"]
+        for qa in para["qas"]
+    ]
+
+
+def _niilc_rows(path: Path) -> list[dict[str, Any]]:
+    # NIILC XML: <question id><text>Q</text><answers><answer>A</answer>...</answers>...</question>
+    import xml.etree.ElementTree as ET
+
+    return [
+        {
+            "id": q.get("id"),
+            "text": q.findtext("text", ""),
+            "answers": [a.text or "" for a in q.iter("answer")],
+        }
+        for q in ET.parse(path).getroot().iter("question")
+    ]
+
+
+def read_rows(path: Path, columns: list[str] | None = None) -> list[dict[str, Any]]:
+    """Rows of a benchmark file: .jsonl; .json (array, BBH {"examples"}, SQuAD nesting, or JSON lines as in
+    JGLUE); .csv with a header, or headerless when `columns` names them (JMMLU); NIILC .xml."""
+    text = path.read_text(encoding="utf-8") if path.suffix != ".xml" else ""
+    if path.suffix == ".jsonl":
+        return [json.loads(line) for line in text.splitlines() if line.strip()]
+    if path.suffix == ".json":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError:  # JGLUE ships JSON lines under a .json name
+            return [json.loads(line) for line in text.splitlines() if line.strip()]
+        if isinstance(data, dict):
+            return _squad_rows(data) if "data" in data else data["examples"]
+        return data
+    if path.suffix == ".csv":
+        stream = io.StringIO(text, newline="")  # quoted fields (XL-Sum articles) may span lines
+        return list(csv.DictReader(stream, fieldnames=columns))
+    if path.suffix == ".xml":
+        return _niilc_rows(path)
+    raise ValueError(f"unsupported benchmark file {path} (expected one of {_SUFFIXES})")
+
+
+def _subject(stem: str, split: str) -> str:
+    # Official per-subject layouts name files `<subject>.csv` or `<subject>_<split>.csv` (C-Eval's zip).
+    return stem.removesuffix(f"_{split}")
+
+
+def _existing(path: Path) -> Path:
+    # A YAML names `mmlu/test`; the data dir may hold `mmlu/test/` (per-subject files) or `mmlu/test.jsonl`.
+    for candidate in (path, *(path.with_name(path.name + s) for s in _SUFFIXES)):
+        if candidate.exists():
+            return candidate
+    raise FileNotFoundError(f"benchmark data not found: {path}[/|.jsonl|.json|.csv] (see docs/eval.md)")
+
+
+def read_split(path: Path, split: str, subject_field: str, columns: list[str] | None = None) -> list[dict]:
+    """One split from a file, or from a folder of per-subject files (the subject is taken from the name)."""
+    path = _existing(path)
+    if path.is_file():
+        return read_rows(path, columns)
+    rows = []
+    for file in sorted(p for p in path.iterdir() if p.suffix in _SUFFIXES):
+        rows += [{**row, subject_field: _subject(file.stem, split)} for row in read_rows(file, columns)]
+    return rows
+
+
+@cache
+def lm_eval_headers(benchmark: str) -> dict[str, str]:
+    """{subject: description} from lm-eval's own per-subject YAMLs (e.g. C-Eval's Chinese subject names)."""
+    import lm_eval
+    from lm_eval.tasks._yaml_loader import load_yaml
+
+    folder = Path(lm_eval.__file__).parent / "tasks" / benchmark
+    configs = (load_yaml(p, resolve_func=False, recursive=False) for p in sorted(folder.glob("*.yaml")))
+    return {
+        c["dataset_name"]: c["description"] for c in configs if "dataset_name" in c and "description" in c
+    }
+
+
+def _header(subject: str, headers: dict[str, str], prompts: Path | None) -> str:
+    if prompts is not None:
+        # BBH cot-prompts/<task>.txt: a canary line, "-----", then the description and the 3 CoT exemplars.
+        text = (prompts / f"{subject}.txt").read_text(encoding="utf-8")
+        return text.split("-----\n", 1)[-1].strip() + "\n\n"
+    if subject not in headers:
+        raise KeyError(f"no prompt header for subject {subject!r}")
+    return headers[subject]
+
+
+def load(
+    data_dir: str | None = None,
+    files: dict[str, str] | None = None,
+    shots_from: str | None = None,
+    shots_by: str = "subject",
+    headers_from_lm_eval: str | None = None,
+    headers_dir: str | None = None,
+    columns: list[str] | None = None,
+    **_: Any,
+) -> datasets.DatasetDict:
+    """lm-eval `custom_dataset`: read `files` ({split: path under data_dir}). With `shots_from`, attach to
+    every doc the exemplars of that split sharing its `shots_by` value, in file order (never the doc itself);
+    with `headers_from_lm_eval` or `headers_dir`, a per-subject `header` column for the task's description;
+    `columns` names the fields of headerless CSV files."""
+    if not data_dir:
+        raise ValueError(
+            "no data_dir: pass metadata={'data_dir': ...} to the TaskManager (or lm_eval --metadata)"
+        )
+    if not files:
+        raise ValueError("the task YAML must list `files` under dataset_kwargs")
+    splits = {name: read_split(Path(data_dir) / rel, name, shots_by, columns) for name, rel in files.items()}
+    if shots_from is not None:
+        pool: dict[Any, list[dict]] = {}
+        for row in splits[shots_from]:
+            pool.setdefault(row.get(shots_by), []).append(row)
+        for name, rows in list(splits.items()):
+            if name != shots_from or len(splits) == 1:
+                # A single split (JMMLU) gives each doc the other docs of its subject as exemplars.
+                splits[name] = [
+                    {**row, SHOTS_FIELD: [r for r in pool.get(row.get(shots_by), []) if r is not row]}
+                    for row in rows
+                ]
+    if headers_from_lm_eval or headers_dir:
+        headers = lm_eval_headers(headers_from_lm_eval) if headers_from_lm_eval else {}
+        prompts = Path(data_dir) / headers_dir if headers_dir else None
+        for rows in splits.values():
+            for row in rows:
+                row[HEADER_FIELD] = _header(row[shots_by], headers, prompts)
+    return datasets.DatasetDict({name: _to_dataset(rows) for name, rows in splits.items()})
+
+
+def _to_dataset(rows: list[dict[str, Any]]) -> datasets.Dataset:
+    """Rows as a Dataset; a column Arrow cannot type (JEMHopQA's mixed-type `derivations`) is kept as JSON text."""
+    import pyarrow as pa
+
+    keys = dict.fromkeys(key for row in rows for key in row)
+    columns = {key: [row.get(key) for row in rows] for key in keys}
+    for key, values in columns.items():
+        try:
+            pa.array(values)
+        except (pa.ArrowInvalid, pa.ArrowTypeError):
+            columns[key] = [json.dumps(v, ensure_ascii=False) for v in values]
+    return datasets.Dataset.from_dict(columns)
+
+
+class DocShotsSampler(ContextSampler):
+    """First-n few-shot exemplars taken from the eval doc's own `fewshot` list (same subject, dev order).
+
+    lm-eval passes the eval doc to the sampler only when `fewshot_split` equals `test_split`, so tasks
+    using this sampler set both to the test split; the exemplars themselves come from `load`."""
+
+    def sample(self, n: int, eval_doc: dict | None = None, df=None, **kwargs) -> list[dict]:
+        if eval_doc is None:
+            raise ValueError("DocShotsSampler needs fewshot_split == test_split so that it sees the eval doc")
+        shots = eval_doc[SHOTS_FIELD]
+        if len(shots) < n:
+            raise ValueError(f"{n}-shot requested but only {len(shots)} exemplars for this doc's subject")
+        return shots[:n]

@@ -1,0 +1,191 @@
+"""Metrics lm-eval lacks: llm-jp-eval char-F1/EM, Japanese ROUGE-2 and BLEU, pass@k, MGSM, SQuAD F1/EM, MERA."""
+
+from __future__ import annotations
+
+import math
+import re
+import string
+import unicodedata
+from collections import Counter
+from collections.abc import Callable, Iterable
+from functools import cache
+from statistics import fmean
+
+# --- llm-jp-eval ---------------------------------------------------------------------------------------------
+
+
+def _nfkc(text: str) -> str:
+    return unicodedata.normalize("NFKC", text)
+
+
+def first_paragraph(text: str) -> str:
+    """llm-jp-eval scores only the output before the first blank line."""
+    return text.split("\n\n")[0]
+
+
+def char_f1(pred: str, gold: str) -> float:
+    """llm-jp-eval char-F1: fuzzywuzzy token_sort_ratio / 100 on NFKC text (rapidfuzz, rounded like fuzzywuzzy)."""
+    from rapidfuzz import fuzz, utils
+
+    ratio = fuzz.token_sort_ratio(_nfkc(first_paragraph(pred)), _nfkc(gold), processor=utils.default_process)
+    return int(round(ratio)) / 100
+
+
+def exact_match_nfkc(pred: str, gold: str) -> float:
+    """llm-jp-eval exact match: first paragraph, NFKC, surrounding whitespace ignored."""
+    return float(_nfkc(first_paragraph(pred)).strip() == _nfkc(gold).strip())
+
+
+# --- ROUGE-2 and BLEU ------------------------------------------------------------------------------------------
+
+
+@cache
+def _mecab():
+    import fugashi  # needs unidic-lite (or another unidic) installed
+
+    return fugashi.Tagger()
+
+
+def mecab_tokenize(text: str) -> list[str]:
+    """Word surfaces from MeCab (fugashi + unidic-lite): the tokenizer-independent ROUGE-2 variant."""
+    return [w.surface for w in _mecab()(text)]
+
+
+def tokenizer_tokenize(tokenizer) -> Callable[[str], list[str]]:
+    """Token ids as strings from an HF tokenizer: the variant the Swallow card's XL-Sum numbers use."""
+    return lambda text: [str(i) for i in tokenizer.encode(text, add_special_tokens=False)]
+
+
+def _bigrams(tokens: list[str]) -> Counter:
+    return Counter(zip(tokens, tokens[1:], strict=False))
+
+
+def rouge2(pred: str, gold: str, tokenize: Callable[[str], list[str]] = mecab_tokenize) -> float:
+    """ROUGE-2 F-measure of one pair (as rouge-score computes it) over the given word segmentation."""
+    p, g = _bigrams(tokenize(pred)), _bigrams(tokenize(gold))
+    overlap = sum((p & g).values())
+    if overlap == 0:
+        return 0.0
+    precision, recall = overlap / sum(p.values()), overlap / sum(g.values())
+    return 2 * precision * recall / (precision + recall)
+
+
+def nagisa_split(text: str) -> str:
+    """Japanese words separated by spaces (nagisa), so sacrebleu's 13a tokenizer sees word boundaries."""
+    try:
+        import nagisa
+    except ImportError as e:  # nagisa builds DyNet; some platforms lack a wheel
+        raise ImportError("BLEU on Japanese targets needs `pip install nagisa`") from e
+    return " ".join(nagisa.tagging(text).words)
+
+
+def corpus_bleu(preds: list[str], golds: list[str], japanese_target: bool = False) -> float:
+    """sacrebleu corpus BLEU (13a) in [0, 1]; Japanese targets are word-split with nagisa first."""
+    import sacrebleu
+
+    if japanese_target:
+        preds, golds = [nagisa_split(p) for p in preds], [nagisa_split(g) for g in golds]
+    return sacrebleu.corpus_bleu(preds, [golds], tokenize="13a").score / 100
+
+
+# --- pass@k ----------------------------------------------------------------------------------------------------
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k for one problem with n samples of which c pass (Chen et al., 2021)."""
+    if n - c < k:
+        return 1.0
+    return 1.0 - math.comb(n - c, k) / math.comb(n, k)
+
+
+def mean_pass_at_k(results: Iterable[tuple[int, int]], k: int) -> float:
+    """pass@k averaged over problems given (n, c) per problem."""
+    return fmean(pass_at_k(n, c, k) for n, c in results)
+
+
+# --- MGSM and SQuAD-style answers ------------------------------------------------------------------------------
+
+_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
+_PUNCT = set(string.punctuation)
+
+
+def last_integer(text: str) -> int | None:
+    """MGSM answer: the last number in the text, commas removed; None unless it is an integer."""
+    found = _NUMBER.findall(text)
+    if not found:
+        return None
+    try:
+        return int(found[-1].replace(",", ""))
+    except ValueError:
+        return None
+
+
+def mgsm_exact_match(pred: str, answer_number: int) -> float:
+    """1.0 when the last integer of the prediction equals the gold number."""
+    return float(last_integer(pred) == int(answer_number))
+
+
+def squad_normalize(text: str) -> str:
+    """SQuAD normalisation: lower case, no punctuation, no English articles, single spaces."""
+    text = "".join(ch for ch in text.lower() if ch not in _PUNCT)
+    text = re.sub(r"\b(a|an|the)\b", " ", text)
+    return " ".join(text.split())
+
+
+def squad_em(pred: str, golds: list[str]) -> float:
+    """Exact match after SQuAD normalisation, max over gold answers."""
+    return max(float(squad_normalize(pred) == squad_normalize(g)) for g in golds)
+
+
+def squad_f1(pred: str, golds: list[str]) -> float:
+    """Token-level F1 after SQuAD normalisation, max over gold answers."""
+
+    def f1(gold: str) -> float:
+        p, g = squad_normalize(pred).split(), squad_normalize(gold).split()
+        common = sum((Counter(p) & Counter(g)).values())
+        if not p or not g:
+            return float(p == g)
+        if common == 0:
+            return 0.0
+        precision, recall = common / len(p), common / len(g)
+        return 2 * precision * recall / (precision + recall)
+
+    return max(f1(g) for g in golds)
+
+
+# --- MERA ------------------------------------------------------------------------------------------------------
+
+# The metrics averaged into each task's leaderboard score; a task missing here has one metric, its score.
+MERA_MAIN_METRICS: dict[str, tuple[str, ...]] = {
+    "RCB": ("acc", "f1_macro"),
+    "ruOpenBookQA": ("acc", "f1_macro"),
+    "ruWorldTree": ("acc", "f1_macro"),
+    "MultiQ": ("f1", "em"),
+    "CheGeKa": ("f1", "em"),
+    "ruCodeEval": ("pass@1", "pass@5", "pass@10"),
+    "ruHumanEval": ("pass@1", "pass@5", "pass@10"),
+    "USE": ("grade_norm",),
+}
+
+
+def mera_task_score(task: str, metrics: dict[str, float]) -> float:
+    """A MERA task's leaderboard score: the mean of its main metrics (the only metric for single-metric tasks)."""
+    main = MERA_MAIN_METRICS.get(task)
+    if main is None:
+        if len(metrics) != 1:
+            raise ValueError(f"MERA task {task!r} has one main metric; got {sorted(metrics)}")
+        return float(next(iter(metrics.values())))
+    missing = set(main) - set(metrics)
+    if missing:
+        raise KeyError(f"MERA task {task!r} needs metrics {main}; missing {sorted(missing)}")
+    return fmean(metrics[m] for m in main)
+
+
+def grade_norm(items: Iterable[tuple[str, float, float]]) -> float:
+    """MERA USE: per exam variant, points scored / maximum points, averaged over variants."""
+    got: dict[str, float] = {}
+    best: dict[str, float] = {}
+    for variant, points, max_points in items:
+        got[variant] = got.get(variant, 0.0) + points
+        best[variant] = best.get(variant, 0.0) + max_points
+    return fmean(got[v] / best[v] for v in got)

@@ -1,0 +1,206 @@
+"""Prompt builders our task YAMLs call with `!function` where a Jinja template would be unreadable."""
+
+from __future__ import annotations
+
+import re
+
+LETTERS = "ABCDEFGHIJ"
+
+# Our wording of the Control-LLM Chinese pretrain CoT instruction: pick the best of A-D, brief reasoning for
+# easy questions, "## 步骤 N" steps for hard ones, and a fixed closing line the last-match regex reads.
+COT_ZH_INSTRUCTION = (
+    "请回答下面的单项选择题，从A、B、C、D四个选项中选出最佳答案。"
+    "如果问题简单，请简要说明理由；如果问题复杂，请按“## 步骤 1: ...”、“## 步骤 2: ...”的格式逐步推理。"
+    "无论如何，回答都必须以“最佳答案是 [答案字母]。[答题结束]”结尾。\n\n"
+)
+
+
+def _cot_zh(question: str, doc: dict) -> str:
+    options = "".join(f"{k}. {doc[k]}\n" for k in "ABCD")
+    return f"{COT_ZH_INSTRUCTION}问题：{question.strip()}\n{options}让我们一步一步地思考。\n"
+
+
+def ceval_cot_zh(doc: dict) -> str:
+    """C-Eval row (`question`, A-D) in the Chinese pretrain CoT prompt."""
+    return _cot_zh(doc["question"], doc)
+
+
+def cmmlu_cot_zh(doc: dict) -> str:
+    """CMMLU row (`Question`, A-D) in the Chinese pretrain CoT prompt."""
+    return _cot_zh(doc["Question"], doc)
+
+
+def mmlu_pro_question(doc: dict) -> str:
+    """MMLU-Pro question with lettered options, ending where the model starts its reasoning."""
+    options = "".join(
+        f"{LETTERS[i]}. {opt.strip()}\n" for i, opt in enumerate(doc["options"][: len(LETTERS)])
+    )
+    return f"Question:\n{doc['question'].strip()}\nOptions:\n{options}Answer: Let's think step by step."
+
+
+def mmlu_pro_cot_answer(doc: dict) -> str:
+    """An exemplar's reasoning and answer: `cot_content` without its leading "A: Let's think step by step."."""
+    return doc["cot_content"].removeprefix("A: Let's think step by step.").strip()
+
+
+# --- llm-jp-eval (Swallow's Japanese tasks): every row becomes {"input", "output"} --------------------------------
+
+LLMJP_HEADER = "以下は、タスクを説明する指示と、文脈のある入力の組み合わせです。要求を適切に満たす応答を書きなさい。\n\n### 指示:\n"
+# Our wording of each task's instruction.
+LLMJP_INSTRUCTIONS = {
+    "jcommonsenseqa": "質問と回答の選択肢を読み、正しい選択肢の番号（0から4のいずれか）だけを答えてください。",
+    "jemhopqa": "質問に対する答えを、余計な説明を付けずに簡潔に答えてください。",
+    "niilc": "質問に対する答えを簡潔に答えてください。答えが複数ある場合は「、」で区切ってください。",
+    "jsquad": "文章を読み、質問の答えを文章中からそのまま抜き出して答えてください。",
+    "jmmlu": "質問と選択肢を読み、正しい選択肢の記号（A、B、C、Dのいずれか）だけを答えてください。",
+}
+
+
+def _jcommonsenseqa(row: dict) -> dict:
+    choices = ",".join(f"{i}.{row[f'choice{i}']}" for i in range(5))
+    return {"input": f"質問：{row['question']}\n選択肢：{choices}", "output": str(row["label"])}
+
+
+def _jemhopqa(row: dict) -> dict:
+    return {"input": f"質問：{row['question']}", "output": row["answer"]}
+
+
+def _niilc(row: dict) -> dict:
+    return {"input": f"質問：{row['text']}", "output": "、".join(row["answers"])}
+
+
+def _jsquad(row: dict) -> dict:
+    context = row["context"].split("[SEP]", 1)[-1].strip()  # JSQuAD contexts are "title [SEP] body"
+    return {"input": f"文章：{context}\n質問：{row['question']}", "output": row["answers"][0]["text"]}
+
+
+def _jmmlu(row: dict) -> dict:
+    choices = ",".join(f"{k}.{row[k]}" for k in "ABCD")
+    return {"input": f"質問：{row['question']}\n選択肢：{choices}", "output": row["answer"]}
+
+
+_LLMJP_CONVERTERS = {
+    "jcommonsenseqa": _jcommonsenseqa,
+    "jemhopqa": _jemhopqa,
+    "niilc": _niilc,
+    "jsquad": _jsquad,
+    "jmmlu": _jmmlu,
+}
+
+
+def _llmjp_docs(task: str):
+    convert = _LLMJP_CONVERTERS[task]
+    instruction = LLMJP_HEADER + LLMJP_INSTRUCTIONS[task]
+
+    def process(dataset):
+        def row_to_sample(row: dict) -> dict:
+            sample = {**convert(row), "instruction": instruction}
+            if "fewshot" in row:  # exemplars attached by local_data.load keep the same shape
+                sample["fewshot"] = [convert(shot) for shot in row["fewshot"]]
+            return sample
+
+        return dataset.map(row_to_sample, remove_columns=dataset.column_names)
+
+    return process
+
+
+jcommonsenseqa_docs = _llmjp_docs("jcommonsenseqa")
+jemhopqa_docs = _llmjp_docs("jemhopqa")
+niilc_docs = _llmjp_docs("niilc")
+jsquad_docs = _llmjp_docs("jsquad")
+jmmlu_docs = _llmjp_docs("jmmlu")
+
+
+# --- other Swallow prompts ---------------------------------------------------------------------------------------
+
+
+def mgsm_question(doc: dict) -> str:
+    """MGSM ja: `問題：...\nステップごとの答え：` (the rows may already carry the prefixes)."""
+    return f"問題：{doc['question'].removeprefix('問題：').strip()}\nステップごとの答え："
+
+
+def mgsm_answer(doc: dict) -> str:
+    """An MGSM exemplar's worked answer without its `ステップごとの答え：` prefix."""
+    return doc["answer"].removeprefix("ステップごとの答え：").strip()
+
+
+_LANG = {"en": "English", "ja": "Japanese"}
+
+
+def _translation(src: str, tgt: str):
+    def prompt(doc: dict) -> str:
+        return f"{_LANG[src]} phrase: {doc['translation'][src]}\n{_LANG[tgt]} phrase:"
+
+    return prompt
+
+
+wmt_en_ja_prompt = _translation("en", "ja")
+wmt_ja_en_prompt = _translation("ja", "en")
+
+
+# --- Swallow's English tasks ---------------------------------------------------------------------------------------
+
+
+def _hellaswag_clean(text: str) -> str:
+    text = text.strip().replace(" [title]", ". ")
+    text = re.sub(r"\[.*?\]", "", text)  # WikiHow markup such as [header]
+    return text.replace("  ", " ")
+
+
+def hellaswag_docs(dataset):
+    """HellaSwag rows as {query, choices, gold}: "activity: ctx_a Ctx_b" and the cleaned endings."""
+
+    def convert(row: dict) -> dict:
+        ctx = f"{row['ctx_a']} {row['ctx_b'].capitalize()}"
+        return {
+            "query": _hellaswag_clean(f"{row['activity_label']}: {ctx}"),
+            "choices": [_hellaswag_clean(e) for e in row["endings"]],
+            "gold": int(row["label"]),
+        }
+
+    return dataset.map(convert, remove_columns=dataset.column_names)
+
+
+def squadv2_docs(dataset):
+    """SQuAD 2.0 rows with `golds`: the answer texts, or ["unanswerable"] for impossible questions."""
+
+    def convert(row: dict) -> dict:
+        texts = [a["text"] for a in row["answers"]]
+        return {"golds": texts if texts and not row.get("is_impossible") else ["unanswerable"]}
+
+    return dataset.map(convert)
+
+
+def winograd_gold_index(doc: dict) -> int:
+    """Index of the correct option (lm-eval's multiple-input convention)."""
+    return int(doc["answer"]) - 1
+
+
+def winograd_contexts(doc: dict) -> list[str]:
+    """The sentence up to "_" with each option filled in."""
+    head = doc["sentence"][: doc["sentence"].index("_")]
+    return [head + doc["option1"], head + doc["option2"]]
+
+
+def winograd_continuation(doc: dict) -> str:
+    """The text after "_", scored after each context."""
+    return " " + doc["sentence"][doc["sentence"].index("_") + 1 :].strip()
+
+
+# --- MERA: prompt = the record's instruction template filled with its inputs ---------------------------------------
+
+
+def mera_prompt(doc: dict) -> str:
+    """`instruction.format(**inputs)`, or with `{inputs}` when the inputs are a plain string."""
+    inputs = doc["inputs"]
+    return (
+        doc["instruction"].format(**inputs)
+        if isinstance(inputs, dict)
+        else doc["instruction"].format(inputs=inputs)
+    )
+
+
+def mera_target(doc: dict) -> str:
+    """The gold answer text (MultiQ: the first answer segment)."""
+    outputs = doc["outputs"]
+    return outputs[0]["segment"] if isinstance(outputs, list) else str(outputs)

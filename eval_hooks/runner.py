@@ -1,0 +1,279 @@
+"""Run our lm-eval suites on a model in this process, on every rank of a torch.distributed job or alone."""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import logging
+import os
+import random
+from collections.abc import Callable
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from eval_hooks import TASKS_DIR, scoreboard
+
+log = logging.getLogger(__name__)
+
+SUITE_CARDS = {
+    "control_llm_zh": "control_llm",
+    "swallow_ja": "swallow_ja",
+    "swallow_en": "swallow_en",
+    "mera": "mera",
+}
+
+
+def _hflm_class():
+    from lm_eval.models.huggingface import HFLM
+
+    class DistributedHFLM(HFLM):
+        """HFLM whose ranks come from torch.distributed, and whose ranks run equal numbers of forward passes.
+
+        Under ZeRO-3 every forward all-gathers parameters, so a rank that runs fewer forwards hangs the
+        others. Before each real model call the ranks agree that someone still has work; a rank without
+        work runs a dummy call in that round. Generation uses synced_gpus, so calls of different
+        lengths also stay in step."""
+
+        def __init__(self, model, tokenizer, batch_size: int):
+            # logits_cache=False: no merging of requests that share a context, so ranks do similar work.
+            super().__init__(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, logits_cache=False)
+            self._rank, self._world_size = dist.get_rank(), dist.get_world_size()
+
+        def all_gather(self, tensor: torch.Tensor) -> torch.Tensor:
+            parts = [torch.zeros_like(tensor) for _ in range(self.world_size)]
+            dist.all_gather(parts, tensor)
+            return torch.stack(parts) if tensor.dim() == 0 else torch.cat(parts)
+
+        def barrier(self) -> None:
+            dist.barrier()
+
+        def _anyone_busy(self, busy: bool) -> bool:
+            flag = torch.tensor([int(busy)], device=self.device)
+            dist.all_reduce(flag)
+            return bool(flag.item())
+
+        def _drain(self, run: Callable[[], list], dummy: Callable[[], Any]) -> list:
+            out = run()
+            while self._anyone_busy(False):  # others still have calls: join each with a dummy one
+                dummy()
+            return out
+
+        def _dummy_ids(self) -> torch.Tensor:
+            return torch.tensor([[self.tokenizer.bos_token_id or 0]], device=self.device)
+
+        def _dummy_forward(self) -> None:
+            with torch.no_grad():
+                self.model(self._dummy_ids())
+
+        def _dummy_generate(self) -> None:
+            ids = self._dummy_ids()
+            self.model.generate(
+                input_ids=ids,
+                attention_mask=torch.ones_like(ids),
+                max_new_tokens=1,
+                do_sample=False,
+                synced_gpus=True,
+                pad_token_id=self.tokenizer.pad_token_id,
+            )
+
+        def _model_call(self, inps, attn_mask=None, labels=None):
+            self._anyone_busy(True)
+            return super()._model_call(inps, attn_mask, labels)
+
+        def _model_generate(self, context, max_length, stop, **generation_kwargs):
+            self._anyone_busy(True)
+            return super()._model_generate(context, max_length, stop, synced_gpus=True, **generation_kwargs)
+
+        def loglikelihood(self, requests, disable_tqdm: bool = False):
+            run = super().loglikelihood
+            return self._drain(lambda: run(requests, disable_tqdm), self._dummy_forward)
+
+        def loglikelihood_rolling(self, requests, disable_tqdm: bool = False):
+            run = super().loglikelihood_rolling
+            return self._drain(lambda: run(requests, disable_tqdm), self._dummy_forward)
+
+        def generate_until(self, requests, disable_tqdm: bool = False):
+            run = super().generate_until
+            return self._drain(lambda: run(requests, disable_tqdm), self._dummy_generate)
+
+    return HFLM, DistributedHFLM
+
+
+@contextmanager
+def _preserved_state(model: torch.nn.Module):
+    """lm-eval reseeds the global RNGs and puts the model in eval mode; give training its state back."""
+    states = (random.getstate(), np.random.get_state(), torch.get_rng_state())
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+    was_training = model.training
+    try:
+        yield
+    finally:
+        random.setstate(states[0])
+        np.random.set_state(states[1])
+        torch.set_rng_state(states[2])
+        if cuda is not None:
+            torch.cuda.set_rng_state_all(cuda)
+        model.train(was_training)
+
+
+def task_manager(data_dir: str | Path):
+    """A TaskManager over our task YAMLs only (built-ins skipped: indexing them costs ~30 s on CPU)."""
+    from lm_eval.tasks import TaskManager
+
+    return TaskManager(
+        include_path=str(TASKS_DIR),
+        include_defaults=False,
+        metadata={"data_dir": str(Path(data_dir).resolve())},
+    )
+
+
+def _check_names(names: list[str], known: list[str]) -> None:
+    for name in names:
+        if name not in known:
+            close = difflib.get_close_matches(name, known, n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise KeyError(f"unknown suite or task {name!r}.{hint} Known suites: {sorted(SUITE_CARDS)}")
+
+
+def evaluate(
+    model: torch.nn.Module,
+    tokenizer,
+    suites: list[str],
+    data_dir: str | Path,
+    limit: int | None = None,
+    batch_size: int = 8,
+    max_gen_tokens: int | None = None,
+) -> dict | None:
+    """Score `model` on suites (or single tasks) from local data; call on every rank when distributed.
+
+    Rank 0 gets {"tasks", "n_samples", "aggregates"}; other ranks get None. RNG state and train mode
+    are restored on return."""
+    import lm_eval
+
+    tm = task_manager(data_dir)
+    _check_names(suites, tm.all_tasks)
+    HFLM, DistributedHFLM = _hflm_class()
+    distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+    if distributed and limit is not None and limit < dist.get_world_size():
+        # A rank without docs skips a request type entirely and the ranks fall out of step.
+        raise ValueError(f"limit={limit} must be at least the world size ({dist.get_world_size()})")
+    with _preserved_state(model):
+        if distributed:
+            lm = DistributedHFLM(model, tokenizer, batch_size)
+        else:
+            lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
+        out = lm_eval.simple_evaluate(
+            model=lm,
+            tasks=suites,
+            task_manager=tm,
+            limit=limit,
+            bootstrap_iters=0,
+            log_samples=False,
+            gen_kwargs={"max_gen_toks": max_gen_tokens} if max_gen_tokens else None,
+            confirm_run_unsafe_code=True,  # code tasks run only through eval_hooks.sandbox
+        )
+    if out is None:  # non-zero ranks
+        return None
+    return summarize(out, suites)
+
+
+def summarize(out: dict, suites: list[str]) -> dict:
+    """Per-task metrics (stderr dropped), sample counts and the cards' aggregates of lm-eval's output."""
+    tasks = {
+        name: {k: v for k, v in metrics.items() if "," in k and "_stderr," not in k}
+        for name, metrics in out["results"].items()
+        if name in out.get("n-samples", {})
+    }
+    n_samples = {name: counts["effective"] for name, counts in out["n-samples"].items()}
+    aggregates = {}
+    for suite in suites:
+        if suite in SUITE_CARDS:
+            card = SUITE_CARDS[suite]
+            aggregates[card] = scoreboard.score(card, scoreboard.columns_from_results(card, tasks))
+    return {"suites": suites, "tasks": tasks, "n_samples": n_samples, "aggregates": aggregates}
+
+
+def model_fingerprint(model: torch.nn.Module) -> dict:
+    """Name and a hash of the model config (weights may be partitioned, so they are not hashed)."""
+    config = model.config
+    digest = hashlib.sha256(config.to_json_string(use_diff=False).encode()).hexdigest()[:16]
+    return {"name_or_path": getattr(config, "_name_or_path", ""), "config_sha256": digest}
+
+
+def data_fingerprint(data_dir: str | Path) -> str:
+    """sha256 over the relative paths and contents of every file under the data dir."""
+    root = Path(data_dir)
+    digest = hashlib.sha256()
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        digest.update(str(path.relative_to(root)).encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def write_results(
+    path: str | Path,
+    results: dict,
+    model: torch.nn.Module,
+    data_dir: str | Path,
+    step: int | None = None,
+    config_hash: str | None = None,
+) -> Path:
+    """Write the eval-result JSON (per-task metrics, counts, aggregates, fingerprints, step, config hash)."""
+    record = {
+        **results,
+        "model": model_fingerprint(model),
+        "data_sha256": data_fingerprint(data_dir),
+        "step": step,
+        "config_hash": config_hash,
+    }
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(record, indent=2, ensure_ascii=False, default=float))
+    os.replace(tmp, path)  # readers never see a half-written file
+    return path
+
+
+def evaluate_hf_dir(
+    model_dir: str | Path,
+    suites: list[str],
+    data_dir: str | Path,
+    out: str | Path,
+    limit: int | None = None,
+    batch_size: int = 8,
+    max_gen_tokens: int | None = None,
+) -> dict | None:
+    """Standalone run on an exported HF folder; data parallel when started by torchrun/deepspeed/accelerate."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    cuda = torch.cuda.is_available()
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if cuda else "gloo")
+    device = torch.device(f"cuda:{os.environ.get('LOCAL_RANK', '0')}" if cuda else "cpu")
+    if cuda:
+        torch.cuda.set_device(device)
+    dtype = torch.bfloat16 if cuda else torch.float32
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).to(device).eval()
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    results = evaluate(model, tokenizer, suites, data_dir, limit, batch_size, max_gen_tokens)
+    if results is not None:
+        write_results(out, results, model, data_dir)
+    return results
+
+
+def scalars(results: dict, prefix: str = "eval") -> dict[str, float]:
+    """Flat {"eval/<task>/<metric>": v, "eval/<card>/<aggregate>": v} for wandb or any scalar logger."""
+    flat = {
+        f"{prefix}/{task}/{metric.replace(',', '/')}": float(value)
+        for task, metrics in results["tasks"].items()
+        for metric, value in metrics.items()
+    }
+    for card, board in results["aggregates"].items():
+        flat.update({f"{prefix}/{card}/{k}": v for k, v in board["aggregates"].items() if v is not None})
+    return flat

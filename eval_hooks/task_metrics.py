@@ -1,0 +1,103 @@
+"""lm-eval `process_results` and `aggregation` hooks that score our tasks with eval_hooks.metrics."""
+
+from __future__ import annotations
+
+from eval_hooks import metrics
+from eval_hooks.sandbox import check_completion
+
+
+def llmjp_exact_match(doc: dict, results: list[str]) -> dict:
+    """llm-jp-eval exact match of the generation against `output`."""
+    return {"exact_match": metrics.exact_match_nfkc(results[0], doc["output"])}
+
+
+def llmjp_char_f1(doc: dict, results: list[str]) -> dict:
+    """llm-jp-eval char-F1 of the generation against `output`."""
+    return {"char_f1": metrics.char_f1(results[0], doc["output"])}
+
+
+def xlsum_rouge2(doc: dict, results: list[str]) -> dict:
+    """ROUGE-2 F over MeCab words (the tokenizer-independent variant of the card's XL-Sum column)."""
+    return {"rouge2_mecab": metrics.rouge2(results[0].strip(), doc["summary"])}
+
+
+def mgsm_exact_match(doc: dict, results: list[str]) -> dict:
+    """MGSM: the last integer of the generation equals `answer_number`."""
+    return {"exact_match": metrics.mgsm_exact_match(results[0], doc["answer_number"])}
+
+
+def _pair_en(doc: dict, results: list[str]) -> dict:
+    return {"bleu": (results[0].strip(), doc["translation"]["en"])}
+
+
+def _pair_ja(doc: dict, results: list[str]) -> dict:
+    return {"bleu": (results[0].strip(), doc["translation"]["ja"])}
+
+
+wmt_ja_en_pair, wmt_en_ja_pair = _pair_en, _pair_ja
+
+
+def bleu(pairs: list[tuple[str, str]]) -> float:
+    """Corpus BLEU (sacrebleu 13a) of English outputs."""
+    preds, golds = zip(*pairs, strict=True)
+    return metrics.corpus_bleu(list(preds), list(golds))
+
+
+def bleu_ja(pairs: list[tuple[str, str]]) -> float:
+    """Corpus BLEU of Japanese outputs, word-split with nagisa first."""
+    preds, golds = zip(*pairs, strict=True)
+    return metrics.corpus_bleu(list(preds), list(golds), japanese_target=True)
+
+
+def humaneval_pass_at_1(doc: dict, results: list[str]) -> dict:
+    """Unbiased pass@1 of one problem's samples, each checked in the sandbox."""
+    passed = sum(check_completion(doc["prompt"], r, doc["test"], doc["entry_point"]) for r in results)
+    return {"pass@1": metrics.pass_at_k(len(results), passed, 1)}
+
+
+def squad_exact_match(doc: dict, results: list[str]) -> dict:
+    """SQuAD-normalised exact match against any gold answer."""
+    return {"exact_match": metrics.squad_em(results[0].strip(), doc["golds"])}
+
+
+# --- MERA ------------------------------------------------------------------------------------------------------
+
+
+def _mera_answer(text: str) -> str:
+    lines = text.strip().splitlines()
+    return lines[0].strip() if lines else ""
+
+
+def _mera_golds(doc: dict) -> list[str]:
+    outputs = doc["outputs"]
+    return [o["segment"] for o in outputs] if isinstance(outputs, list) else [str(outputs)]
+
+
+def mera_acc(doc: dict, results: list[str]) -> dict:
+    """Accuracy of the first output line against the gold label."""
+    return {"acc": float(_mera_answer(results[0]) == str(doc["outputs"]).strip())}
+
+
+def mera_em(doc: dict, results: list[str]) -> dict:
+    """Exact match of the first output line (arithmetic tasks)."""
+    return {"em": float(_mera_answer(results[0]) == str(doc["outputs"]).strip())}
+
+
+def mera_acc_f1(doc: dict, results: list[str]) -> dict:
+    """Accuracy per doc, plus the (prediction, gold) pair for the corpus-level macro F1."""
+    pred, gold = _mera_answer(results[0]), str(doc["outputs"]).strip()
+    return {"acc": float(pred == gold), "f1_macro": (pred, gold)}
+
+
+def f1_macro(pairs: list[tuple[str, str]]) -> float:
+    """Macro F1 over the gold labels' classes."""
+    from sklearn.metrics import f1_score
+
+    preds, golds = zip(*pairs, strict=True)
+    return float(f1_score(golds, preds, labels=sorted(set(golds)), average="macro", zero_division=0))
+
+
+def mera_qa(doc: dict, results: list[str]) -> dict:
+    """MultiQ / CheGeKa: SQuAD-style F1 and EM, max over gold answers."""
+    pred, golds = _mera_answer(results[0]), _mera_golds(doc)
+    return {"f1": metrics.squad_f1(pred, golds), "em": metrics.squad_em(pred, golds)}

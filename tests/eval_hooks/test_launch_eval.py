@@ -1,0 +1,45 @@
+"""launch/eval.py end to end: a standalone run on an HF folder, the scoreboard and the plot commands."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+FIXTURES = REPO / "tests" / "fixtures" / "eval"
+
+
+def _launch(*args: str) -> str:
+    cmd = [sys.executable, str(REPO / "launch" / "eval.py"), *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=180, cwd=REPO / "launch")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout
+
+
+def test_run_on_hf_dir(tiny_model, tiny_tokenizer, tmp_path):
+    model_dir = tmp_path / "model"
+    tiny_model.save_pretrained(model_dir)
+    tiny_tokenizer.save_pretrained(model_dir)
+    out = tmp_path / "results.json"
+    _launch("--model", str(model_dir), "--suite", "cl_mmlu", "--data-dir", str(FIXTURES), "--out", str(out))
+    record = json.loads(out.read_text())
+    assert record["n_samples"] == {"cl_mmlu": 6} and "acc,none" in record["tasks"]["cl_mmlu"]
+    assert record["model"]["name_or_path"] == str(model_dir)
+
+
+def test_scoreboard_command(tmp_path):
+    scores = tmp_path / "lerp.json"
+    scores.write_text(json.dumps({"CEvalC": 34.84, "CMMLUC": 37.37, "BBH": 64.43, "MMLU-Pro": 35.8}))
+    stdout = _launch("scoreboard", "--card", "control_llm", "--scores", str(scores))
+    assert '"Overall": 41.4' in stdout  # JSON keeps full precision
+    assert "| lerp | - | 34.8 | - | 37.4 | 64.4 | - | 35.8 | 37.1 | 45.9 | 41.5 |" in stdout
+
+
+def test_plot_command(tmp_path):
+    for step, value in ((100, 40.0), (200, 42.5)):
+        board = {"control_llm": {"aggregates": {"C-Avg": value, "O-Avg": 45.0, "Overall": None}}}
+        path = tmp_path / f"checkpoint-{step}" / "eval.json"
+        path.parent.mkdir()
+        path.write_text(json.dumps({"step": step, "aggregates": board}))
+    png = Path(_launch("plot", "--run", str(tmp_path)).strip())
+    assert png == tmp_path / "eval_aggregates.png" and png.read_bytes()[:4] == b"\x89PNG"

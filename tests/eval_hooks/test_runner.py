@@ -1,0 +1,89 @@
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+from eval_hooks.runner import evaluate, scalars, write_results
+
+REPO = Path(__file__).resolve().parents[2]
+FIXTURES = REPO / "tests" / "fixtures" / "eval"
+
+
+def test_suite_end_to_end_restores_rng_and_train_mode(tiny_model, tiny_tokenizer, tmp_path):
+    tiny_model.train()
+    torch.manual_seed(123)
+    expected = torch.rand(4)
+    torch.manual_seed(123)
+    results = evaluate(
+        tiny_model, tiny_tokenizer, ["control_llm_zh"], FIXTURES, batch_size=4, max_gen_tokens=4
+    )
+    assert torch.equal(torch.rand(4), expected)  # the training trajectory does not see the eval
+    assert tiny_model.training
+    tiny_model.eval()
+
+    assert results["n_samples"] == {
+        "cl_ceval_valid": 5,
+        "cl_ceval_valid_cot_zh": 5,
+        "cl_cmmlu": 4,
+        "cl_cmmlu_cot_zh": 4,
+        "cl_bbh_cot_3shot": 5,
+        "cl_mmlu": 6,
+        "cl_mmlu_pro": 3,
+    }
+    board = results["aggregates"]["control_llm"]
+    assert set(board["columns"]) == {"CEval", "CEvalC", "CMMLU", "CMMLUC", "BBH", "MMLU", "MMLU-Pro"}
+    assert board["columns"]["CEval"] == 100 * results["tasks"]["cl_ceval_valid"]["acc,none"]
+    assert all(0 <= v <= 100 for v in board["aggregates"].values())
+    flat = scalars(results)
+    assert flat["eval/cl_mmlu/acc/none"] == results["tasks"]["cl_mmlu"]["acc,none"]
+    assert flat["eval/control_llm/Overall"] == board["aggregates"]["Overall"]
+
+    path = write_results(
+        tmp_path / "step_10" / "eval.json", results, tiny_model, FIXTURES, step=10, config_hash="abc"
+    )
+    record = json.loads(path.read_text())
+    assert record["step"] == 10 and record["config_hash"] == "abc"
+    assert record["tasks"] == results["tasks"] and len(record["data_sha256"]) == 16
+    assert record["model"]["config_sha256"]
+
+
+def test_unknown_suite_suggests_a_name(tiny_model, tiny_tokenizer):
+    import pytest
+
+    with pytest.raises(KeyError, match="Did you mean 'control_llm_zh'"):
+        evaluate(tiny_model, tiny_tokenizer, ["control_llm_z"], FIXTURES)
+
+
+def test_two_ranks_stay_in_lockstep(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517"]
+    cmd += [str(REPO / "tests" / "eval_hooks" / "dist_worker.py"), str(tmp_path)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rank0, rank1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
+    assert rank0["forwards"] == rank1["forwards"] > 0
+    assert rank1["results"] is None
+    assert rank0["results"]["n_samples"] == {"cl_mmlu": 6, "cl_bbh_cot_3shot": 5}
+
+
+def test_swallow_ja_suite_end_to_end(tiny_model, tiny_tokenizer):
+    results = evaluate(tiny_model, tiny_tokenizer, ["swallow_ja"], FIXTURES, batch_size=4, max_gen_tokens=4)
+    board = results["aggregates"]["swallow_ja"]
+    assert len(board["columns"]) == 10 and 0 <= board["aggregates"]["Ja Avg"] <= 1
+    assert results["n_samples"]["cl_jmmlu"] == 6 and results["n_samples"]["cl_jhumaneval"] == 3
+
+
+def test_swallow_en_suite_end_to_end(tiny_model, tiny_tokenizer):
+    results = evaluate(tiny_model, tiny_tokenizer, ["swallow_en"], FIXTURES, batch_size=4, max_gen_tokens=4)
+    board = results["aggregates"]["swallow_en"]
+    assert len(board["columns"]) == 9 and 0 <= board["aggregates"]["En Avg"] <= 1
+
+
+def test_mera_suite_end_to_end(tiny_model, tiny_tokenizer):
+    results = evaluate(tiny_model, tiny_tokenizer, ["mera"], FIXTURES, batch_size=4, max_gen_tokens=3)
+    board = results["aggregates"]["mera"]
+    assert len(board["columns"]) == 13 and len(board["diagnostics"]) == 5
+    assert "f1_macro,none" in results["tasks"]["cl_mera_rcb"]

@@ -1,0 +1,32 @@
+import time
+
+from eval_hooks.sandbox import check_completion, run_program
+
+PROMPT = 'def add(a, b):\n    """Sum of a and b."""\n'
+TEST = "def check(f):\n    assert f(2, 3) == 5\n"
+
+
+def test_correct_and_wrong_completions():
+    assert check_completion(PROMPT, "    return a + b\n", TEST, "add")
+    assert not check_completion(PROMPT, "    return a - b\n", TEST, "add")
+    assert not check_completion(PROMPT, "    return a +\n", TEST, "add")  # syntax error
+
+
+def test_infinite_loop_is_killed():
+    start = time.monotonic()
+    result = run_program("while True:\n    pass\n", timeout_s=1.0)
+    assert (result.passed, result.status) == (False, "timeout")
+    assert time.monotonic() - start < 5
+
+
+def test_network_and_subprocess_are_blocked():
+    net = run_program("import socket\nsocket.create_connection(('127.0.0.1', 9), timeout=1)\n")
+    assert not net.passed and "sandbox: socket" in net.stderr
+    sub = run_program("import subprocess\nsubprocess.run(['true'])\n")
+    assert not sub.passed and "sandbox: subprocess.Popen" in sub.stderr
+
+
+def test_memory_limit():
+    result = run_program("x = bytearray(512 * 2**20)\n", memory_mb=256)
+    assert not result.passed and "MemoryError" in result.stderr
+    assert run_program("x = bytearray(16 * 2**20)\n", memory_mb=256).passed

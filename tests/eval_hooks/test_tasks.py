@@ -1,0 +1,164 @@
+"""Our task YAMLs on the fixture data: prompts as documented, answer extraction, suites end to end."""
+
+from pathlib import Path
+
+import pytest
+from lm_eval.filters.extraction import RegexFilter
+
+from eval_hooks import TASKS_DIR
+from eval_hooks.local_data import load
+from eval_hooks.runner import task_manager
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "eval"
+
+
+@pytest.fixture(scope="module")
+def tm():
+    return task_manager(FIXTURES)
+
+
+def _prompts(tm, name: str) -> list[str]:
+    task = tm.load(name)["tasks"][name]
+    task.build_all_requests(rank=0, world_size=1)
+    return [inst.args[0] for inst in task.instances if inst.idx == 0]
+
+
+def test_every_task_has_three_fixture_items(tm):
+    for yaml in TASKS_DIR.rglob("cl_*.yaml"):
+        task = tm.load(yaml.stem)["tasks"][yaml.stem]
+        assert len(list(task.eval_docs)) >= 3, yaml.stem
+
+
+def test_ceval_prompt_uses_lm_eval_subject_header(tm):
+    prompt = _prompts(tm, "cl_ceval_valid")[0]
+    assert prompt.startswith("以下是中国关于计算机网络的单项选择题，请选出其中的正确答案。\n\n")
+    assert prompt.endswith(
+        "在OSI参考模型中，负责路由选择的是____。\nA. 物理层\nB. 数据链路层\nC. 网络层\nD. 传输层\n答案："
+    )
+
+
+def test_cot_zh_prompt_and_last_match(tm):
+    prompt = _prompts(tm, "cl_cmmlu_cot_zh")[0]
+    assert "最佳答案是 [答案字母]。[答题结束]" in prompt and prompt.endswith("让我们一步一步地思考。\n")
+    task = tm.load("cl_cmmlu_cot_zh")["tasks"]["cl_cmmlu_cot_zh"]
+    pattern = task.config.filter_list[0]["filter"][0]["regex_pattern"]
+    resp = "## 步骤 1: 也许答案是 A。\n## 步骤 2: 不对。最佳答案是 [C]。[答题结束"
+    assert RegexFilter(regex_pattern=pattern, group_select=-1).apply([[resp]], [{}]) == [["C"]]
+
+
+def test_bbh_prompt_is_cot_exemplars_then_question(tm):
+    prompt = _prompts(tm, "cl_bbh_cot_3shot")[0]
+    assert prompt.startswith("Evaluate the result of a random Boolean expression.\n\nQ: not ( True ) and")
+    assert "canary" not in prompt
+    assert prompt.endswith(
+        "So the answer is False.\n\nQ: True and not False is\nA: Let's think step by step.\n"
+    )
+
+
+def test_mmlu_pro_shots_come_from_the_same_category(tm):
+    prompts = _prompts(tm, "cl_mmlu_pro")
+    math, bio = prompts[0], prompts[2]
+    assert math.startswith("The following are multiple choice questions (with answers) about math.")
+    assert math.count("Question:\n") == 6 and "photosynthesis" not in math
+    assert "Answer: Let's think step by step. 9 + 10 = 19. The answer is (B).\n\n" in math
+    assert math.endswith(
+        "Question:\nWhat is 12 * 3?\nOptions:\nA. 30\nB. 33\nC. 36\nD. 39\nE. 42\nAnswer: Let's think step by step."
+    )
+    assert bio.count("photosynthesis") == 5
+
+
+def test_loader_reads_per_subject_folders_and_reports_missing_data(tmp_path):
+    ds = load(data_dir=str(FIXTURES), files={"test": "cmmlu/test", "dev": "cmmlu/dev"}, shots_from="dev")
+    assert sorted(set(ds["test"]["subject"])) == ["agronomy", "anatomy"]
+    assert [s["Question"] for s in ds["test"][0]["fewshot"]] == ["小麦的主要用途是？"]
+    with pytest.raises(FileNotFoundError, match="docs/eval.md"):
+        load(data_dir=str(tmp_path), files={"test": "cmmlu/test"})
+    with pytest.raises(ValueError, match="data_dir"):
+        load(files={"test": "cmmlu/test"})
+
+
+def test_llmjp_prompt_layout(tm):
+    prompt = _prompts(tm, "cl_jcommonsenseqa")[0]
+    assert prompt.startswith(
+        "以下は、タスクを説明する指示と、文脈のある入力の組み合わせです。要求を適切に満たす応答を書きなさい。\n\n### 指示:\n"
+    )
+    assert (
+        "\n\n### 入力:\n質問：電車に乗るときに必要なものは？\n選択肢：0.切符,1.傘,2.枕,3.鍋,4.靴下\n\n### 応答:\n0"
+        in prompt
+    )
+    assert prompt.count("### 入力:") == 5  # 4 exemplars + the query
+    assert prompt.endswith(
+        "質問：寒い日に首に巻くものは？\n選択肢：0.ベルト,1.マフラー,2.指輪,3.眼鏡,4.靴\n\n### 応答:\n"
+    )
+
+
+def test_jmmlu_shots_exclude_the_doc_and_jsquad_drops_title(tm):
+    jmmlu = _prompts(tm, "cl_jmmlu")[0]
+    assert jmmlu.count("質問：2+2は？") == 1 and jmmlu.count("### 入力:") == 6
+    jsquad = _prompts(tm, "cl_jsquad")[0]
+    assert "[SEP]" not in jsquad and jsquad.endswith(
+        "文章：京都は794年に都となり、千年以上にわたり日本の都であった。\n質問：京都が都になったのは何年？\n\n### 応答:\n"
+    )
+
+
+def test_mgsm_and_wmt_prompts(tm):
+    mgsm = _prompts(tm, "cl_mgsm_ja")[0]
+    assert (
+        "問題：りんごが3個あり、2個もらいました。何個ですか？\nステップごとの答え：3 + 2 = 5。答えは5です。\n\n"
+        in mgsm
+    )
+    assert mgsm.endswith("問題：猫が2匹、犬が3匹います。全部で何匹？\nステップごとの答え：")
+    wmt = _prompts(tm, "cl_wmt20_en_ja")[0]
+    assert wmt.startswith("English phrase: Good morning.\nJapanese phrase: おはようございます。\n\n")
+    assert wmt.endswith("English phrase: Thank you very much.\nJapanese phrase:")
+
+
+def test_humaneval_scoring_runs_samples_in_the_sandbox():
+    from eval_hooks.task_metrics import humaneval_pass_at_1
+
+    doc = {
+        "prompt": "def add(a, b):\n",
+        "test": "def check(f):\n    assert f(2, 3) == 5\n",
+        "entry_point": "add",
+    }
+    samples = ["    return a + b\n"] * 3 + ["    return a - b\n"] * 7
+    assert humaneval_pass_at_1(doc, samples)["pass@1"] == pytest.approx(0.3)
+
+
+def test_swallow_en_prompts(tm):
+    hella = tm.load("cl_hellaswag")["tasks"]["cl_hellaswag"]
+    doc = list(hella.eval_docs)[1]
+    assert (
+        doc["query"] == "Home. How to clean a window: A person sprays cleaner on the glass. Then"
+        and doc["gold"] == 2
+    )
+    xw = tm.load("cl_xwinograd_en")["tasks"]["cl_xwinograd_en"]
+    first = list(xw.eval_docs)[0]
+    assert xw.doc_to_choice(first) == ["The trophy didn't fit in the suitcase because the trophy"] * 1 + [
+        "The trophy didn't fit in the suitcase because the suitcase"
+    ]
+    assert xw.doc_to_target(first) == " was too big." and xw.doc_to_text(first) == 0
+    squad = tm.load("cl_squadv2")["tasks"]["cl_squadv2"]
+    assert [d["golds"] for d in squad.eval_docs] == [["the Seine"], ["Paris"], ["unanswerable"]]
+    gsm = _prompts(tm, "cl_gsm8k")[0]
+    assert gsm.count("Question:") == 5 and "#### 5\n\nQuestion:" in gsm
+
+
+def test_mera_prompts_and_scoring(tm):
+    from eval_hooks import task_metrics
+
+    rcb = _prompts(tm, "cl_mera_rcb")[0]
+    assert rcb.startswith("Ты — полезный ассистент.")
+    assert (
+        "Ситуация: Иван купил машину.\nГипотеза: У Ивана есть машина.\n1 — следует, 2 — противоречит, 3 — нейтрально.\nОтвет: 1\n\n"
+        in rcb
+    )
+    assert rcb.endswith(
+        "Ситуация: Магазин закрыт.\nГипотеза: Магазин открыт.\n1 — следует, 2 — противоречит, 3 — нейтрально.\nОтвет:"
+    )
+    lcs = _prompts(tm, "cl_mera_lcs")[0]  # string inputs fill {inputs}
+    assert lcs.endswith("строк:\nhello\nyellow\nОтвет:")
+    doc = {"outputs": [{"label": "passage", "length": 6, "offset": 0, "segment": "России"}]}
+    assert task_metrics.mera_qa(doc, [" России\nпотому что"]) == {"f1": 1.0, "em": 1.0}
+    assert task_metrics.mera_acc_f1({"outputs": "2"}, ["2\n"]) == {"acc": 1.0, "f1_macro": ("2", "2")}
+    assert task_metrics.f1_macro([("1", "1"), ("2", "1"), ("2", "2")]) == pytest.approx(2 / 3)
