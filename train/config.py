@@ -261,6 +261,8 @@ class EvalConfig(Section):
     at_checkpoints: bool = False
     limit: int | None = Field(default=None, gt=0)
     data_dir: str | None = None
+    max_gen_tokens: int | None = Field(default=None, gt=0)
+    """Cap on generated tokens for generation tasks (None: each task's own limit)."""
     fail_on_error: bool = False
 
 
@@ -309,6 +311,8 @@ class RunConfig(Section):
             raise ValueError("schedule.min_lr is larger than optim.lr")
         if self.eval.suites and self.eval.every_steps is None and not self.eval.at_checkpoints:
             raise ValueError("eval.suites is set but never runs: set eval.every_steps or eval.at_checkpoints")
+        if self.eval.suites and self.eval.data_dir is None:
+            raise ValueError("eval.suites needs eval.data_dir (the benchmark files, see docs/eval.md)")
         if self.model.preset is None and self.model.tokenizer is None and self.model.name_or_path is None:
             raise ValueError("set model.tokenizer")
         return self

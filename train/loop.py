@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from data_prep.mixture import MixtureSampler, make_sampler
 from data_prep.sampler import RowSampler
 from data_prep.shards import MixedRows, prepare
-from train import checkpoint
+from train import checkpoint, evaluation
 from train import distributed as dist
 from train.config import RunConfig, config_hash, dump_yaml
 from train.engine import apply_weight_decay_rule, build_engine, deepspeed_config
@@ -204,6 +204,8 @@ def train(cfg: RunConfig, resume: str | None = None, allow_config_change: bool =
         if stopping or step == total_steps or (every and step % every == 0):
             checkpoint.save(engine, cfg, step, state)
             saved_step = step
+        if evaluation.due(cfg, step, saved_step == step) and not stopping:
+            evaluation.run(engine, tokenizer, cfg, step, tracker)
         if stopping:
             tracker.event("stop", step=step, signal=stop.signum)
             log.info("stopped by signal after step %d; checkpoint saved", step)

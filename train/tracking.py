@@ -77,6 +77,23 @@ class Tracker:
         if self.wandb is not None:
             self.wandb.log({k: v for k, v in metrics.items() if v is not None}, step=step)
 
+    def log_eval(self, step: int, scalars: dict, tasks: dict[str, dict]) -> None:
+        """Eval scalars (an `eval` event in metrics.jsonl) and a per-task table in wandb."""
+        if not self.enabled:
+            return
+        self._append({"event": "eval", "step": step, **scalars})
+        if self.wandb is not None:
+            import wandb
+
+            rows = [
+                [task, metric, value]
+                for task, metrics in tasks.items()
+                for metric, value in metrics.items()
+                if isinstance(value, int | float)
+            ]
+            table = wandb.Table(columns=["task", "metric", "value"], data=rows)
+            self.wandb.log({**scalars, "eval/table": table}, step=step)
+
     def event(self, name: str, **data) -> None:
         """A non-metric record in metrics.jsonl (resume, stop, checkpoint), e.g. {"event": "resume", ...}."""
         if self.enabled:

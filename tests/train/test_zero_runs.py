@@ -14,7 +14,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from tests.conftest import SMOKE, engine_logits, run_entry
+from tests.conftest import ROOT, SMOKE, engine_logits, run_entry
 from train.tracking import read_metrics
 
 pytestmark = pytest.mark.slow
@@ -100,3 +100,26 @@ def test_export_matches_training_engine(uninterrupted, tmp_path):
     # exporting again into the same folder is refused rather than silently overwritten
     again = run_entry("export.py", "--checkpoint", str(base / "checkpoints"), "--out", str(tmp_path / "hf"))
     assert again.returncode == 2 and "not empty" in again.stderr
+
+
+def test_in_training_eval_under_zero3_leaves_the_trajectory_unchanged(uninterrupted, tmp_path, data_cache):
+    stage, base = uninterrupted
+    if stage != 3:
+        pytest.skip("the hook's lockstep matters under ZeRO-3 (partitioned parameters)")
+    out = tmp_path / "with_eval"
+    eval_sets = [
+        "eval.suites=[cl_mmlu, cl_gsm8k]",
+        f"eval.data_dir={ROOT / 'tests/fixtures/eval'}",
+        "eval.every_steps=4",
+        "eval.limit=2",
+        "eval.max_gen_tokens=8",
+    ]
+    r = _run(out, data_cache, stage, *(a for s in eval_sets for a in ("--set", s)))
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert _losses(out) == _losses(base)
+    for step in (4, 8):
+        result = json.loads((out / "eval" / f"step-{step:08d}.json").read_text())
+        assert result["step"] == step
+        assert result["n_samples"]["cl_mmlu"] == 2 and result["n_samples"]["cl_gsm8k"] == 2
+    events = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in events if e.get("event") == "eval"] == [4, 8]
