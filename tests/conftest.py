@@ -20,6 +20,24 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def child_env(extra: dict | None = None) -> dict:
+    """The environment for a launched process; a None value in `extra` removes a variable."""
+    env = {**os.environ, "WANDB_SILENT": "true", "TOKENIZERS_PARALLELISM": "false"}
+    # an in-process test may have joined a world of one; children must not inherit its rendezvous
+    for var in (
+        "CONTINUALM_FAULT",
+        "RANK",
+        "LOCAL_RANK",
+        "WORLD_SIZE",
+        "LOCAL_WORLD_SIZE",
+        "MASTER_ADDR",
+        "MASTER_PORT",
+    ):
+        env.pop(var, None)
+    env.update(extra or {})
+    return {k: v for k, v in env.items() if v is not None}
+
+
 def run_entry(
     script: str,
     *args: str,
@@ -48,11 +66,7 @@ def run_entry(
         ]
     else:
         cmd = ["deepspeed", "--num_gpus", str(nproc), "--master_port", str(free_port()), path, *args]
-    full_env = {**os.environ, "WANDB_SILENT": "true", "TOKENIZERS_PARALLELISM": "false"}
-    full_env.pop("CONTINUALM_FAULT", None)
-    full_env.update(env or {})
-    full_env = {k: v for k, v in full_env.items() if v is not None}  # None in `env` removes a variable
-    return subprocess.run(cmd, cwd=ROOT, env=full_env, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(cmd, cwd=ROOT, env=child_env(env), capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.fixture(scope="session")
@@ -77,6 +91,7 @@ def engine_logits(checkpoint: Path, out: Path) -> dict:
             str(out),
         ],
         cwd=ROOT,
+        env=child_env(),
         check=True,
         capture_output=True,
         timeout=300,
