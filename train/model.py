@@ -54,6 +54,14 @@ PRESETS: dict[str, dict] = {
         tie_word_embeddings=True,
         rope_scaling=dict(_LLAMA3_ROPE, factor=32.0, original_max_position_embeddings=8192),
     ),
+    "llama3_8b": dict(  # Meta-Llama-3-8B: the 3.1 shape without rope scaling, 8K context
+        _LLAMA3_COMMON,
+        hidden_size=4096,
+        intermediate_size=14336,
+        num_hidden_layers=32,
+        tie_word_embeddings=False,
+        max_position_embeddings=8192,
+    ),
     "llama3_1_8b": dict(
         _LLAMA3_COMMON,
         hidden_size=4096,

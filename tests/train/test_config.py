@@ -12,7 +12,8 @@ from train.config import config_hash, load_config, training_diff
 from train.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[2]
-RECIPES = sorted(p for p in (ROOT / "configs").rglob("*.yaml") if "merge" not in p.parts)
+# base/ holds partial recipes (validated through their children); merge/ has its own schema
+RECIPES = sorted(p for p in (ROOT / "configs").rglob("*.yaml") if not {"merge", "base"} & set(p.parts))
 
 
 @pytest.mark.parametrize("path", RECIPES, ids=lambda p: str(p.relative_to(ROOT)))
