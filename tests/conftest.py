@@ -99,3 +99,15 @@ def engine_logits(checkpoint: Path, out: Path) -> dict:
     import torch
 
     return torch.load(out)
+
+
+# Prepended to `python -I -c` scripts: makes our packages unimportable even when an editable install
+# puts them on every path, so the script sees what a machine without continualm sees.
+WITHOUT_CONTINUALM = """
+import sys
+class _Blocked:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("train", "data_prep", "eval_hooks"):
+            raise ModuleNotFoundError(name)
+sys.meta_path.insert(0, _Blocked())
+"""

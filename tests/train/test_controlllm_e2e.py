@@ -13,7 +13,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 import train.expansion  # noqa: F401  (registers controlllm_llama)
-from tests.conftest import ROOT, engine_logits, run_entry
+from tests.conftest import ROOT, WITHOUT_CONTINUALM, engine_logits, run_entry
 from train.checkpoint import consolidated_state_dict
 from train.config import load_config
 from train.loop import seed_everything
@@ -87,7 +87,7 @@ def test_export_loads_with_engine_logits_in_and_out_of_our_package(runs, tmp_pat
         logits = model(input_ids=ref["input_ids"]).logits.float()
     torch.testing.assert_close(logits, ref["logits"], atol=0, rtol=0)
     # a clean interpreter outside the repo: only transformers + the files saved with the model
-    code = (
+    code = WITHOUT_CONTINUALM + (
         "import sys, torch; from transformers import AutoModelForCausalLM as A; "
         f"m = A.from_pretrained({str(export)!r}, trust_remote_code=True).eval(); "
         f"ids = torch.load({str(probe)!r})['input_ids']; "

@@ -13,6 +13,7 @@ from conftest import perturb, tiny_llama
 from safetensors.torch import save_file
 from transformers import AutoModelForCausalLM, LlamaForCausalLM
 
+from tests.conftest import WITHOUT_CONTINUALM
 from train.expansion import (
     ControlLLMForCausalLM,
     ExpansionConfig,
@@ -61,10 +62,15 @@ def test_load_with_package_imported(saved):
 
 def test_fresh_process_loads_with_trust_remote_code(saved, tmp_path):
     path, ids, logits = saved
-    script = textwrap.dedent(f"""
-        import importlib.util, torch
+    script = WITHOUT_CONTINUALM + textwrap.dedent(f"""
+        import torch
         from transformers import AutoModelForCausalLM
-        assert importlib.util.find_spec("train") is None, "our package must not be importable here"
+        try:
+            import train
+        except ModuleNotFoundError:
+            pass
+        else:
+            raise AssertionError("our package must not be importable here")
         model = AutoModelForCausalLM.from_pretrained({str(path)!r}, trust_remote_code=True)
         with torch.no_grad():
             torch.save(model(torch.arange(1, 10)[None]).logits, "logits.pt")
