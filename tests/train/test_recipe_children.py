@@ -23,6 +23,8 @@ def test_child_recipe_runs_and_exports(child, tmp_path, data_cache):
         f"output_dir={out}",
         "--set",
         f"data.cache_dir={data_cache}",
+        "--set",
+        "train.max_steps=4",
         nproc=2,
     )
     assert r.returncode == 0, r.stderr[-3000:]
