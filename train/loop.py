@@ -39,8 +39,12 @@ class StopRequest:
 
     def __init__(self):
         self.signum: int | None = None
-        for s in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(s, self._handle)
+        self._previous = {s: signal.signal(s, self._handle) for s in (signal.SIGTERM, signal.SIGINT)}
+
+    def restore(self) -> None:
+        """Give the signals back to whoever had them (matters when train() runs inside another program)."""
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
 
     def _handle(self, signum, frame) -> None:
         self.signum = signum
@@ -212,6 +216,7 @@ def train(cfg: RunConfig, resume: str | None = None, allow_config_change: bool =
             break
     if saved_step != state["step"]:
         checkpoint.save(engine, cfg, state["step"], state)
+    stop.restore()
     tracker.finish()
     if cfg.checkpoint.export_at_end and dist.is_main() and state["step"] == total_steps:
         ckpt = Path(cfg.output_dir) / "checkpoints" / checkpoint.tag_for(state["step"])

@@ -1,13 +1,20 @@
-"""Bad input at the command line: one readable paragraph on stderr, exit code 2, no traceback."""
+"""Bad input at the command line: one readable paragraph on stderr, exit code 2, no traceback.
+
+Config errors run the real script in a subprocess (they exit before torch is imported); data and
+resume errors call the same script's `main()` in this process (one rank), to spare a launch each.
+"""
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import subprocess
+import sys
 
-from tests.conftest import SMOKE, run_entry
+from tests.conftest import ROOT, SMOKE, run_entry
 
 
-def _train(tmp_path, *sets, resume=None):
+def _train_args(tmp_path, *sets, resume=None) -> list[str]:
     args = [
         "--config",
         str(SMOKE),
@@ -20,7 +27,23 @@ def _train(tmp_path, *sets, resume=None):
     ]
     for s in sets:
         args += ["--set", s]
-    return run_entry("train.py", *args, *(["--resume", resume] if resume else []))
+    return [*args, *(["--resume", resume] if resume else [])]
+
+
+def _train(tmp_path, *sets, resume=None):
+    return run_entry("train.py", *_train_args(tmp_path, *sets, resume=resume))
+
+
+def _train_here(tmp_path, capsys, monkeypatch, *sets, resume=None):
+    """launch/train.py's main() in this process; returns what a subprocess run would."""
+    spec = importlib.util.spec_from_file_location("launch_train", ROOT / "launch" / "train.py")
+    monkeypatch.syspath_prepend(str(ROOT / "launch"))
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    monkeypatch.setattr(sys, "argv", ["train.py", *_train_args(tmp_path, *sets, resume=resume)])
+    code = script.main()
+    out = capsys.readouterr()
+    return subprocess.CompletedProcess(sys.argv, code, out.out, out.err)
 
 
 def _check(r, *fragments):
@@ -45,30 +68,41 @@ def test_missing_config_file(tmp_path):
     _check(r, "config file not found")
 
 
-def test_missing_data_file(tmp_path):
-    _check(_train(tmp_path, f"data.sources=[{{path: {tmp_path}/none.jsonl}}]"), "matches no data file")
+def test_missing_data_file(tmp_path, capsys, monkeypatch):
+    _check(
+        _train_here(tmp_path, capsys, monkeypatch, f"data.sources=[{{path: {tmp_path}/none.jsonl}}]"),
+        "matches no data file",
+    )
 
 
-def test_empty_dataset(tmp_path):
+def test_empty_dataset(tmp_path, capsys, monkeypatch):
     f = tmp_path / "empty.jsonl"
     f.write_text("")
-    _check(_train(tmp_path, f"data.sources=[{{path: {f}}}]"), "has no usable rows")
+    _check(_train_here(tmp_path, capsys, monkeypatch, f"data.sources=[{{path: {f}}}]"), "has no usable rows")
 
 
-def test_line_that_is_not_json(tmp_path):
+def test_line_that_is_not_json(tmp_path, capsys, monkeypatch):
     f = tmp_path / "bad.jsonl"
     f.write_text(json.dumps({"text": "fine"}) + "\n{not json}\n")
-    _check(_train(tmp_path, f"data.sources=[{{path: {f}}}]"), f"{f}:2", "not valid JSON")
+    _check(
+        _train_here(tmp_path, capsys, monkeypatch, f"data.sources=[{{path: {f}}}]"),
+        f"{f}:2",
+        "not valid JSON",
+    )
 
 
-def test_missing_text_column_lists_columns(tmp_path):
+def test_missing_text_column_lists_columns(tmp_path, capsys, monkeypatch):
     f = tmp_path / "rows.jsonl"
     f.write_text(json.dumps({"body": "x", "url": "y"}) + "\n")
-    _check(_train(tmp_path, f"data.sources=[{{path: {f}}}]"), "text field 'text' is missing", "body, url")
+    _check(
+        _train_here(tmp_path, capsys, monkeypatch, f"data.sources=[{{path: {f}}}]"),
+        "text field 'text' is missing",
+        "body, url",
+    )
 
 
-def test_resume_refuses_changed_training_config(tmp_path):
-    r = _train(tmp_path, "train.max_steps=2")
+def test_resume_refuses_changed_training_config(tmp_path, capsys, monkeypatch):
+    r = _train_here(tmp_path, capsys, monkeypatch, "train.max_steps=2")
     assert r.returncode == 0, r.stderr[-2000:]
-    r = _train(tmp_path, "train.max_steps=2", "optim.lr=0.002", resume="auto")
+    r = _train_here(tmp_path, capsys, monkeypatch, "train.max_steps=2", "optim.lr=0.002", resume="auto")
     _check(r, "different config", "optim.lr: 0.003 -> 0.002", "--allow-config-change")

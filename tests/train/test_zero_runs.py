@@ -15,10 +15,22 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from tests.conftest import ROOT, SMOKE, engine_logits, run_entry
+from train.checkpoint import export_hf
+from train.errors import UserError
 from train.tracking import read_metrics
 
 pytestmark = pytest.mark.slow
 STEPS = 9
+EVAL_HOOK = [
+    f"--set={s}"
+    for s in (
+        "eval.suites=[cl_mmlu, cl_gsm8k]",
+        f"eval.data_dir={ROOT / 'tests/fixtures/eval'}",
+        "eval.every_steps=4",
+        "eval.limit=2",
+        "eval.max_gen_tokens=8",
+    )
+]
 
 
 def _run(out: Path, cache: Path, stage: int, *extra: str, fault: str | None = None):
@@ -77,10 +89,17 @@ def test_kill_and_resume_gives_identical_losses(uninterrupted, tmp_path, data_ca
     # SIGKILL both ranks after step 7: the last checkpoint is step 6.
     assert _run(out, data_cache, stage, "--resume", "auto", fault="sigkill@7").returncode != 0
     assert _latest(out) == "step-00000006"
-    r = _run(out, data_cache, stage, "--resume", "auto")
+    # ZeRO-3: the last segment also runs the in-training eval hook (a log-likelihood and a generation
+    # task, all ranks in lockstep) at step 8; it must not change the trajectory either.
+    r = _run(out, data_cache, stage, "--resume", "auto", *(EVAL_HOOK if stage == 3 else ()))
     assert r.returncode == 0, r.stderr[-3000:]
     assert _resumed_from(out) == [*resumes, 6]
     assert _losses(out) == _losses(base)  # exact equality, step by step
+    if stage == 3:
+        result = json.loads((out / "eval" / "step-00000008.json").read_text())
+        assert result["step"] == 8 and result["n_samples"] == {"cl_mmlu": 2, "cl_gsm8k": 2}
+        events = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+        assert [e["step"] for e in events if e.get("event") == "eval"] == [8]
     assert not any(p.name.startswith(".tmp-") for p in (out / "checkpoints").iterdir())
 
 
@@ -88,9 +107,13 @@ def test_export_matches_training_engine(uninterrupted, tmp_path):
     stage, base = uninterrupted
     if stage == 1:
         pytest.skip("export is checked on ZeRO-2 (flat partitions) and ZeRO-3 (partitioned parameters)")
-    r = run_entry("export.py", "--checkpoint", str(base / "checkpoints"), "--out", str(tmp_path / "hf"))
-    assert r.returncode == 0, r.stderr[-3000:]
-    ref = engine_logits(base / "checkpoints" / f"step-{STEPS:08d}", tmp_path / "engine_logits.pt")
+    final = base / "checkpoints" / f"step-{STEPS:08d}"
+    if stage == 2:  # through the command line once
+        r = run_entry("export.py", "--checkpoint", str(base / "checkpoints"), "--out", str(tmp_path / "hf"))
+        assert r.returncode == 0, r.stderr[-3000:]
+    else:
+        export_hf(final, tmp_path / "hf")
+    ref = engine_logits(final, tmp_path / "engine_logits.pt")
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
     with torch.no_grad():
         logits = model(input_ids=ref["input_ids"]).logits
@@ -98,28 +121,5 @@ def test_export_matches_training_engine(uninterrupted, tmp_path):
     tok = AutoTokenizer.from_pretrained(tmp_path / "hf")
     assert tok.chat_template and tok.bos_token == "<|begin_of_text|>"
     # exporting again into the same folder is refused rather than silently overwritten
-    again = run_entry("export.py", "--checkpoint", str(base / "checkpoints"), "--out", str(tmp_path / "hf"))
-    assert again.returncode == 2 and "not empty" in again.stderr
-
-
-def test_in_training_eval_under_zero3_leaves_the_trajectory_unchanged(uninterrupted, tmp_path, data_cache):
-    stage, base = uninterrupted
-    if stage != 3:
-        pytest.skip("the hook's lockstep matters under ZeRO-3 (partitioned parameters)")
-    out = tmp_path / "with_eval"
-    eval_sets = [
-        "eval.suites=[cl_mmlu, cl_gsm8k]",
-        f"eval.data_dir={ROOT / 'tests/fixtures/eval'}",
-        "eval.every_steps=4",
-        "eval.limit=2",
-        "eval.max_gen_tokens=8",
-    ]
-    r = _run(out, data_cache, stage, *(a for s in eval_sets for a in ("--set", s)))
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert _losses(out) == _losses(base)
-    for step in (4, 8):
-        result = json.loads((out / "eval" / f"step-{step:08d}.json").read_text())
-        assert result["step"] == step
-        assert result["n_samples"]["cl_mmlu"] == 2 and result["n_samples"]["cl_gsm8k"] == 2
-    events = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [e["step"] for e in events if e.get("event") == "eval"] == [4, 8]
+    with pytest.raises(UserError, match="not empty"):
+        export_hf(final, tmp_path / "hf")
