@@ -124,10 +124,14 @@ class MixedRows:
     def __len__(self) -> int:
         return int(self.offsets[-1])
 
+    def source_of(self, rows) -> np.ndarray:
+        """The source index of each global row id."""
+        return np.searchsorted(self.offsets, np.asarray(rows, dtype=np.int64), side="right") - 1
+
     def batch(self, rows) -> dict[str, torch.Tensor]:
-        """Rows by global index, as int64 tensors: input_ids, position_ids and labels."""
+        """Rows by global index, as int64 tensors: input_ids, position_ids, labels and source (per row)."""
         rows = np.asarray(rows, dtype=np.int64)
-        which = np.searchsorted(self.offsets, rows, side="right") - 1
+        which = self.source_of(rows)
         parts = [
             self.shards[k].arrays(np.asarray([r - self.offsets[k]])) for r, k in zip(rows, which, strict=True)
         ]
@@ -136,6 +140,7 @@ class MixedRows:
             "input_ids": torch.from_numpy(ids.astype(np.int64)),
             "position_ids": torch.from_numpy(pos.astype(np.int64)),
             "labels": torch.from_numpy(labels),
+            "source": torch.from_numpy(which),
         }
 
 

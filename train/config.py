@@ -9,6 +9,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import math
 from pathlib import Path
 from typing import Any, Literal
 
@@ -191,14 +192,21 @@ class TrainConfig(Section):
     grad_accum_steps: int = Field(default=1, gt=0)
     max_steps: int | None = Field(default=None, gt=0)
     max_tokens: int | None = Field(default=None, gt=0)
+    epochs: float | None = Field(default=None, gt=0)
+    """Passes over the packed rows (natural proportions only); steps = ceil(epochs x rows / rows per step)."""
     log_every: int = Field(default=1, gt=0)
     peak_tflops: float | None = None
     """Per-device peak bf16 TFLOP/s for MFU; detected for known GPUs when unset."""
 
     @model_validator(mode="after")
     def _one_budget(self) -> TrainConfig:
-        if (self.max_steps is None) == (self.max_tokens is None):
-            raise ValueError("set exactly one of train.max_steps or train.max_tokens")
+        budgets = [k for k in ("max_steps", "max_tokens", "epochs") if getattr(self, k) is not None]
+        if len(budgets) != 1:
+            given = f" (got {', '.join(f'train.{k}' for k in budgets)})" if budgets else ""
+            raise ValueError(
+                f"set exactly one of train.max_steps, train.max_tokens or train.epochs{given}; "
+                "a child recipe replacing its parent's budget sets the parent's key to null"
+            )
         return self
 
 
@@ -313,6 +321,11 @@ class RunConfig(Section):
             raise ValueError("eval.suites is set but never runs: set eval.every_steps or eval.at_checkpoints")
         if self.eval.suites and self.eval.data_dir is None:
             raise ValueError("eval.suites needs eval.data_dir (the benchmark files, see docs/eval.md)")
+        if self.train.epochs is not None and (self.data.stages or any(s.weight for s in self.data.sources)):
+            raise ValueError(
+                "train.epochs counts passes over the data in its natural proportions; with data.stages or "
+                "data.sources[].weight the mixture decides what is seen: give train.max_tokens instead"
+            )
         if self.model.preset is None and self.model.tokenizer is None and self.model.name_or_path is None:
             raise ValueError("set model.tokenizer")
         return self
@@ -320,16 +333,25 @@ class RunConfig(Section):
     @property
     def tokens_per_step(self) -> int:
         """Tokens in one optimizer step for the current world size (set by the launcher)."""
+        return self.rows_per_step * self.data.seq_len
+
+    @property
+    def rows_per_step(self) -> int:
+        """Packed rows in one optimizer step over all ranks (for the current world size)."""
         from train.distributed import world_size
 
-        t = self.train
-        return t.micro_batch_size * t.grad_accum_steps * world_size() * self.data.seq_len
+        return self.train.micro_batch_size * self.train.grad_accum_steps * world_size()
 
-    def total_steps(self) -> int:
-        """Optimizer steps in the run: train.max_steps, or train.max_tokens rounded up to whole steps."""
+    def total_steps(self, num_rows: int | None = None) -> int:
+        """Optimizer steps in the run: train.max_steps, or train.max_tokens or train.epochs (over
+        `num_rows` packed rows) rounded up to whole steps."""
         if self.train.max_steps is not None:
             return self.train.max_steps
-        return -(-self.train.max_tokens // self.tokens_per_step)
+        if self.train.max_tokens is not None:
+            return -(-self.train.max_tokens // self.tokens_per_step)
+        if num_rows is None:
+            raise ValueError("train.epochs needs the packed row count: prepare the data first")
+        return math.ceil(self.train.epochs * num_rows / self.rows_per_step)
 
 
 # Keys that do not change what is trained: resuming with a different value is allowed.

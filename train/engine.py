@@ -89,12 +89,12 @@ def build_optimizer(cfg: RunConfig, model: torch.nn.Module) -> torch.optim.Optim
     return DeepSpeedCPUAdam(groups, adamw_mode=True, **kwargs)
 
 
-def build_engine(cfg: RunConfig, model: torch.nn.Module, world_size: int):
-    """Wrap the model in a DeepSpeed engine with our optimizer and LambdaLR schedule."""
+def build_engine(cfg: RunConfig, model: torch.nn.Module, world_size: int, total_steps: int):
+    """Wrap the model in a DeepSpeed engine with our optimizer and a LambdaLR schedule over `total_steps`."""
     import deepspeed
 
     optimizer = build_optimizer(cfg, model)
-    schedule = lr_lambda(cfg, cfg.total_steps())
+    schedule = lr_lambda(cfg, total_steps)
     engine, *_ = deepspeed.initialize(
         model=model,
         optimizer=optimizer,

@@ -19,8 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from data_prep.mixture import MixtureSampler, make_sampler
-from data_prep.sampler import RowSampler
+from data_prep.mixture import make_sampler
 from data_prep.shards import MixedRows, prepare
 from train import checkpoint, evaluation
 from train import distributed as dist
@@ -61,13 +60,12 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def train_step(
-    engine, data: MixedRows, sampler: RowSampler | MixtureSampler, cfg: RunConfig, consumed: int
-) -> dict:
-    """One optimizer step over the rows at stream position `consumed`; returns step metrics.
+def train_step(engine, data: MixedRows, rows: np.ndarray, cfg: RunConfig) -> dict:
+    """One optimizer step over the global `rows` (all ranks' micro-batches); returns step metrics.
 
-    `loss` is the token-mean cross-entropy; expanded models add `divergence`, `loss_total` and the mean
-    interpolation weight of each concat pair (`alpha/pair_k`).
+    `loss` is the token-mean cross-entropy; `source_targets` the step's target tokens per source.
+    Expanded models add `divergence`, `loss_total` and the mean interpolation weight of each concat
+    pair (`alpha/pair_k`).
     """
     micro, accum, world, rank = (
         cfg.train.micro_batch_size,
@@ -75,12 +73,14 @@ def train_step(
         dist.world_size(),
         dist.rank(),
     )
-    rows = sampler.rows(consumed, micro * accum * world)
     batches = [
         data.batch(rows[(k * world + rank) * micro : (k * world + rank + 1) * micro]) for k in range(accum)
     ]
-    local_targets = sum(int((b["labels"][:, 1:] != -100).sum()) for b in batches)
-    targets = int(dist.all_reduce_sum(torch.tensor([local_targets], dtype=torch.float64)).item())
+    local_targets = torch.zeros(len(data.source_labels), dtype=torch.float64)
+    for b in batches:
+        local_targets.index_add_(0, b["source"], (b["labels"][:, 1:] != -100).sum(1).double())
+    source_targets = [int(t) for t in dist.all_reduce_sum(local_targets).tolist()]
+    targets = sum(source_targets)
     # DeepSpeed divides by `accum` and averages over ranks; undo both so the step sums over all targets.
     scale = accum * world / max(targets, 1)
     lr = engine.get_lr()[0]
@@ -115,6 +115,7 @@ def train_step(
         "lr": lr,
         "grad_norm": float(grad_norm) if grad_norm is not None else None,
         "target_tokens": targets,
+        "source_targets": source_targets,
         "tokens": len(rows) * cfg.data.seq_len,
     }
     if cfg.expansion is not None and cfg.expansion.type in ("concat", "hybrid"):
@@ -153,9 +154,19 @@ def train(cfg: RunConfig, resume: str | None = None, allow_config_change: bool =
         )
     counts = count_parameters(model)
     flops_token = flops_per_token(model, cfg.data.seq_len)
-    engine = build_engine(cfg, model, dist.world_size())
+    total_steps = cfg.total_steps(len(data))
+    if cfg.train.epochs is not None:
+        log.info("train.epochs=%s over %d packed rows: %d steps", cfg.train.epochs, len(data), total_steps)
+    engine = build_engine(cfg, model, dist.world_size(), total_steps)
     sampler = make_sampler(data, cfg.data, cfg.seed)
-    state = {"step": 0, "consumed_rows": 0, "tokens": 0}
+    labels = data.source_labels
+    state = {
+        "step": 0,
+        "consumed_rows": 0,
+        "tokens": 0,
+        "source_rows": dict.fromkeys(labels, 0),
+        "source_target_tokens": dict.fromkeys(labels, 0),
+    }
     folder = checkpoint.find_resume(cfg, resume) if resume else None
     if folder is not None:
         saved = checkpoint.check_complete(folder)
@@ -170,17 +181,23 @@ def train(cfg: RunConfig, resume: str | None = None, allow_config_change: bool =
     if folder is not None:
         tracker.event("resume", step=state["step"], checkpoint=str(folder))
     stop = StopRequest()
-    total_steps, every = cfg.total_steps(), cfg.checkpoint.every_steps
+    every = cfg.checkpoint.every_steps
+    rows_per_step = cfg.train.micro_batch_size * cfg.train.grad_accum_steps * dist.world_size()
     peak = cfg.train.peak_tflops or peak_tflops()
     saved_step = state["step"] if folder is not None else None
     engine.train()
     while state["step"] < total_steps:
         t0 = time.perf_counter()
-        metrics = train_step(engine, data, sampler, cfg, state["consumed_rows"])
+        rows = sampler.rows(state["consumed_rows"], rows_per_step)
+        metrics = train_step(engine, data, rows, cfg)
         seconds = time.perf_counter() - t0
         state["step"] += 1
-        state["consumed_rows"] += cfg.train.micro_batch_size * cfg.train.grad_accum_steps * dist.world_size()
+        state["consumed_rows"] += rows_per_step
         state["tokens"] += metrics["tokens"]
+        for label, n in zip(labels, np.bincount(data.source_of(rows), minlength=len(labels)), strict=True):
+            state["source_rows"][label] += int(n)
+        for label, n in zip(labels, metrics.pop("source_targets"), strict=True):
+            state["source_target_tokens"][label] += n
         step = state["step"]
         tokens_per_s = metrics["tokens"] / seconds
         metrics.update(
@@ -191,6 +208,8 @@ def train(cfg: RunConfig, resume: str | None = None, allow_config_change: bool =
             mfu=tokens_per_s * flops_token / (peak * 1e12 * dist.world_size()) if peak else None,
         )
         if step % cfg.train.log_every == 0 or step == total_steps:
+            if len(labels) > 1:  # the mixture as trained: cumulative target tokens per source
+                metrics.update({f"source_tokens/{k}": v for k, v in state["source_target_tokens"].items()})
             tracker.log(step, metrics)
             if dist.is_main():
                 log.info(
@@ -230,12 +249,16 @@ def dry_run(cfg: RunConfig) -> str:
 
     model = build_for_training(cfg, meta=True)
     world = dist.world_size()
+    if cfg.train.epochs is None:
+        steps = f"{cfg.total_steps():,}"
+    else:
+        steps = f"train.epochs={cfg.train.epochs} x packed rows / {cfg.rows_per_step} rows per step (after data preparation)"
     lines = [
         "# resolved config",
         dump_yaml(cfg),
         f"# config hash: {config_hash(cfg)}",
         f"# parameters: {count_parameters(model)}",
-        f"# world size: {world}; tokens per optimizer step: {cfg.tokens_per_step:,}; steps: {cfg.total_steps():,}",
+        f"# world size: {world}; tokens per optimizer step: {cfg.tokens_per_step:,}; steps: {steps}",
         "# DeepSpeed config",
         json.dumps(deepspeed_config(cfg, world), indent=2),
     ]

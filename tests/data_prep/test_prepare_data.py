@@ -86,12 +86,20 @@ def test_bad_rows_stop_prepare_with_file_and_row(tmp_path):
         shards.prepare(cfg.data, build_tokenizer(cfg.model))
 
 
-def test_sft_smoke_recipe_trains_through_the_launcher(tmp_path):
+def test_sft_smoke_recipe_trains_epochs_through_the_launcher(tmp_path):
+    # Natural proportions (epochs need them): the smoke data packs into 4 rows (3 + 1 per source) and a
+    # step takes 4 rows, so 1.5 epochs round up to 2 steps.
+    sources = (
+        "data.sources=[{path: tests/fixtures/datasets/sft_smoke.jsonl, adapter: messages},"
+        " {name: stem_zh_instruction, path: tests/fixtures/datasets/stem_zh_instruction.json}]"
+    )
     out = run_entry(
         "train.py", "--config", str(SFT), "--set", f"output_dir={tmp_path / 'run'}",
-        "--set", f"data.cache_dir={tmp_path / 'cache'}", "--set", "tracking=none",
-        "--set", "train.max_steps=2", "--set", "checkpoint.every_steps=2",
+        "--set", f"data.cache_dir={tmp_path / 'cache'}", "--set", "tracking=none", "--set", sources,
+        "--set", "train.max_steps=null", "--set", "train.epochs=1.5",
     )  # fmt: skip
     assert out.returncode == 0, out.stderr[-2000:]
     state = json.loads((tmp_path / "run/checkpoints/step-00000002/trainer_state.json").read_text())
     assert state["step"] == 2 and state["consumed_rows"] == 8
+    labels = [s.label for s in load_config(SFT).data.sources]
+    assert state["source_rows"] == {labels[0]: 6, labels[1]: 2}  # two whole passes over the 4 rows

@@ -16,7 +16,7 @@ from train.model import build_for_training  # noqa: E402
 ckpt, out = Path(sys.argv[1]), Path(sys.argv[2])
 distributed.init()
 cfg = validate(checkpoint.check_complete(ckpt)["config"])
-engine = build_engine(cfg, build_for_training(cfg), distributed.world_size())
+engine = build_engine(cfg, build_for_training(cfg), distributed.world_size(), cfg.total_steps())
 checkpoint.load(engine, ckpt)
 engine.eval()
 batch = torch.arange(3, 3 + 2 * 24).reshape(2, 24)

@@ -19,7 +19,7 @@ RECIPES = sorted(p for p in (ROOT / "configs").rglob("*.yaml") if not {"merge", 
 @pytest.mark.parametrize("path", RECIPES, ids=lambda p: str(p.relative_to(ROOT)))
 def test_every_recipe_validates(path):
     cfg = load_config(path)
-    assert cfg.total_steps() > 0
+    assert cfg.total_steps(num_rows=1000) > 0  # SFT recipes count epochs over the packed rows
 
 
 def _write(tmp_path, text: str, name="c.yaml") -> Path:
@@ -67,7 +67,16 @@ def test_missing_required_key(tmp_path):
             "needs deepspeed.zero_stage 1, 2 or 3",
         ),
         (["optim.name=cpu_adam"], "set deepspeed.offload_optimizer: true"),
-        (["train.max_tokens=1000"], "exactly one of train.max_steps or train.max_tokens"),
+        (["train.max_tokens=1000"], "exactly one of train.max_steps, train.max_tokens or train.epochs"),
+        (["train.max_steps=null"], "exactly one of train.max_steps, train.max_tokens or train.epochs"),
+        (
+            [
+                "train.max_steps=null",
+                "train.epochs=1",
+                "data.sources=[{path: data_prep/samples/multilingual_cpt.jsonl, weight: 2}]",
+            ],
+            "with data.stages or data.sources[].weight the mixture decides",
+        ),
         (["schedule.name=wsd"], "needs schedule.decay_steps"),
         (["schedule.min_lr=1.0"], "min_lr is larger than optim.lr"),
         (["eval.suites=[control_llm_zh]"], "never runs"),
@@ -108,3 +117,11 @@ def test_dumped_config_round_trips(tmp_path):
 
     again = validate(yaml.safe_load(dump_yaml(cfg)))
     assert config_hash(again) == config_hash(cfg)
+
+
+def test_epochs_budget_counts_whole_steps_over_the_packed_rows(tmp_path):
+    cfg = load_config(_child(tmp_path, ""), ["train.max_steps=null", "train.epochs=1.5"])
+    assert cfg.rows_per_step == 4  # micro 2 x accum 2 x world 1
+    assert cfg.total_steps(100) == 38  # ceil(1.5 * 100 / 4): the last step is not dropped
+    with pytest.raises(ValueError, match="needs the packed row count"):
+        cfg.total_steps()

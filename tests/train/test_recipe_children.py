@@ -1,34 +1,58 @@
-"""The CPU children of the Swallow CPT and the SFT recipes run end to end on 2 ranks through the real
-launcher (ZeRO-3, bf16, as their parents) and export a model that loads."""
+"""The CPU children of the Swallow CPT and the SFT recipes run end to end on 2 ranks (ZeRO-3, bf16, as
+their parents), resume exactly after a SIGTERM, and export a model that loads."""
 
 from __future__ import annotations
+
+import json
+import subprocess
+import sys
 
 import pytest
 from transformers import AutoModelForCausalLM
 
-from tests.conftest import ROOT, run_entry
+from tests.conftest import ROOT, child_env, free_port
 from train.tracking import read_metrics
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.mark.parametrize("child", ["swallow_ja_cpt_tiny", "sft_zh_tiny", "swallow_sft_ja_tiny"])
-def test_child_recipe_runs_and_exports(child, tmp_path, data_cache):
-    out = tmp_path / child
-    r = run_entry(
-        "train.py",
-        "--config",
+def test_child_recipe_resumes_exactly_and_exports(child, tmp_path, data_cache):
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        str(free_port()),
+        str(ROOT / "tests/train/resume_worker.py"),
         str(ROOT / f"configs/smoke/{child}.yaml"),
-        "--set",
-        f"output_dir={out}",
-        "--set",
-        f"data.cache_dir={data_cache}",
-        "--set",
-        "train.max_steps=4",
-        nproc=2,
-    )
+        str(tmp_path),
+        str(data_cache),
+    ]
+    r = subprocess.run(cmd, cwd=ROOT, env=child_env(), capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
-    losses = [m["loss"] for m in read_metrics(out / "metrics.jsonl").values()]
-    assert len(losses) == 4 and all(loss == loss for loss in losses)  # four finite steps
-    model = AutoModelForCausalLM.from_pretrained(out / "export")
-    assert model.config.num_hidden_layers == 4
+    runs = {name: tmp_path / name for name in ("uninterrupted", "resumed")}
+    metrics = {name: read_metrics(out / "metrics.jsonl") for name, out in runs.items()}
+    losses = {name: [m[s]["loss"] for s in sorted(m)] for name, m in metrics.items()}
+    assert len(losses["uninterrupted"]) == 4 and all(x == x for x in losses["uninterrupted"])
+    assert losses["resumed"] == losses["uninterrupted"]  # bit-exact, not approximately
+    lines = (runs["resumed"] / "metrics.jsonl").read_text().splitlines()
+    events = [(e["event"], e["step"]) for e in map(json.loads, lines) if "event" in e]
+    assert events == [("stop", 2), ("resume", 2)]  # it really stopped and resumed
+
+    states = {
+        n: json.loads((out / "checkpoints/step-00000004/trainer_state.json").read_text())
+        for n, out in runs.items()
+    }
+    state = states["uninterrupted"]
+    for key in ("consumed_rows", "tokens", "source_rows", "source_target_tokens"):
+        assert states["resumed"][key] == state[key], key
+    assert sum(state["source_rows"].values()) == state["consumed_rows"]
+    targets = sum(m["target_tokens"] for m in metrics["uninterrupted"].values())
+    assert sum(state["source_target_tokens"].values()) == targets
+
+    for out in runs.values():
+        model = AutoModelForCausalLM.from_pretrained(out / "export")
+        assert model.config.num_hidden_layers == 4

@@ -26,9 +26,10 @@ def _one_step(data_cache, *overrides):
     cfg = load_config(SMOKE, ["tracking=none", f"data.cache_dir={data_cache}", *overrides])
     seed_everything(cfg.seed)
     data = prepare(cfg.data, build_tokenizer(cfg.model))
-    engine = build_engine(cfg, build_for_training(cfg), 1)
+    engine = build_engine(cfg, build_for_training(cfg), 1, cfg.total_steps())
     engine.train()
-    metrics = train_step(engine, data, RowSampler(len(data), cfg.seed), cfg, consumed=0)
+    rows = RowSampler(len(data), cfg.seed).rows(0, cfg.rows_per_step)
+    metrics = train_step(engine, data, rows, cfg)
     if cfg.deepspeed.zero_stage == 3:  # parameters are partitioned: gather a full copy
         params = {k: v.clone() for k, v in engine._zero3_consolidated_16bit_state_dict().items()}
     else:
