@@ -1,27 +1,29 @@
-"""Test helper run under torchrun: one recipe child three times in one process (uninterrupted; stopped
-by SIGTERM to rank 0 after step 2; resumed with `--resume auto`), so an exact-resume check costs one
-launch. Outputs go to OUT/uninterrupted and OUT/resumed."""
+"""Test helper run under torchrun: the real entry point (launch/train.py) three times in one process, so an
+exact-resume check of a recipe costs one launch: uninterrupted to OUT/uninterrupted; stopped by SIGTERM to
+rank 0 after step 2, then `--resume auto`, in OUT/resumed."""
 
 import os
+import runpy
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
-from train.config import load_config  # noqa: E402
-from train.loop import setup_logging, train  # noqa: E402
-
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "launch"))  # for launch/train.py's `import _bootstrap`
 config, out, cache = sys.argv[1:4]
-setup_logging()
 
 
-def run(name: str, resume: str | None = None) -> None:
-    overrides = [f"output_dir={out}/{name}", f"data.cache_dir={cache}", "train.max_steps=4"]
-    train(load_config(config, overrides), resume=resume)
+def run(name: str, *extra: str) -> None:
+    sys.argv = ["launch/train.py", "--config", config, "--set", f"output_dir={out}/{name}"]
+    sys.argv += ["--set", f"data.cache_dir={cache}", "--set", "train.max_steps=4", *extra]
+    try:
+        runpy.run_path(str(ROOT / "launch/train.py"), run_name="__main__")
+    except SystemExit as e:
+        if e.code:
+            raise
 
 
 run("uninterrupted")
 os.environ["CONTINUALM_FAULT"] = "sigterm@2:0"
 run("resumed")
 del os.environ["CONTINUALM_FAULT"]
-run("resumed", resume="auto")
+run("resumed", "--resume", "auto")
