@@ -126,7 +126,7 @@ def load(
     **_: Any,
 ) -> datasets.DatasetDict:
     """lm-eval `custom_dataset`: read `files` ({split: path under data_dir}). With `shots_from`, attach to
-    every doc the exemplars of that split sharing its `shots_by` value, in file order (never the doc itself);
+    every doc the exemplars of that split sharing its `shots_by` value (a dotted path), in file order (never the doc itself);
     with `headers_from_lm_eval` or `headers_dir`, a per-subject `header` column for the task's description;
     `columns` names the fields of headerless CSV files."""
     if not data_dir:
@@ -139,12 +139,12 @@ def load(
     if shots_from is not None:
         pool: dict[Any, list[dict]] = {}
         for row in splits[shots_from]:
-            pool.setdefault(row.get(shots_by), []).append(row)
+            pool.setdefault(_field(row, shots_by), []).append(row)
         for name, rows in list(splits.items()):
             if name != shots_from or len(splits) == 1:
                 # A single split (JMMLU) gives each doc the other docs of its subject as exemplars.
                 splits[name] = [
-                    {**row, SHOTS_FIELD: [r for r in pool.get(row.get(shots_by), []) if r is not row]}
+                    {**row, SHOTS_FIELD: [r for r in pool.get(_field(row, shots_by), []) if r is not row]}
                     for row in rows
                 ]
     if headers_from_lm_eval or headers_dir:
@@ -154,6 +154,13 @@ def load(
             for row in rows:
                 row[HEADER_FIELD] = _header(row[shots_by], headers, prompts)
     return datasets.DatasetDict({name: _to_dataset(rows) for name, rows in splits.items()})
+
+
+def _field(row: dict, path: str) -> Any:
+    """A row's value at a dotted path (`meta.id_task` in MERA records), None when absent."""
+    for key in path.split("."):
+        row = row.get(key) if isinstance(row, dict) else None
+    return row
 
 
 def _to_dataset(rows: list[dict[str, Any]]) -> datasets.Dataset:

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from statistics import fmean
 
-from eval_hooks.metrics import mera_task_score
+from eval_hooks.metrics import mera_has_score, mera_task_score
 
 
 @dataclass(frozen=True)
@@ -175,7 +175,13 @@ def score(card: Card | str, columns: dict[str, float | dict[str, float]]) -> dic
     unknown = set(columns) - known
     if unknown:
         raise KeyError(f"columns not on the {card.name} card: {sorted(unknown)}")
-    values: dict[str, float] = {k: _column_value(card, k, v) for k, v in columns.items()}
+    # A diagnostic without a single score (ruEthics' MCC table, ruDetox without MERA's J) is reported as its metrics.
+    unscored = {
+        k: v
+        for k, v in columns.items()
+        if k in card.diagnostics and isinstance(v, dict) and not mera_has_score(k, v)
+    }
+    values: dict[str, float] = {k: _column_value(card, k, v) for k, v in columns.items() if k not in unscored}
     weights = {c.name: c.n for c in card.columns}
     aggregates: dict[str, float | None] = {}
     for agg in card.aggregates:
@@ -187,14 +193,14 @@ def score(card: Card | str, columns: dict[str, float | dict[str, float]]) -> dic
             aggregates[agg.name] = sum(wi * v for wi, v in zip(w, parts, strict=True)) / sum(w)
         else:
             aggregates[agg.name] = fmean(parts)
-    diagnostics = {k: values[k] for k in card.diagnostics if k in values}
+    diagnostics = {k: values.get(k, unscored.get(k)) for k in card.diagnostics if k in columns}
     main = {k: v for k, v in values.items() if k not in card.diagnostics}
     return {"card": card.name, "columns": main, "diagnostics": diagnostics, "aggregates": aggregates}
 
 
 def columns_from_results(card: Card | str, results: dict[str, dict]) -> dict[str, float | dict[str, float]]:
     """Map lm-eval per-task results ({task: {"acc,none": x, ...}}) onto the card's columns, scaled; a column
-    without a metric key (MERA) gets all of its task's unfiltered metrics by name."""
+    without a metric key (MERA) gets all of its task's metrics by name (each MERA task has one filter)."""
     card = get_card(card) if isinstance(card, str) else card
     out: dict[str, float | dict[str, float]] = {}
     for col in card.columns:
@@ -202,9 +208,7 @@ def columns_from_results(card: Card | str, results: dict[str, dict]) -> dict[str
         if metrics is None:
             continue
         if not col.metric:
-            out[col.name] = {
-                k.removesuffix(",none"): float(v) for k, v in metrics.items() if k.endswith(",none")
-            }
+            out[col.name] = {k.split(",")[0]: float(v) for k, v in metrics.items()}
         elif col.metric in metrics:
             out[col.name] = float(metrics[col.metric]) * card.scale
     return out

@@ -89,3 +89,21 @@ def test_mera_task_score_and_grade_norm():
     items = [("1", 1, 1), ("1", 2, 3), ("2", 0, 2), ("2", 1, 2)]
     assert metrics.grade_norm(items) == pytest.approx(0.5)
     assert metrics.grade_norm([("1", 1, 1), ("2", 0, 3)]) == pytest.approx(0.5)
+
+
+def test_use_points_follow_mera_rules():
+    assert metrics.use_points("multiple_choice_based_on_text", "1", "1,3", "3, 1") == (1, 1)
+    assert metrics.use_points("multiple_choice_based_on_text", "1", "1,3", "1") == (0, 1)
+    # Task 16: |gold & pred| - |pred| + |gold|, floored at 0, out of |gold| points.
+    assert metrics.use_points("multiple_choice_based_on_text", "16", "3,2", "2") == (1, 2)
+    assert metrics.use_points("multiple_choice_based_on_text", "16", "3,2", "1,4,5") == (0, 2)
+    assert metrics.use_points("matching", "8", "1,2,3", "1,3,3") == (2, 3)
+    assert metrics.use_points("matching", "8", "1,2,3", "1,2") == (0, 3)  # wrong length scores nothing
+    assert metrics.use_points("text", "7", "носков,носок", "Носков.") == (1, 1)
+
+
+def test_mcc_against_the_formula():
+    # tp=2 fp=1 fn=1 tn=2: (4 - 1) / sqrt(3 * 3 * 3 * 3) = 1/3.
+    pairs = [(1, 1), (1, 1), (0, 1), (1, 0), (0, 0), (0, 0)]
+    assert metrics.mcc(pairs) == pytest.approx(1 / 3)
+    assert metrics.mcc([(1, 1), (0, 1)]) == 0.0  # a constant answer correlates with nothing
