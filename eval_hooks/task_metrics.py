@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 from eval_hooks import metrics
 from eval_hooks.sandbox import check_completion, check_io
 
@@ -16,9 +18,30 @@ def llmjp_char_f1(doc: dict, results: list[str]) -> dict:
     return {"char_f1": metrics.char_f1(results[0], doc["output"])}
 
 
+_scoring_tokenizer = None  # the evaluated model's tokenizer while eval_hooks.runner scores a model
+
+
+@contextmanager
+def model_tokenizer(tokenizer):
+    """Make `tokenizer` the one that tokenizer-based metrics (XL-Sum's `rouge2_tokenizer`) use meanwhile."""
+    global _scoring_tokenizer
+    previous, _scoring_tokenizer = _scoring_tokenizer, tokenizer
+    try:
+        yield
+    finally:
+        _scoring_tokenizer = previous
+
+
 def xlsum_rouge2(doc: dict, results: list[str]) -> dict:
-    """ROUGE-2 F over MeCab words (the tokenizer-independent variant of the card's XL-Sum column)."""
-    return {"rouge2_mecab": metrics.rouge2(results[0].strip(), doc["summary"])}
+    """ROUGE-2 F over MeCab words (tokenizer-independent), and over the evaluated model's tokens (the Swallow
+    card's variant) when the runner has set the model's tokenizer; the lm_eval CLI gives the MeCab one only."""
+    pred, gold = results[0].strip(), doc["summary"]
+    scores = {"rouge2_mecab": metrics.rouge2(pred, gold)}
+    if _scoring_tokenizer is not None:
+        scores["rouge2_tokenizer"] = metrics.rouge2(
+            pred, gold, metrics.tokenizer_tokenize(_scoring_tokenizer)
+        )
+    return scores
 
 
 def mgsm_exact_match(doc: dict, results: list[str]) -> dict:

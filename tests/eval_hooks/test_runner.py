@@ -74,6 +74,7 @@ def test_swallow_ja_suite_end_to_end(tiny_model, tiny_tokenizer):
     board = results["aggregates"]["swallow_ja"]
     assert len(board["columns"]) == 10 and 0 <= board["aggregates"]["Ja Avg"] <= 1
     assert results["n_samples"]["cl_jmmlu"] == 6 and results["n_samples"]["cl_jhumaneval"] == 3
+    assert {"rouge2_mecab,none", "rouge2_tokenizer,none"} <= set(results["tasks"]["cl_xlsum_ja"])
 
 
 def test_swallow_en_suite_end_to_end(tiny_model, tiny_tokenizer):
