@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 
 SUITE_CARDS = {
     "control_llm_zh": "control_llm",
+    "control_llm_zh_meta": "control_llm",
     "swallow_ja": "swallow_ja",
     "swallow_en": "swallow_en",
     "mera": "mera",

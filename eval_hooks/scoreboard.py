@@ -18,6 +18,7 @@ class Column:
     task: str
     metric: str
     n: int = 0  # full test size, the weight in the card's micro-averages
+    preferred: tuple[str, str] | None = None  # (task, metric) that fills the column instead, when scored
 
 
 @dataclass(frozen=True)
@@ -40,11 +41,14 @@ class Card:
     diagnostics: tuple[str, ...] = field(default=())
 
 
-def _col(name: str, task: str, metric: str = "acc,none", n: int = 0) -> Column:
-    return Column(name, task, metric, n)
+def _col(
+    name: str, task: str, metric: str = "acc,none", n: int = 0, preferred: tuple[str, str] | None = None
+) -> Column:
+    return Column(name, task, metric, n, preferred)
 
 
 _COT = "exact_match,last-match"
+_BBH, _PRO = "exact_match,get-answer", "exact_match,custom-extract"
 CONTROL_LLM = Card(
     name="control_llm",
     scale=100.0,
@@ -53,9 +57,10 @@ CONTROL_LLM = Card(
         _col("CEvalC", "cl_ceval_valid_cot_zh", _COT, n=1346),
         _col("CMMLU", "cl_cmmlu", n=11582),
         _col("CMMLUC", "cl_cmmlu_cot_zh", _COT, n=11582),
-        _col("BBH", "cl_bbh_cot_3shot", "exact_match,get-answer", n=6511),
-        _col("MMLU", "cl_mmlu", n=14042),
-        _col("MMLU-Pro", "cl_mmlu_pro", "exact_match,custom-extract", n=12032),
+        # Meta's own prompts (eval-details files) are what the card ran; the open prompts stand in without them.
+        _col("BBH", "cl_bbh_cot_3shot", _BBH, n=6511, preferred=("cl_meta_bbh_3shot", _BBH)),
+        _col("MMLU", "cl_mmlu", n=14042, preferred=("cl_meta_mmlu_5shot", "acc,none")),
+        _col("MMLU-Pro", "cl_mmlu_pro", _PRO, n=12032, preferred=("cl_meta_mmlu_pro_5shot", _PRO)),
     ),
     # The card's C-Avg and O-Avg are micro-averages of the CoT / generative columns only.
     aggregates=(
@@ -204,13 +209,16 @@ def columns_from_results(card: Card | str, results: dict[str, dict]) -> dict[str
     card = get_card(card) if isinstance(card, str) else card
     out: dict[str, float | dict[str, float]] = {}
     for col in card.columns:
-        metrics = results.get(col.task)
+        task, metric = col.task, col.metric
+        if col.preferred and col.preferred[0] in results:
+            task, metric = col.preferred
+        metrics = results.get(task)
         if metrics is None:
             continue
         if not col.metric:
             out[col.name] = {k.split(",")[0]: float(v) for k, v in metrics.items()}
-        elif col.metric in metrics:
-            out[col.name] = float(metrics[col.metric]) * card.scale
+        elif metric in metrics:
+            out[col.name] = float(metrics[metric]) * card.scale
     return out
 
 

@@ -94,3 +94,10 @@ def test_mera_suite_end_to_end(tiny_model, tiny_tokenizer):
     assert len(board["diagnostics"]["ruEthics"]) == 15 and board["diagnostics"]["ruDetox"].keys() == {
         "chrf_ref"
     }
+
+
+def test_meta_prompt_tasks_end_to_end(tiny_model, tiny_tokenizer):
+    tasks = ["cl_meta_mmlu_5shot", "cl_meta_bbh_3shot"]
+    results = evaluate(tiny_model, tiny_tokenizer, tasks, FIXTURES, batch_size=4, max_gen_tokens=3)
+    assert results["n_samples"] == {"cl_meta_mmlu_5shot": 3, "cl_meta_bbh_3shot": 3}
+    assert "acc,none" in results["tasks"]["cl_meta_mmlu_5shot"]

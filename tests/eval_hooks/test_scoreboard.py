@@ -150,3 +150,13 @@ def test_mera_columns_from_results_use_main_metrics():
     board = scoreboard.score("mera", scoreboard.columns_from_results("mera", results))
     assert board["columns"] == {"RCB": pytest.approx(0.5), "PARus": 0.9, "ruCodeEval": pytest.approx(0.3)}
     assert board["diagnostics"] == {"BPS": 0.5} and board["aggregates"]["Total"] is None
+
+
+def test_meta_prompt_tasks_fill_their_columns_when_scored():
+    results = {
+        "cl_mmlu": {"acc,none": 0.25},
+        "cl_meta_mmlu_5shot": {"acc,none": 0.5},
+        "cl_mmlu_pro": {"exact_match,custom-extract": 0.1},
+    }
+    cols = scoreboard.columns_from_results("control_llm", results)
+    assert cols == {"MMLU": 50.0, "MMLU-Pro": 10.0}  # Meta's MMLU replaces the open one; MMLU-Pro stays open

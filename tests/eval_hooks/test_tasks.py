@@ -208,3 +208,38 @@ def test_mera_ethics_and_detox_scoring(tm):
         ]
     ]
     assert task_metrics.chrf(pairs) == pytest.approx(1.0)
+
+
+def test_meta_eval_details_become_docs_with_meta_prompts(tm, tmp_path):
+    import json
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from eval_hooks.local_data import load_meta_details
+
+    mmlu = tm.load("cl_meta_mmlu_5shot")["tasks"]["cl_meta_mmlu_5shot"]
+    doc = list(mmlu.eval_docs)[0]
+    rows = [json.loads(line) for line in (FIXTURES / "meta_evals" / "mmlu.jsonl").read_text().splitlines()]
+    assert mmlu.doc_to_text(doc) == rows[0]["input_final_prompts"][0]  # Meta's prompt, shots included, as is
+    assert mmlu.doc_to_choice(doc) == [" A", " B", " C", " D"] and mmlu.doc_to_target(doc) == 1  # "Answer: B"
+    assert doc["subject"] == "elementary_mathematics"
+    pro = list(tm.load("cl_meta_mmlu_pro_5shot")["tasks"]["cl_meta_mmlu_pro_5shot"].eval_docs)
+    assert [d["answer"] for d in pro] == ["C", "B", "D"]
+    bbh = tm.load("cl_meta_bbh_3shot")["tasks"]["cl_meta_bbh_3shot"]
+    assert [bbh.doc_to_target(d) for d in bbh.eval_docs] == ["True", "False", "yes"]
+    assert _prompts(tm, "cl_meta_bbh_3shot")[0].endswith(
+        "Q: True and not False is\nA: Let's think step by step.\n"
+    )
+
+    # The published files are parquet; a row without the expected answer is reported by file and row.
+    (tmp_path / "meta_evals").mkdir()
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "meta_evals" / "mmlu.parquet")
+    ds = load_meta_details(data_dir=str(tmp_path), files={"latest": "meta_evals/mmlu"}, benchmark="mmlu")
+    assert ds["latest"]["answer"] == [1, 1, 0]
+    rows[2]["input_correct_responses"] = []
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "meta_evals" / "mmlu.parquet")
+    with pytest.raises(
+        ValueError, match=r"mmlu.parquet row 2: missing or empty column\(s\) \['input_correct_responses'\]"
+    ):
+        load_meta_details(data_dir=str(tmp_path), files={"latest": "meta_evals/mmlu"}, benchmark="mmlu")
