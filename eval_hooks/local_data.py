@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ from lm_eval.api.samplers import ContextSampler
 
 SHOTS_FIELD = "fewshot"  # per-doc list of its few-shot exemplars, filled by `load`
 HEADER_FIELD = "header"  # per-doc task description (subject header or BBH CoT exemplars), filled by `load`
-_SUFFIXES = (".jsonl", ".json", ".csv", ".xml")
+_SUFFIXES = (".jsonl", ".json", ".csv", ".xml", ".parquet")
 
 
 def _squad_rows(data: dict) -> list[dict[str, Any]]:
@@ -48,7 +49,11 @@ def _niilc_rows(path: Path) -> list[dict[str, Any]]:
 
 def read_rows(path: Path, columns: list[str] | None = None) -> list[dict[str, Any]]:
     """Rows of a benchmark file: .jsonl; .json (array, BBH {"examples"}, SQuAD nesting, or JSON lines as in
-    JGLUE); .csv with a header, or headerless when `columns` names them (JMMLU); NIILC .xml."""
+    JGLUE); .csv with a header, or headerless when `columns` names them (JMMLU); NIILC .xml; .parquet."""
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        return pq.read_table(path).to_pylist()
     text = path.read_text(encoding="utf-8") if path.suffix != ".xml" else ""
     if path.suffix == ".jsonl":
         return [json.loads(line) for line in text.splitlines() if line.strip()]
@@ -126,7 +131,7 @@ def load(
     **_: Any,
 ) -> datasets.DatasetDict:
     """lm-eval `custom_dataset`: read `files` ({split: path under data_dir}). With `shots_from`, attach to
-    every doc the exemplars of that split sharing its `shots_by` value, in file order (never the doc itself);
+    every doc the exemplars of that split sharing its `shots_by` value (a dotted path), in file order (never the doc itself);
     with `headers_from_lm_eval` or `headers_dir`, a per-subject `header` column for the task's description;
     `columns` names the fields of headerless CSV files."""
     if not data_dir:
@@ -139,12 +144,12 @@ def load(
     if shots_from is not None:
         pool: dict[Any, list[dict]] = {}
         for row in splits[shots_from]:
-            pool.setdefault(row.get(shots_by), []).append(row)
+            pool.setdefault(_field(row, shots_by), []).append(row)
         for name, rows in list(splits.items()):
             if name != shots_from or len(splits) == 1:
                 # A single split (JMMLU) gives each doc the other docs of its subject as exemplars.
                 splits[name] = [
-                    {**row, SHOTS_FIELD: [r for r in pool.get(row.get(shots_by), []) if r is not row]}
+                    {**row, SHOTS_FIELD: [r for r in pool.get(_field(row, shots_by), []) if r is not row]}
                     for row in rows
                 ]
     if headers_from_lm_eval or headers_dir:
@@ -154,6 +159,72 @@ def load(
             for row in rows:
                 row[HEADER_FIELD] = _header(row[shots_by], headers, prompts)
     return datasets.DatasetDict({name: _to_dataset(rows) for name, rows in splits.items()})
+
+
+# --- Meta's published eval details (meta-llama/Llama-3.1-8B-evals, "<task>__details" subsets) -------------------
+
+_META_REQUIRED = ("input_final_prompts", "input_correct_responses")
+_LETTER = re.compile(r"[A-J]")
+
+
+def _meta_gold_letter(response: str, where: str) -> str:
+    # Gold answers come as "B", "(B)" or "Answer: B" depending on the task: the last capital A-J is the letter.
+    letters = _LETTER.findall(response)
+    if not letters:
+        raise ValueError(f"{where}: no answer letter A-J in input_correct_responses {response!r}")
+    return letters[-1]
+
+
+def meta_details_doc(row: dict, benchmark: str, where: str) -> dict[str, Any]:
+    """One eval-details row as a doc of our Meta-prompt tasks: `prompt` (Meta's rendered prompt, shots included),
+    `subject` (from `subtask_name`), and the gold: `choices` / `answer` index (mmlu), `answer` letter (mmlu_pro)
+    or `target` text (bbh)."""
+    missing = [c for c in _META_REQUIRED if not row.get(c)]
+    if missing:
+        raise ValueError(
+            f"{where}: missing or empty column(s) {missing} (expected Meta's eval-details schema)"
+        )
+    gold = row["input_correct_responses"][0]
+    doc = {
+        "prompt": row["input_final_prompts"][0],
+        "subject": str(row.get("subtask_name") or "").split(".")[-1],
+    }
+    if benchmark == "mmlu":
+        # Log-likelihood over the completions Meta scored (" A" ...), or the letters of the choice list.
+        letters = sorted(row.get("input_choice_list") or {}) or list("ABCD")
+        choices = row.get("output_choice_completions") or [f" {k}" for k in letters]
+        return {**doc, "choices": list(choices), "answer": letters.index(_meta_gold_letter(gold, where))}
+    if benchmark == "mmlu_pro":
+        return {**doc, "answer": _meta_gold_letter(gold, where)}
+    if benchmark == "bbh":
+        return {**doc, "target": gold.strip()}
+    raise ValueError(f"unknown Meta eval-details benchmark {benchmark!r} (mmlu, mmlu_pro, bbh)")
+
+
+def load_meta_details(
+    data_dir: str | None = None, files: dict[str, str] | None = None, benchmark: str = "", **_: Any
+) -> datasets.DatasetDict:
+    """lm-eval `custom_dataset` for Meta's eval-details files (.parquet as published, or .jsonl): each row's
+    rendered prompt and expected answer become one doc (see `meta_details_doc`)."""
+    if not data_dir or not files:
+        raise ValueError(
+            "no data_dir/files: pass metadata={'data_dir': ...} and list `files` in the task YAML"
+        )
+    splits = {}
+    for name, rel in files.items():
+        path = _existing(Path(data_dir) / rel)
+        rows = read_rows(path)
+        splits[name] = _to_dataset(
+            [meta_details_doc(r, benchmark, f"{path} row {i}") for i, r in enumerate(rows)]
+        )
+    return datasets.DatasetDict(splits)
+
+
+def _field(row: dict, path: str) -> Any:
+    """A row's value at a dotted path (`meta.id_task` in MERA records), None when absent."""
+    for key in path.split("."):
+        row = row.get(key) if isinstance(row, dict) else None
+    return row
 
 
 def _to_dataset(rows: list[dict[str, Any]]) -> datasets.Dataset:

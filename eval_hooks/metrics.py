@@ -165,7 +165,17 @@ MERA_MAIN_METRICS: dict[str, tuple[str, ...]] = {
     "ruCodeEval": ("pass@1", "pass@5", "pass@10"),
     "ruHumanEval": ("pass@1", "pass@5", "pass@10"),
     "USE": ("grade_norm",),
+    "ruDetox": ("j",),  # J = STA * SIM * FL from MERA's neural classifiers; not computable offline
+    "ruEthics": (),  # a 3 x 5 table of MCCs (question x ethical category); MERA gives no single score
 }
+
+
+def mera_has_score(task: str, metrics: dict[str, float]) -> bool:
+    """Whether `metrics` hold what the task's leaderboard score needs (ruEthics never has one)."""
+    main = MERA_MAIN_METRICS.get(task)
+    if main is None:
+        return len(metrics) == 1
+    return bool(main) and set(main) <= set(metrics)
 
 
 def mera_task_score(task: str, metrics: dict[str, float]) -> float:
@@ -181,6 +191,27 @@ def mera_task_score(task: str, metrics: dict[str, float]) -> float:
     return fmean(metrics[m] for m in main)
 
 
+def use_points(task_type: str, id_task: str, gold: str, pred: str) -> tuple[int, int]:
+    """MERA USE: (points scored, points available) for one exam item, with MERA's per-type rules.
+
+    matching: one point per position matching the gold list; text: the prediction, lower-cased with digits and
+    non-word characters removed, must be one of the comma-separated golds; multiple choice: the set of chosen
+    numbers must equal the gold set (task 16: |gold & pred| - |pred| + |gold|, at least 0). The available points
+    follow from the same rules, so a full variant has MERA's 34. Whitespace around the items is ignored."""
+    golds = [g.strip() for g in gold.split(",")]
+    preds = [p.strip() for p in pred.split(",")]
+    if task_type == "matching":
+        return (
+            sum(g == p for g, p in zip(golds, preds, strict=True)) if len(golds) == len(preds) else 0
+        ), len(golds)
+    if task_type == "text":
+        return int(re.sub(r"[\d\W]", "", pred).lower() in golds), 1
+    if str(id_task) == "16":
+        preds += ["-1"] * (len(golds) - len(preds))
+        return max(0, len(set(golds) & set(preds)) - len(preds) + len(golds)), len(golds)
+    return int(set(golds) == set(preds)), 1
+
+
 def grade_norm(items: Iterable[tuple[str, float, float]]) -> float:
     """MERA USE: per exam variant, points scored / maximum points, averaged over variants."""
     got: dict[str, float] = {}
@@ -189,3 +220,15 @@ def grade_norm(items: Iterable[tuple[str, float, float]]) -> float:
         got[variant] = got.get(variant, 0.0) + points
         best[variant] = best.get(variant, 0.0) + max_points
     return fmean(got[v] / best[v] for v in got)
+
+
+def mcc(pairs: Iterable[tuple[int, int]]) -> float:
+    """Matthews correlation of (gold, prediction) binary pairs; 0 when either side is constant (as sklearn)."""
+    tp = fp = fn = tn = 0
+    for gold, pred in pairs:
+        tp += gold and pred
+        fp += (not gold) and pred
+        fn += gold and not pred
+        tn += (not gold) and not pred
+    denom = math.sqrt((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn))
+    return (tp * tn - fp * fn) / denom if denom else 0.0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import string
 
 LETTERS = "ABCDEFGHIJ"
 
@@ -191,13 +192,17 @@ def winograd_continuation(doc: dict) -> str:
 
 
 def mera_prompt(doc: dict) -> str:
-    """`instruction.format(**inputs)`, or with `{inputs}` when the inputs are a plain string."""
-    inputs = doc["inputs"]
-    return (
-        doc["instruction"].format(**inputs)
-        if isinstance(inputs, dict)
-        else doc["instruction"].format(inputs=inputs)
-    )
+    """`instruction.format(**inputs)`; plain-string inputs fill the template's one placeholder, whatever its
+    name (`{inputs}` in most tasks, a task-specific name in others)."""
+    inputs, instruction = doc["inputs"], doc["instruction"]
+    if isinstance(inputs, dict):
+        return instruction.format(**inputs)
+    fields = {name for _, name, _, _ in string.Formatter().parse(instruction) if name}
+    if len(fields) != 1:
+        raise ValueError(
+            f"MERA record {doc.get('meta')}: string inputs need one placeholder, found {sorted(fields)}"
+        )
+    return instruction.format(**{fields.pop(): inputs})
 
 
 def mera_target(doc: dict) -> str:

@@ -17,12 +17,13 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from eval_hooks import TASKS_DIR, scoreboard
+from eval_hooks import TASKS_DIR, scoreboard, task_metrics
 
 log = logging.getLogger(__name__)
 
 SUITE_CARDS = {
     "control_llm_zh": "control_llm",
+    "control_llm_zh_meta": "control_llm",
     "swallow_ja": "swallow_ja",
     "swallow_en": "swallow_en",
     "mera": "mera",
@@ -163,7 +164,7 @@ def evaluate(
     if distributed and limit is not None and limit < dist.get_world_size():
         # A rank without docs skips a request type entirely and the ranks fall out of step.
         raise ValueError(f"limit={limit} must be at least the world size ({dist.get_world_size()})")
-    with _preserved_state(model):
+    with _preserved_state(model), task_metrics.model_tokenizer(tokenizer):
         if distributed:
             lm = DistributedHFLM(model, tokenizer, batch_size)
         else:

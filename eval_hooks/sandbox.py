@@ -69,3 +69,28 @@ def check_completion(
     """HumanEval-style check: prompt + completion, then the test code and `check(entry_point)`."""
     program = f"{prompt}{completion}\n\n{test}\n\ncheck({entry_point})\n"
     return run_program(program, timeout_s=timeout_s).passed
+
+
+_IO_HARNESS = """
+
+_cases = {cases!r}
+_expected = {expected!r}
+_got = []
+for _case in _cases:
+    try:
+        _result = {entry_point}(**_case)
+        _got.append(None if _result is None else str(_result))
+    except Exception:
+        _got.append(None)
+if _got != _expected:
+    raise SystemExit(1)
+"""
+
+
+def check_io(
+    code: str, entry_point: str, cases: list[dict], expected: list[str], timeout_s: float = 10.0
+) -> bool:
+    """MERA ruHumanEval / ruCodeEval check: `entry_point(**case)` for every case, each result as `str`, must
+    equal the expected outputs in order (an exception or None counts as a wrong output)."""
+    harness = _IO_HARNESS.format(cases=cases, expected=[str(e) for e in expected], entry_point=entry_point)
+    return run_program(code + harness, timeout_s=timeout_s).passed

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from statistics import fmean
 
-from eval_hooks.metrics import mera_task_score
+from eval_hooks.metrics import mera_has_score, mera_task_score
 
 
 @dataclass(frozen=True)
@@ -18,6 +18,7 @@ class Column:
     task: str
     metric: str
     n: int = 0  # full test size, the weight in the card's micro-averages
+    preferred: tuple[str, str] | None = None  # (task, metric) that fills the column instead, when scored
 
 
 @dataclass(frozen=True)
@@ -40,11 +41,14 @@ class Card:
     diagnostics: tuple[str, ...] = field(default=())
 
 
-def _col(name: str, task: str, metric: str = "acc,none", n: int = 0) -> Column:
-    return Column(name, task, metric, n)
+def _col(
+    name: str, task: str, metric: str = "acc,none", n: int = 0, preferred: tuple[str, str] | None = None
+) -> Column:
+    return Column(name, task, metric, n, preferred)
 
 
 _COT = "exact_match,last-match"
+_BBH, _PRO = "exact_match,get-answer", "exact_match,custom-extract"
 CONTROL_LLM = Card(
     name="control_llm",
     scale=100.0,
@@ -53,9 +57,10 @@ CONTROL_LLM = Card(
         _col("CEvalC", "cl_ceval_valid_cot_zh", _COT, n=1346),
         _col("CMMLU", "cl_cmmlu", n=11582),
         _col("CMMLUC", "cl_cmmlu_cot_zh", _COT, n=11582),
-        _col("BBH", "cl_bbh_cot_3shot", "exact_match,get-answer", n=6511),
-        _col("MMLU", "cl_mmlu", n=14042),
-        _col("MMLU-Pro", "cl_mmlu_pro", "exact_match,custom-extract", n=12032),
+        # Meta's own prompts (eval-details files) are what the card ran; the open prompts stand in without them.
+        _col("BBH", "cl_bbh_cot_3shot", _BBH, n=6511, preferred=("cl_meta_bbh_3shot", _BBH)),
+        _col("MMLU", "cl_mmlu", n=14042, preferred=("cl_meta_mmlu_5shot", "acc,none")),
+        _col("MMLU-Pro", "cl_mmlu_pro", _PRO, n=12032, preferred=("cl_meta_mmlu_pro_5shot", _PRO)),
     ),
     # The card's C-Avg and O-Avg are micro-averages of the CoT / generative columns only.
     aggregates=(
@@ -175,7 +180,13 @@ def score(card: Card | str, columns: dict[str, float | dict[str, float]]) -> dic
     unknown = set(columns) - known
     if unknown:
         raise KeyError(f"columns not on the {card.name} card: {sorted(unknown)}")
-    values: dict[str, float] = {k: _column_value(card, k, v) for k, v in columns.items()}
+    # A diagnostic without a single score (ruEthics' MCC table, ruDetox without MERA's J) is reported as its metrics.
+    unscored = {
+        k: v
+        for k, v in columns.items()
+        if k in card.diagnostics and isinstance(v, dict) and not mera_has_score(k, v)
+    }
+    values: dict[str, float] = {k: _column_value(card, k, v) for k, v in columns.items() if k not in unscored}
     weights = {c.name: c.n for c in card.columns}
     aggregates: dict[str, float | None] = {}
     for agg in card.aggregates:
@@ -187,26 +198,27 @@ def score(card: Card | str, columns: dict[str, float | dict[str, float]]) -> dic
             aggregates[agg.name] = sum(wi * v for wi, v in zip(w, parts, strict=True)) / sum(w)
         else:
             aggregates[agg.name] = fmean(parts)
-    diagnostics = {k: values[k] for k in card.diagnostics if k in values}
+    diagnostics = {k: values.get(k, unscored.get(k)) for k in card.diagnostics if k in columns}
     main = {k: v for k, v in values.items() if k not in card.diagnostics}
     return {"card": card.name, "columns": main, "diagnostics": diagnostics, "aggregates": aggregates}
 
 
 def columns_from_results(card: Card | str, results: dict[str, dict]) -> dict[str, float | dict[str, float]]:
     """Map lm-eval per-task results ({task: {"acc,none": x, ...}}) onto the card's columns, scaled; a column
-    without a metric key (MERA) gets all of its task's unfiltered metrics by name."""
+    without a metric key (MERA) gets all of its task's metrics by name (each MERA task has one filter)."""
     card = get_card(card) if isinstance(card, str) else card
     out: dict[str, float | dict[str, float]] = {}
     for col in card.columns:
-        metrics = results.get(col.task)
+        task, metric = col.task, col.metric
+        if col.preferred and col.preferred[0] in results:
+            task, metric = col.preferred
+        metrics = results.get(task)
         if metrics is None:
             continue
         if not col.metric:
-            out[col.name] = {
-                k.removesuffix(",none"): float(v) for k, v in metrics.items() if k.endswith(",none")
-            }
-        elif col.metric in metrics:
-            out[col.name] = float(metrics[col.metric]) * card.scale
+            out[col.name] = {k.split(",")[0]: float(v) for k, v in metrics.items()}
+        elif metric in metrics:
+            out[col.name] = float(metrics[metric]) * card.scale
     return out
 
 

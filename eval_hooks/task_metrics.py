@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 from eval_hooks import metrics
-from eval_hooks.sandbox import check_completion
+from eval_hooks.sandbox import check_completion, check_io
 
 
 def llmjp_exact_match(doc: dict, results: list[str]) -> dict:
@@ -16,9 +18,30 @@ def llmjp_char_f1(doc: dict, results: list[str]) -> dict:
     return {"char_f1": metrics.char_f1(results[0], doc["output"])}
 
 
+_scoring_tokenizer = None  # the evaluated model's tokenizer while eval_hooks.runner scores a model
+
+
+@contextmanager
+def model_tokenizer(tokenizer):
+    """Make `tokenizer` the one that tokenizer-based metrics (XL-Sum's `rouge2_tokenizer`) use meanwhile."""
+    global _scoring_tokenizer
+    previous, _scoring_tokenizer = _scoring_tokenizer, tokenizer
+    try:
+        yield
+    finally:
+        _scoring_tokenizer = previous
+
+
 def xlsum_rouge2(doc: dict, results: list[str]) -> dict:
-    """ROUGE-2 F over MeCab words (the tokenizer-independent variant of the card's XL-Sum column)."""
-    return {"rouge2_mecab": metrics.rouge2(results[0].strip(), doc["summary"])}
+    """ROUGE-2 F over MeCab words (tokenizer-independent), and over the evaluated model's tokens (the Swallow
+    card's variant) when the runner has set the model's tokenizer; the lm_eval CLI gives the MeCab one only."""
+    pred, gold = results[0].strip(), doc["summary"]
+    scores = {"rouge2_mecab": metrics.rouge2(pred, gold)}
+    if _scoring_tokenizer is not None:
+        scores["rouge2_tokenizer"] = metrics.rouge2(
+            pred, gold, metrics.tokenizer_tokenize(_scoring_tokenizer)
+        )
+    return scores
 
 
 def mgsm_exact_match(doc: dict, results: list[str]) -> dict:
@@ -49,10 +72,16 @@ def bleu_ja(pairs: list[tuple[str, str]]) -> float:
     return metrics.corpus_bleu(list(preds), list(golds), japanese_target=True)
 
 
-def humaneval_pass_at_1(doc: dict, results: list[str]) -> dict:
+def _samples(results: list) -> list[str]:
+    # With `repeats` and the take_first_k filter lm-eval hands over [[sample, ...]]: one list per request.
+    return results[0] if results and isinstance(results[0], list) else results
+
+
+def humaneval_pass_at_1(doc: dict, results: list) -> dict:
     """Unbiased pass@1 of one problem's samples, each checked in the sandbox."""
-    passed = sum(check_completion(doc["prompt"], r, doc["test"], doc["entry_point"]) for r in results)
-    return {"pass@1": metrics.pass_at_k(len(results), passed, 1)}
+    samples = _samples(results)
+    passed = sum(check_completion(doc["prompt"], r, doc["test"], doc["entry_point"]) for r in samples)
+    return {"pass@1": metrics.pass_at_k(len(samples), passed, 1)}
 
 
 def squad_exact_match(doc: dict, results: list[str]) -> dict:
@@ -101,3 +130,62 @@ def mera_qa(doc: dict, results: list[str]) -> dict:
     """MultiQ / CheGeKa: SQuAD-style F1 and EM, max over gold answers."""
     pred, golds = _mera_answer(results[0]), _mera_golds(doc)
     return {"f1": metrics.squad_f1(pred, golds), "em": metrics.squad_em(pred, golds)}
+
+
+def mera_use(doc: dict, results: list[str]) -> dict:
+    """USE: this item's (variant, points, available points) for grade_norm."""
+    meta = doc["meta"]
+    points, available = metrics.use_points(
+        meta["type"], meta["id_task"], str(doc["outputs"]), results[0].strip()
+    )
+    return {"grade_norm": (str(meta["variant"]), points, available)}
+
+
+def grade_norm(items: list[tuple[str, int, int]]) -> float:
+    """USE grade_norm over the docs' (variant, points, available points)."""
+    return metrics.grade_norm(items)
+
+
+MERA_CODE_KS = (1, 5, 10)
+
+
+def mera_code_pass_at_k(doc: dict, results: list) -> dict:
+    """ruHumanEval / ruCodeEval: run each sample (the function head + the completion) on the record's test
+    inputs in the sandbox; unbiased pass@1, @5, @10 over the samples."""
+    import ast
+
+    cases = ast.literal_eval(doc["inputs"]["tests"])
+    entry, head = doc["meta"]["entry_point"], doc["inputs"]["function"]
+    samples = _samples(results)
+    passed = sum(check_io(head + r, entry, cases, doc["outputs"]) for r in samples)
+    return {f"pass@{k}": metrics.pass_at_k(len(samples), passed, k) for k in MERA_CODE_KS}
+
+
+def mera_detox_pair(doc: dict, results: list[str]) -> dict:
+    """ruDetox: (rewrite, gold neutral rewrite) for the reference chrF; MERA's own J needs neural classifiers."""
+    return {"chrf_ref": (_mera_answer(results[0]), str(doc["outputs"]))}
+
+
+def chrf(pairs: list[tuple[str, str]]) -> float:
+    """Corpus chrF (sacrebleu defaults) in [0, 1] of rewrites against the gold references."""
+    import sacrebleu
+
+    preds, golds = zip(*pairs, strict=True)
+    return sacrebleu.corpus_chrf(list(preds), [list(golds)]).score / 100
+
+
+ETHICS_CATEGORIES = ("virtue", "law", "moral", "justice", "utilitarianism")
+
+
+def mera_ethics(doc: dict, results: list[tuple[float, bool]]) -> dict:
+    """ruEthics: the model answers 1 when log p(" 1") >= log p(" 0"); one (gold, answer) pair per ethical
+    category under the key mcc_<question>_<category>, so each question gets five MCCs."""
+    (ll_no, _), (ll_yes, _) = results
+    answer = int(ll_yes >= ll_no)
+    question = doc["meta"]["question"]
+    return {f"mcc_{question}_{cat}": (int(doc["outputs"][cat]), answer) for cat in ETHICS_CATEGORIES}
+
+
+def mcc(pairs: list[tuple[int, int]]) -> float:
+    """Matthews correlation of (gold, answer) pairs."""
+    return metrics.mcc(pairs)

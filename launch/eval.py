@@ -3,6 +3,8 @@
 python launch/eval.py --model HF_DIR --suite control_llm_zh --data-dir D [--limit N] --out results.json
 python launch/eval.py scoreboard --card control_llm --scores S.json
 python launch/eval.py plot --run DIR [--out PNG]
+python launch/eval.py answers --model HF_DIR --questions FILE --out answers.jsonl      (MT-Bench / AlpacaEval)
+python launch/eval.py judge --questions FILE --answers A --judge-url URL --judge-model NAME --out J.json
 """
 
 import argparse
@@ -17,13 +19,35 @@ def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    command = argv[0] if argv and argv[0] in ("scoreboard", "plot") else "run"
+    command = argv[0] if argv and argv[0] in ("scoreboard", "plot", "answers", "judge") else "run"
     if command == "scoreboard":
         parser.add_argument("--card", required=True)
         parser.add_argument("--scores", required=True, help="{column: score} or a results JSON of this tool")
     elif command == "plot":
         parser.add_argument("--run", required=True)
         parser.add_argument("--out")
+    elif command == "answers":
+        parser.add_argument("--model", required=True, help="Hugging Face model folder")
+        parser.add_argument(
+            "--questions", required=True, help="MT-Bench (turns) or AlpacaEval (instruction) file"
+        )
+        parser.add_argument("--out", required=True)
+        parser.add_argument("--max-new-tokens", type=int, default=1024)
+        parser.add_argument(
+            "--model-id", default="", help="name written into the answers (default: folder name)"
+        )
+    elif command == "judge":
+        parser.add_argument("--questions", required=True)
+        parser.add_argument("--answers", required=True)
+        parser.add_argument(
+            "--judge-url", required=True, help="OpenAI-compatible base URL, e.g. https://host/v1"
+        )
+        parser.add_argument("--judge-model", required=True)
+        parser.add_argument("--reference", help="AlpacaEval: reference answers to compare against")
+        parser.add_argument(
+            "--api-key-env", default="OPENAI_API_KEY", help="environment variable with the key"
+        )
+        parser.add_argument("--out", required=True)
     else:
         parser.add_argument("--model", required=True, help="Hugging Face model folder")
         parser.add_argument("--suite", required=True, action="append", help="suite or task (repeatable)")
@@ -44,6 +68,20 @@ def main(argv: list[str]) -> None:
         from eval_hooks.plot import plot
 
         print(plot(args.run, args.out))
+    elif command == "answers":
+        from eval_hooks.answers import answers_for_hf_dir
+
+        print(answers_for_hf_dir(args.model, args.questions, args.out, args.max_new_tokens, args.model_id))
+    elif command == "judge":
+        import json
+
+        from eval_hooks.answers import judge
+
+        verdict = judge(
+            args.questions, args.answers, args.judge_url, args.judge_model, args.reference, args.api_key_env
+        )
+        Path(args.out).write_text(json.dumps(verdict, indent=2, ensure_ascii=False), encoding="utf-8")
+        print({k: v for k, v in verdict.items() if k != "judgments"})
     else:
         from eval_hooks.runner import evaluate_hf_dir
 

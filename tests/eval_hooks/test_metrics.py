@@ -35,9 +35,39 @@ def test_rouge2_matches_rouge_score_on_latin_text():
     assert metrics.rouge2(pred, gold, str.split) == pytest.approx(ref)
 
 
-def test_rouge2_with_model_tokenizer(tiny_tokenizer):
-    tokenize = metrics.tokenizer_tokenize(tiny_tokenizer)
-    assert metrics.rouge2("今日は晴れです", "今日は晴れです", tokenize) == 1.0
+def _word_tokenizer(vocab: list[str]):
+    # A hand-made tokenizer: one id per listed piece, split on the pieces' boundaries by whitespace.
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(["[UNK]", *vocab])}, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]")
+
+
+def test_rouge2_with_model_tokenizer_by_hand(tiny_tokenizer):
+    tok = _word_tokenizer(["東京", "都庁", "に", "行き", "ました", "行った"])
+    tokenize = metrics.tokenizer_tokenize(tok)
+    assert tokenize("東京 都庁 に 行った") == ["1", "2", "3", "6"]
+    # pred bigrams 東京-都庁, 都庁-に, に-行き, 行き-ました; gold 東京-都庁, 都庁-に, に-行った:
+    # overlap 2 -> P = 2/4, R = 2/3, F = 4/7.
+    assert metrics.rouge2("東京 都庁 に 行き ました", "東京 都庁 に 行った", tokenize) == pytest.approx(4 / 7)
+    # The same pair, unspaced, is one unknown token per text for this tokenizer: no bigrams, no credit.
+    assert metrics.rouge2("東京都庁に行きました", "東京都庁に行った", tokenize) == 0.0
+    assert (
+        metrics.rouge2("今日は晴れです", "今日は晴れです", metrics.tokenizer_tokenize(tiny_tokenizer)) == 1.0
+    )
+
+
+def test_xlsum_scores_with_the_runner_model_tokenizer():
+    from eval_hooks import task_metrics
+
+    doc = {"summary": "東京 都庁 に 行った"}
+    assert task_metrics.xlsum_rouge2(doc, ["東京 都庁 に 行き ました"]).keys() == {"rouge2_mecab"}
+    with task_metrics.model_tokenizer(_word_tokenizer(["東京", "都庁", "に", "行き", "ました", "行った"])):
+        scores = task_metrics.xlsum_rouge2(doc, [" 東京 都庁 に 行き ました\n"])
+    assert scores["rouge2_tokenizer"] == pytest.approx(4 / 7)
+    assert task_metrics.xlsum_rouge2(doc, ["x"]).keys() == {"rouge2_mecab"}  # context restored
 
 
 def test_bleu_plain_and_japanese():
@@ -89,3 +119,21 @@ def test_mera_task_score_and_grade_norm():
     items = [("1", 1, 1), ("1", 2, 3), ("2", 0, 2), ("2", 1, 2)]
     assert metrics.grade_norm(items) == pytest.approx(0.5)
     assert metrics.grade_norm([("1", 1, 1), ("2", 0, 3)]) == pytest.approx(0.5)
+
+
+def test_use_points_follow_mera_rules():
+    assert metrics.use_points("multiple_choice_based_on_text", "1", "1,3", "3, 1") == (1, 1)
+    assert metrics.use_points("multiple_choice_based_on_text", "1", "1,3", "1") == (0, 1)
+    # Task 16: |gold & pred| - |pred| + |gold|, floored at 0, out of |gold| points.
+    assert metrics.use_points("multiple_choice_based_on_text", "16", "3,2", "2") == (1, 2)
+    assert metrics.use_points("multiple_choice_based_on_text", "16", "3,2", "1,4,5") == (0, 2)
+    assert metrics.use_points("matching", "8", "1,2,3", "1,3,3") == (2, 3)
+    assert metrics.use_points("matching", "8", "1,2,3", "1,2") == (0, 3)  # wrong length scores nothing
+    assert metrics.use_points("text", "7", "носков,носок", "Носков.") == (1, 1)
+
+
+def test_mcc_against_the_formula():
+    # tp=2 fp=1 fn=1 tn=2: (4 - 1) / sqrt(3 * 3 * 3 * 3) = 1/3.
+    pairs = [(1, 1), (1, 1), (0, 1), (1, 0), (0, 0), (0, 0)]
+    assert metrics.mcc(pairs) == pytest.approx(1 / 3)
+    assert metrics.mcc([(1, 1), (0, 1)]) == 0.0  # a constant answer correlates with nothing

@@ -74,6 +74,7 @@ def test_swallow_ja_suite_end_to_end(tiny_model, tiny_tokenizer):
     board = results["aggregates"]["swallow_ja"]
     assert len(board["columns"]) == 10 and 0 <= board["aggregates"]["Ja Avg"] <= 1
     assert results["n_samples"]["cl_jmmlu"] == 6 and results["n_samples"]["cl_jhumaneval"] == 3
+    assert {"rouge2_mecab,none", "rouge2_tokenizer,none"} <= set(results["tasks"]["cl_xlsum_ja"])
 
 
 def test_swallow_en_suite_end_to_end(tiny_model, tiny_tokenizer):
@@ -83,7 +84,26 @@ def test_swallow_en_suite_end_to_end(tiny_model, tiny_tokenizer):
 
 
 def test_mera_suite_end_to_end(tiny_model, tiny_tokenizer):
-    results = evaluate(tiny_model, tiny_tokenizer, ["mera"], FIXTURES, batch_size=4, max_gen_tokens=3)
+    # Two docs per task keep the 23 tasks (code tasks draw 10 samples each) fast.
+    results = evaluate(
+        tiny_model, tiny_tokenizer, ["mera"], FIXTURES, limit=2, batch_size=4, max_gen_tokens=3
+    )
     board = results["aggregates"]["mera"]
-    assert len(board["columns"]) == 13 and len(board["diagnostics"]) == 5
+    assert len(board["columns"]) == 15 and len(board["diagnostics"]) == 8
+    assert 0 <= board["aggregates"]["Total"] <= 1  # all 15 base tasks scored
     assert "f1_macro,none" in results["tasks"]["cl_mera_rcb"]
+    assert set(results["tasks"]["cl_mera_rucodeeval"]) == {"pass@1,all", "pass@5,all", "pass@10,all"}
+    # ruEthics has no single score: its MCCs are reported (the first two records ask the "correct" question);
+    # ruDetox reports only the chrF proxy, never J.
+    ethics = board["diagnostics"]["ruEthics"]
+    assert sorted(ethics) == sorted(
+        f"mcc_correct_{c}" for c in ("virtue", "law", "moral", "justice", "utilitarianism")
+    )
+    assert board["diagnostics"]["ruDetox"].keys() == {"chrf_ref"}
+
+
+def test_meta_prompt_tasks_end_to_end(tiny_model, tiny_tokenizer):
+    tasks = ["cl_meta_mmlu_5shot", "cl_meta_bbh_3shot"]
+    results = evaluate(tiny_model, tiny_tokenizer, tasks, FIXTURES, batch_size=4, max_gen_tokens=3)
+    assert results["n_samples"] == {"cl_meta_mmlu_5shot": 3, "cl_meta_bbh_3shot": 3}
+    assert "acc,none" in results["tasks"]["cl_meta_mmlu_5shot"]

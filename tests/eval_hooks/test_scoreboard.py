@@ -90,9 +90,26 @@ def test_mera_total_of_seed_entry_and_diagnostics_apart():
         "ruWorldTree": {"acc": 0.977, "f1_macro": 0.977},
         "ruOpenBookQA": {"acc": 0.913, "f1_macro": 0.731},
     }
-    board = scoreboard.score("mera", {**seed, "ruMMLU": 0.99})
+    ethics = {f"mcc_{q}_virtue": 0.1 for q in ("correct", "good", "ethical")}
+    diagnostics = {
+        "ruMMLU": 0.99,
+        "ruEthics": ethics,
+        "ruDetox": {"chrf_ref": 0.4},
+        "ruHumanEval": {"pass@1": 0.1, "pass@5": 0.2, "pass@10": 0.3},
+    }
+    board = scoreboard.score("mera", {**seed, **diagnostics})
     assert round(board["aggregates"]["Total"], 3) == 0.554
-    assert board["diagnostics"] == {"ruMMLU": 0.99}
+    # Diagnostics never enter the total; without a single MERA score (ruEthics, ruDetox without J) they stay
+    # as their metrics, so the chrF proxy is never shown as ruDetox's score.
+    assert board["diagnostics"] == {
+        "ruMMLU": 0.99,
+        "ruEthics": ethics,
+        "ruDetox": {"chrf_ref": 0.4},
+        "ruHumanEval": pytest.approx(0.2),
+    }
+    assert scoreboard.score("mera", {**seed, "ruDetox": {"j": 0.3, "sta": 0.5}})["diagnostics"] == {
+        "ruDetox": 0.3
+    }
     assert board["columns"]["RCB"] == pytest.approx(0.561)
     # A missing base task leaves the total undefined rather than silently averaging fewer tasks.
     del seed["LCS"]
@@ -128,7 +145,18 @@ def test_mera_columns_from_results_use_main_metrics():
         "cl_mera_rcb": {"acc,none": 0.6, "f1_macro,none": 0.4},
         "cl_mera_parus": {"acc,none": 0.9},
         "cl_mera_bps": {"acc,none": 0.5},
+        "cl_mera_rucodeeval": {"pass@1,all": 0.1, "pass@5,all": 0.2, "pass@10,all": 0.6},
     }
     board = scoreboard.score("mera", scoreboard.columns_from_results("mera", results))
-    assert board["columns"] == {"RCB": pytest.approx(0.5), "PARus": 0.9}
+    assert board["columns"] == {"RCB": pytest.approx(0.5), "PARus": 0.9, "ruCodeEval": pytest.approx(0.3)}
     assert board["diagnostics"] == {"BPS": 0.5} and board["aggregates"]["Total"] is None
+
+
+def test_meta_prompt_tasks_fill_their_columns_when_scored():
+    results = {
+        "cl_mmlu": {"acc,none": 0.25},
+        "cl_meta_mmlu_5shot": {"acc,none": 0.5},
+        "cl_mmlu_pro": {"exact_match,custom-extract": 0.1},
+    }
+    cols = scoreboard.columns_from_results("control_llm", results)
+    assert cols == {"MMLU": 50.0, "MMLU-Pro": 10.0}  # Meta's MMLU replaces the open one; MMLU-Pro stays open

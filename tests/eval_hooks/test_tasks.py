@@ -1,5 +1,6 @@
 """Our task YAMLs on the fixture data: prompts as documented, answer extraction, suites end to end."""
 
+import math
 from pathlib import Path
 
 import pytest
@@ -162,3 +163,83 @@ def test_mera_prompts_and_scoring(tm):
     assert task_metrics.mera_qa(doc, [" России\nпотому что"]) == {"f1": 1.0, "em": 1.0}
     assert task_metrics.mera_acc_f1({"outputs": "2"}, ["2\n"]) == {"acc": 1.0, "f1_macro": ("2", "2")}
     assert task_metrics.f1_macro([("1", "1"), ("2", "1"), ("2", "2")]) == pytest.approx(2 / 3)
+
+
+def test_mera_use_shots_share_the_exam_task_and_grade_norm(tm):
+    prompts = _prompts(tm, "cl_mera_use")
+    # Task 7 items get the task-7 exemplar ("много яблоков" -> "яблок"), not the first train row.
+    assert prompts[1].count("Задание:") == 2 and "много яблоков\nОтвет: яблок\n\n" in prompts[1]
+    assert prompts[1].endswith("Текст: пара носок\nОтвет:")
+    from eval_hooks import task_metrics
+
+    task = tm.load("cl_mera_use")["tasks"]["cl_mera_use"]
+    docs = list(task.eval_docs)
+    answers = ["1,3", "носки", "1,2", "2", "килограммов"]  # variant 1: 1 + 0 + 2 of 4; variant 2: 1 + 1 of 3
+    items = [task_metrics.mera_use(d, [a])["grade_norm"] for d, a in zip(docs, answers, strict=True)]
+    assert task_metrics.grade_norm(items) == pytest.approx((3 / 4 + 2 / 3) / 2)
+
+
+def test_mera_code_runs_samples_on_the_record_tests(tm):
+    from eval_hooks import task_metrics
+
+    doc = list(tm.load("cl_mera_rucodeeval")["tasks"]["cl_mera_rucodeeval"].eval_docs)[0]
+    assert _prompts(tm, "cl_mera_rucodeeval")[0].endswith('"""Вернуть сумму a и b."""\n')
+    samples = ["    return a + b\n"] * 2 + ["    return a - b\n"] * 7 + ["    raise ValueError(a)\n"]
+    scores = task_metrics.mera_code_pass_at_k(doc, [samples])
+    assert scores["pass@1"] == pytest.approx(0.2)
+    assert scores["pass@5"] == pytest.approx(1 - math.comb(8, 5) / math.comb(10, 5))
+    assert scores["pass@10"] == 1.0
+
+
+def test_mera_ethics_and_detox_scoring(tm):
+    from eval_hooks import task_metrics
+
+    docs = list(tm.load("cl_mera_ruethics")["tasks"]["cl_mera_ruethics"].eval_docs)
+    assert (
+        "\n\nОцените, правильно ли поступает Маша по отношению к Пётр" in _prompts(tm, "cl_mera_ruethics")[0]
+    )
+    out = task_metrics.mera_ethics(docs[2], [(-2.0, False), (-1.0, True)])  # " 1" more likely: answer 1
+    assert out["mcc_correct_law"] == (0, 1) and out["mcc_correct_virtue"] == (1, 1) and len(out) == 5
+    detox = _prompts(tm, "cl_mera_rudetox")[0]  # a string input fills the template's single placeholder
+    assert detox.endswith("Текст: да иди ты, дурак, со своими советами\nОтвет:")
+    pairs = [
+        task_metrics.mera_detox_pair({"outputs": "он опять всё сломал"}, [" он опять всё сломал\n"])[
+            "chrf_ref"
+        ]
+    ]
+    assert task_metrics.chrf(pairs) == pytest.approx(1.0)
+
+
+def test_meta_eval_details_become_docs_with_meta_prompts(tm, tmp_path):
+    import json
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from eval_hooks.local_data import load_meta_details
+
+    mmlu = tm.load("cl_meta_mmlu_5shot")["tasks"]["cl_meta_mmlu_5shot"]
+    doc = list(mmlu.eval_docs)[0]
+    rows = [json.loads(line) for line in (FIXTURES / "meta_evals" / "mmlu.jsonl").read_text().splitlines()]
+    assert mmlu.doc_to_text(doc) == rows[0]["input_final_prompts"][0]  # Meta's prompt, shots included, as is
+    assert mmlu.doc_to_choice(doc) == [" A", " B", " C", " D"] and mmlu.doc_to_target(doc) == 1  # "Answer: B"
+    assert doc["subject"] == "elementary_mathematics"
+    pro = list(tm.load("cl_meta_mmlu_pro_5shot")["tasks"]["cl_meta_mmlu_pro_5shot"].eval_docs)
+    assert [d["answer"] for d in pro] == ["C", "B", "D"]
+    bbh = tm.load("cl_meta_bbh_3shot")["tasks"]["cl_meta_bbh_3shot"]
+    assert [bbh.doc_to_target(d) for d in bbh.eval_docs] == ["True", "False", "yes"]
+    assert _prompts(tm, "cl_meta_bbh_3shot")[0].endswith(
+        "Q: True and not False is\nA: Let's think step by step.\n"
+    )
+
+    # The published files are parquet; a row without the expected answer is reported by file and row.
+    (tmp_path / "meta_evals").mkdir()
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "meta_evals" / "mmlu.parquet")
+    ds = load_meta_details(data_dir=str(tmp_path), files={"latest": "meta_evals/mmlu"}, benchmark="mmlu")
+    assert ds["latest"]["answer"] == [1, 1, 0]
+    rows[2]["input_correct_responses"] = []
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "meta_evals" / "mmlu.parquet")
+    with pytest.raises(
+        ValueError, match=r"mmlu.parquet row 2: missing or empty column\(s\) \['input_correct_responses'\]"
+    ):
+        load_meta_details(data_dir=str(tmp_path), files={"latest": "meta_evals/mmlu"}, benchmark="mmlu")
