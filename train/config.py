@@ -151,8 +151,11 @@ class DataConfig(Section):
     """SFT samples longer than seq_len."""
     train_on_prompt: bool = False
     """"Mixed training": loss on every chat token, not only the assistant's."""
+    cpt_boundaries: Literal["documents", "reference"] = "documents"
+    """CPT packing: BOS + text + EOS per document with attention kept inside documents, or Control-LLM's
+    reference (BOS + text, no EOS, attention across the whole row) for exact reproduction."""
     num_proc: int = Field(default=1, gt=0)
-    """Worker processes that tokenize SFT data (capped at the CPU count); shards are the same for any value."""
+    """Worker processes that tokenize (capped at the CPU count); shards are the same for any value."""
     stages: list[StageConfig] = Field(default_factory=list)
     """Mixture stages in order, each with its own token weights and budget."""
 

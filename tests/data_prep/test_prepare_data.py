@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from data_prep import shards
@@ -14,6 +15,7 @@ from train.config import load_config
 from train.model import build_tokenizer
 
 SFT = ROOT / "configs" / "smoke" / "sft_tiny.yaml"
+CPT = ROOT / "configs" / "smoke" / "cpt_tiny.yaml"
 
 
 def test_prepare_once_reuse_and_rebuild_on_fingerprint_change(tmp_path, monkeypatch):
@@ -76,6 +78,30 @@ def test_worker_processes_build_the_same_shard(tmp_path, monkeypatch):
     assert one.name == two.name
     for name in ("input_ids.bin", "position_ids.bin", "labels.bin", "manifest.json"):
         assert (one / name).read_bytes() == (two / name).read_bytes()
+
+
+def test_cpt_boundaries_change_the_fingerprint_and_the_rows(tmp_path, monkeypatch):
+    monkeypatch.setattr(shards, "TOKENIZE_BATCH", 7)  # several batches through 2 workers: order must hold
+    cfg = load_config(CPT, [f"data.cache_dir={tmp_path}", "data.num_proc=2"])
+    tok = build_tokenizer(cfg.model)
+    texts = [json.loads(line)["text"] for line in (ROOT / cfg.data.sources[0].path).read_text().splitlines()]
+    text_ids = [t for ids in tok(texts, add_special_tokens=False)["input_ids"] for t in ids]
+    ours = shards.prepare(cfg.data, tok).shards[0]
+    cfg = load_config(CPT, [f"data.cache_dir={tmp_path}", "data.cpt_boundaries=reference"])
+    ref = shards.prepare(cfg.data, tok).shards[0]
+    assert ours.folder != ref.folder
+    assert (
+        ours.manifest["key"]["cpt_boundaries"] == "documents"
+        and ref.manifest["key"]["cpt_boundaries"] == "reference"
+    )
+    bos, eos = tok.bos_token_id, tok.eos_token_id
+    ids = np.asarray(ref.input_ids).ravel()
+    assert eos not in ids and int((ids == bos).sum()) == len(texts) - 1  # the last text ends in the tail
+    assert ids[ids != bos].tolist() == text_ids[: len(ids) - len(texts) + 1]  # exactly the tokenizer's ids
+    assert (np.asarray(ref.position_ids) == np.arange(cfg.data.seq_len)).all()
+    ids = np.asarray(ours.input_ids).ravel()
+    assert ids[(ids != bos) & (ids != eos)].tolist() == text_ids[: int(((ids != bos) & (ids != eos)).sum())]
+    assert int((ids == eos).sum()) == len(texts) - 1
 
 
 def test_bad_rows_stop_prepare_with_file_and_row(tmp_path):
