@@ -108,6 +108,8 @@ def test_oasst2_top1_threads_and_language_filter():
     ]
     everything = records(name="oasst2_en_top1", path=str(FIX / "oasst2_messages.jsonl"), langs=["en", "de"])
     assert len(everything) == 3  # the German tree too; not-ready and synthetic trees never
+    with pytest.raises(DataError, match="source 'oasst2_en_top1' has no usable rows"):
+        records(name="oasst2_en_top1", path=str(FIX / "oasst2_messages.jsonl"), langs=["fr"])
 
 
 def test_every_named_dataset_has_a_known_adapter():

@@ -112,6 +112,21 @@ def test_bad_rows_stop_prepare_with_file_and_row(tmp_path):
         shards.prepare(cfg.data, build_tokenizer(cfg.model))
 
 
+def test_skipped_rows_are_counted_in_the_manifest_and_logged(tmp_path, caplog):
+    f = tmp_path / "corpus.jsonl"
+    good = json.dumps({"text": "春天来了，河边的柳树慢慢长出了嫩绿的新芽。" * 4}, ensure_ascii=False)
+    f.write_text(f'{good}\n{{"text": 5}}\n{{"txt": "x"}}\n{{"text": "broken\n{good}\n')
+    sets = [f"data.cache_dir={tmp_path / 'cache'}", f"data.sources=[{{path: {f}}}]", "data.seq_len=8"]
+    cfg = load_config(CPT, [*sets, "data.on_error=skip"])
+    with caplog.at_level("WARNING"):
+        m = shards.prepare(cfg.data, build_tokenizer(cfg.model)).shards[0].manifest
+    assert (m["skipped_rows"], m["documents"]) == (3, 2)
+    assert [r.split(": ", 1)[0] for r in m["skip_reasons"]] == [f"{f}:{n}" for n in (2, 3, 4)]
+    assert "skipped 3 bad rows" in caplog.text and f"{f}:3: text field 'text' is missing" in caplog.text
+    with pytest.raises(DataError, match=rf"{f}:2: field 'text' must be a string"):  # the default: stop
+        shards.prepare(load_config(CPT, sets).data, build_tokenizer(cfg.model))
+
+
 def test_sft_smoke_recipe_trains_epochs_through_the_launcher(tmp_path):
     # Natural proportions (epochs need them): the smoke data packs into 4 rows (3 + 1 per source) and a
     # step takes 4 rows, so 1.5 epochs round up to 2 steps.
