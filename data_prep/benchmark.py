@@ -99,10 +99,10 @@ def run_ours(corpus: Path, tokenizer, seq_len: int, num_proc: int, cache: Path) 
         cache_dir=str(cache),
         num_proc=num_proc,
     )
-    data = prepare(cfg, tokenizer)
+    data, timing = _timed(prepare, cfg, tokenizer)
     m = data.shards[0].manifest
     text_tokens = m["tokens"] - 2 * (m["documents"] - m["empty_documents"])  # minus BOS and EOS
-    return {"text_tokens": text_tokens, "rows": m["rows"]}
+    return {"text_tokens": text_tokens, "rows": m["rows"], **timing}
 
 
 def run_baseline(corpus: Path, tokenizer, seq_len: int, num_proc: int, cache: Path) -> dict:
@@ -118,19 +118,30 @@ def run_baseline(corpus: Path, tokenizer, seq_len: int, num_proc: int, cache: Pa
         out["labels"] = out["input_ids"].copy()
         return out
 
-    ds = datasets.load_dataset("json", data_files=str(corpus), split="train", cache_dir=str(cache))
-    tokenized = ds.map(
-        lambda b: tokenizer(b["text"]), batched=True, num_proc=procs, remove_columns=ds.column_names
-    )
-    grouped = tokenized.map(group_texts, batched=True, num_proc=procs)
+    def run():
+        ds = datasets.load_dataset("json", data_files=str(corpus), split="train", cache_dir=str(cache))
+        tokenized = ds.map(
+            lambda b: tokenizer(b["text"]), batched=True, num_proc=procs, remove_columns=ds.column_names
+        )
+        return tokenized, tokenized.map(group_texts, batched=True, num_proc=procs)
+
+    (tokenized, grouped), timing = _timed(run)
     text_tokens = sum(len(ids) - 1 for ids in tokenized["input_ids"])  # minus the BOS the tokenizer adds
-    return {"text_tokens": text_tokens, "rows": len(grouped)}
+    return {"text_tokens": text_tokens, "rows": len(grouped), **timing}
 
 
-def _cpu_seconds() -> tuple[float, float]:
-    """User + system seconds of this process and of its finished children."""
-    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    return own.ru_utime + own.ru_stime, children.ru_utime + children.ru_stime
+def _timed(fn, *args):
+    """fn(*args) and its wall seconds, CPU seconds (user + system of this process and its finished
+    children: every core it used) and this process's share of them."""
+    usage = (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+    before, wall = [resource.getrusage(u) for u in usage], time.perf_counter()
+    out = fn(*args)
+    seconds = time.perf_counter() - wall
+    main, children = (
+        a.ru_utime + a.ru_stime - b.ru_utime - b.ru_stime
+        for a, b in zip([resource.getrusage(u) for u in usage], before, strict=True)
+    )
+    return out, {"seconds": seconds, "cpu_seconds": main + children, "main_cpu": main}
 
 
 def _cpu_model() -> str:
@@ -175,10 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, run in (("ours (prepare)", run_ours), ("baseline (datasets.map)", run_baseline)):
         out = work / name.split()[0]
         shutil.rmtree(out, ignore_errors=True)
-        wall, cpu = time.perf_counter(), _cpu_seconds()
         results[name] = run(corpus, tokenizer, args.seq_len, args.num_proc, out)
-        main, children = (after - before for after, before in zip(_cpu_seconds(), cpu, strict=True))
-        results[name].update(seconds=time.perf_counter() - wall, cpu_seconds=main + children, main_cpu=main)
     ours, base = results.values()
     print(
         f"\n| path | seconds | CPU seconds | text tokens | rows of {args.seq_len} | tokens/s "
