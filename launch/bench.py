@@ -1,0 +1,22 @@
+"""Benchmarks: `python launch/bench.py MODE [options]`; `python launch/bench.py MODE --help` for each mode.
+
+Modes: train (training throughput against the HF Trainer peer), data (data preparation).
+"""
+
+import importlib
+import sys
+
+import _bootstrap  # noqa: F401  (puts the repo root first on sys.path)
+
+MODES = {"data": "data_prep.benchmark", "train": "train.benchmark"}
+
+
+def main(argv: list[str]) -> int:
+    if not argv or argv[0] not in MODES:
+        print(f"usage: launch/bench.py {{{','.join(MODES)}}} [options]\n{__doc__}", file=sys.stderr)
+        return 2
+    return importlib.import_module(MODES[argv[0]]).main(argv[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
