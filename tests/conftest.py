@@ -111,3 +111,15 @@ class _Blocked:
             raise ModuleNotFoundError(name)
 sys.meta_path.insert(0, _Blocked())
 """
+
+
+def pytest_collection_modifyitems(config, items):
+    """`gpu` tests skip cleanly without CUDA (e.g. `pytest -m gpu` on a CPU machine)."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
