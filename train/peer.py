@@ -158,5 +158,11 @@ def run_peer(peer: str, model, cfg, rows: SyntheticRows, kind: str, micro_batch:
     )
     if not trainer.is_deepspeed_enabled:
         raise RuntimeError("the HF Trainer peer did not enable DeepSpeed; the comparison would be unfair")
-    trainer.train()
+    try:
+        trainer.train()
+    finally:
+        from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+        # TrainingArguments leaves a process-wide ZeRO-3 flag that would make later model builds zero.Init ones
+        unset_hf_deepspeed_config()
     return times, recorded.shapes
