@@ -162,6 +162,8 @@ def run_ours(cfg: RunConfig, rows, model, steps: int, warmup: int) -> tuple[list
 
 def summarise(times: list[float], shapes: list[list[tuple]], flops, peak: float | None) -> dict:
     """Throughput over the timed steps; `shapes` holds each step's (tokens, row length, non-pad tokens)."""
+    from train.loop import peak_memory_gb
+
     seconds = sum(times)
     tokens = sum(n for step in shapes for n, _, _ in step)
     real = sum(r for step in shapes for _, _, r in step)
@@ -173,25 +175,25 @@ def summarise(times: list[float], shapes: list[list[tuple]], flops, peak: float 
         "tokens_per_s": tokens / seconds,
         "real_tokens_per_s": real / seconds,
         "mfu": step_flops / seconds / (peak * 1e12 * world) if peak else None,
-        "peak_mem_gb": _peak_memory_gb(),
+        "peak_mem_gb": peak_memory_gb(),
         "flops_per_step": step_flops / len(times),
+        "tokens": tokens,
+        "real_tokens": real,
     }
 
 
-def _peak_memory_gb() -> float:
-    from train.loop import peak_memory_gb
-
-    return peak_memory_gb()
-
-
-def _group(shapes: list[tuple], accum: int, warmup: int) -> list[list[tuple]]:
-    steps = [shapes[i : i + accum] for i in range(0, len(shapes), accum)]
-    return steps[warmup:]
+def _timed_steps(shapes: list[tuple], accum: int, warmup: int, steps: int) -> list[list[tuple]]:
+    """The peer's recorded micro-batches grouped by optimizer step, timed steps only (the data loader may
+    have collated one batch ahead). Tokens are rank 0's times the ranks (the peer's batches are local)."""
+    world = dist.world_size()
+    shapes = [(n * world, t, real * world) for n, t, real in shapes]
+    grouped = [shapes[i : i + accum] for i in range(0, len(shapes), accum)]
+    return grouped[warmup : warmup + steps]
 
 
 def bench_variant(args, variant: str, out_dir: Path) -> list[dict]:
     from train.loop import seed_everything
-    from train.model import flops_per_token, peak_tflops
+    from train.model import build_for_training, flops_per_token, peak_tflops
     from train.peer import run_peer
     from train.synthetic import make_rows
 
@@ -200,8 +202,6 @@ def bench_variant(args, variant: str, out_dir: Path) -> list[dict]:
     total = args.warmup + args.steps
     world = dist.world_size()
     seed_everything(cfg.seed)
-    from train.model import build_for_training
-
     model = build_for_training(cfg)
     rows = make_rows(
         args.data, total * args.micro_batch * args.grad_accum * world, args.seq, model.config, args.seed
@@ -249,7 +249,7 @@ def bench_variant(args, variant: str, out_dir: Path) -> list[dict]:
             micro = max(1, round(args.micro_batch * rows.real.mean() / mean_len))
         _reset_memory()
         times, recorded = run_peer(peer, model, cfg, rows, args.data, micro, total, out_dir / peer)
-        shapes = _group(recorded, args.grad_accum, args.warmup)
+        shapes = _timed_steps(recorded, args.grad_accum, args.warmup, args.steps)
         row = {
             "impl": peer,
             "micro_batch": micro,

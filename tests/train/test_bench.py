@@ -35,16 +35,17 @@ def test_ours_and_the_peers_on_sft_data(monkeypatch, tmp_path, capsys):
 
     ours, padded, flat = rows
     # Ours: packed rows of SEQ tokens, MICRO per step; the packer fills rows with real tokens first.
-    tokens = ours["tokens_per_s"] * ours["step_s"] * STEPS
-    assert tokens == pytest.approx(STEPS * MICRO * SEQ)
+    assert ours["tokens"] == STEPS * MICRO * SEQ
+    assert ours["tokens_per_s"] * ours["step_s"] * STEPS == pytest.approx(ours["tokens"])
     assert ours["flops_per_step"] == pytest.approx(MICRO * SEQ * ours["flops_per_token"])
     assert ours["mfu"] == pytest.approx(ours["flops_per_step"] / ours["step_s"] / 1e12)
     for row in rows:
         assert row["steps"] == STEPS and row["dtype"] == "fp32" and row["peak_mem_gb"] > 0
-        assert 0 < row["real_tokens_per_s"] <= row["tokens_per_s"]
+        assert 0 < row["real_tokens"] <= row["tokens"]
+        assert row["real_tokens_per_s"] * row["step_s"] * STEPS == pytest.approx(row["real_tokens"])
     # The padded peer takes MICRO samples per step; flattening leaves no padding at all.
-    assert padded["micro_batch"] == MICRO
-    assert flat["real_tokens_per_s"] == flat["tokens_per_s"]
+    assert padded["micro_batch"] == MICRO and padded["tokens"] <= STEPS * MICRO * SEQ
+    assert flat["real_tokens"] == flat["tokens"]
     for peer in (padded, flat):
         assert peer["vs_ours"] == pytest.approx(ours["real_tokens_per_s"] / peer["real_tokens_per_s"])
 
