@@ -101,6 +101,17 @@ def engine_logits(checkpoint: Path, out: Path) -> dict:
     return torch.load(out)
 
 
+def bench_main(monkeypatch, *args: str) -> int:
+    """launch/bench.py's main() in this process (one rank), as `python launch/bench.py ARGS` runs it."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("launch_bench", ROOT / "launch" / "bench.py")
+    monkeypatch.syspath_prepend(str(ROOT / "launch"))
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    return script.main(list(args))
+
+
 # Prepended to `python -I -c` scripts: makes our packages unimportable even when an editable install
 # puts them on every path, so the script sees what a machine without continualm sees.
 WITHOUT_CONTINUALM = """

@@ -3,29 +3,20 @@ peers' rows, with fields that follow from the batches (no timing assertions)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import bench_main
 
 SEQ, MICRO, STEPS = 64, 2, 2
-
-
-def _bench(monkeypatch, *args: str) -> int:
-    spec = importlib.util.spec_from_file_location("launch_bench", ROOT / "launch" / "bench.py")
-    monkeypatch.syspath_prepend(str(ROOT / "launch"))
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
-    return script.main(list(args))
 
 
 def test_ours_and_the_peers_on_sft_data(monkeypatch, tmp_path, capsys):
     out = tmp_path / "bench.json"
     args = ["--shape", "llama3_tiny", "--seq", str(SEQ), "--micro-batch", str(MICRO), "--data", "sft"]
     args += ["--steps", str(STEPS), "--warmup", "0", "--peer", "hf", "hf_flat", "--peak-tflops", "1"]
-    assert _bench(monkeypatch, "train", *args, "--json", str(out)) == 0
+    assert bench_main(monkeypatch, "train", *args, "--json", str(out)) == 0
     rows = json.loads(out.read_text())
     assert [r["impl"] for r in rows] == ["continualm", "hf", "hf_flat"]
     table = capsys.readouterr().out
@@ -51,8 +42,8 @@ def test_ours_and_the_peers_on_sft_data(monkeypatch, tmp_path, capsys):
 
 
 def test_unknown_mode_and_variant_fail_clearly(monkeypatch, capsys):
-    assert _bench(monkeypatch, "trian") == 2
+    assert bench_main(monkeypatch, "trian") == 2
     assert "usage: launch/bench.py {data,train}" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        _bench(monkeypatch, "train", "--seq", "64", "--expansion", "concat")
+        bench_main(monkeypatch, "train", "--seq", "64", "--expansion", "concat")
     assert "--expansion 'concat'" in capsys.readouterr().err

@@ -8,8 +8,8 @@ from __future__ import annotations
 import pytest
 
 from tests.conftest import SMOKE
-from train.config import load_config
-from train.model import build_for_training, flops_per_token
+from train.config import ModelConfig, load_config
+from train.model import build_for_training, build_model, count_parameters, flops_per_token
 
 D, FFN, VOCAB, T = 64, 192, 2048, 64
 BLOCK = D * D * 2 + D * 32 * 2 + 3 * D * FFN + 2 * D  # q, o; k, v; gate, up, down; two norms = 49,280
@@ -26,6 +26,12 @@ def test_plain_model_is_6n_plus_12ldt():
     assert BLOCK == 49_280
     expected = 6 * (4 * BLOCK + HEAD) + 12 * 4 * D * T
     assert flops_per_token(_model(), T) == expected
+
+
+def test_tied_lm_head_is_counted_once():
+    model = build_model(ModelConfig(preset="llama3_2_1b", dtype="bf16"), meta=True)
+    n = count_parameters(model).total  # the tied embedding / lm_head matrix once
+    assert flops_per_token(model, 4096) == 6 * n + 12 * 16 * 2048 * 4096
 
 
 @pytest.mark.parametrize("method, gate", [("lerp", 1), ("dlerp", 2 * D + 1)])

@@ -10,8 +10,7 @@ import pytest
 import torch
 
 from data_prep.sampler import RowSampler
-from tests.conftest import SMOKE
-from tests.train.test_bench import _bench
+from tests.conftest import SMOKE, bench_main
 from train import distributed as dist
 from train.config import load_config
 from train.engine import build_engine
@@ -94,7 +93,7 @@ def test_flash_attention_keeps_packed_documents_apart():
 def test_bench_train_reports_mfu_on_the_gpu(monkeypatch, tmp_path):
     out = tmp_path / "bench.json"
     args = ["--seq", str(SEQ), "--steps", "2", "--warmup", "1", "--data", "sft", "--peer", "hf"]
-    assert _bench(monkeypatch, "train", *args, "--peak-tflops", "989", "--json", str(out)) == 0
+    assert bench_main(monkeypatch, "train", *args, "--peak-tflops", "989", "--json", str(out)) == 0
     ours, peer = json.loads(out.read_text())
     assert ours["dtype"] == "bf16" and peer["impl"] == "hf"
     assert 0 < ours["mfu"] < 1 and ours["peak_mem_gb"] > 0
