@@ -105,6 +105,8 @@ def bench_main(monkeypatch, *args: str) -> int:
     """launch/bench.py's main() in this process (one rank), as `python launch/bench.py ARGS` runs it."""
     import importlib.util
 
+    import train  # noqa: F401  (the package, before launch/ and its train.py go on sys.path)
+
     spec = importlib.util.spec_from_file_location("launch_bench", ROOT / "launch" / "bench.py")
     monkeypatch.syspath_prepend(str(ROOT / "launch"))
     script = importlib.util.module_from_spec(spec)
