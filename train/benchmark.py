@@ -71,6 +71,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", metavar="OUT", help="also write the rows as JSON")
     args = p.parse_args(argv)
+    if args.steps < 1 or args.warmup < 0 or args.micro_batch < 1 or args.grad_accum < 1 or args.seq < 2:
+        p.error("--steps, --micro-batch, --grad-accum must be >= 1, --warmup >= 0 and --seq >= 2")
     for v in args.expansion:
         if v not in ("none", "lora") and not EXPANSION.fullmatch(v):
             p.error(
