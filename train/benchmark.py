@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import importlib.util
 import json
 import re
 import tempfile
@@ -62,6 +63,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--dtype", choices=("bf16", "fp32"), help="default: bf16 on GPU, fp32 on CPU")
     p.add_argument("--attn", default="sdpa", choices=("sdpa", "flash_attention_2", "eager"))
     p.add_argument("--liger", action="store_true", help="model.liger (and the peer's use_liger_kernel)")
+    p.add_argument(
+        "--peer-liger", action="store_true", help="the peer's use_liger_kernel only (its best flags)"
+    )
     p.add_argument("--fused-adam", action="store_true", help="optim.fused (the peer: adamw_torch_fused)")
     p.add_argument("--compile", action="store_true", help="train.compile (the peer: torch_compile)")
     p.add_argument("--activation-checkpointing", action="store_true")
@@ -73,6 +77,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.steps < 1 or args.warmup < 0 or args.micro_batch < 1 or args.grad_accum < 1 or args.seq < 2:
         p.error("--steps, --micro-batch, --grad-accum must be >= 1, --warmup >= 0 and --seq >= 2")
+    if args.peer_liger and (not args.peer or importlib.util.find_spec("liger_kernel") is None):
+        p.error("--peer-liger needs --peer and the liger-kernel package (a CUDA GPU)")
     for v in args.expansion:
         if v not in ("none", "lora") and not EXPANSION.fullmatch(v):
             p.error(
@@ -250,7 +256,8 @@ def bench_variant(args, variant: str, out_dir: Path) -> list[dict]:
             mean_len = sum(len(s[0]) for s in rows.samples) / len(rows.samples)
             micro = max(1, round(args.micro_batch * rows.real.mean() / mean_len))
         _reset_memory()
-        times, recorded = run_peer(peer, model, cfg, rows, args.data, micro, total, out_dir / peer)
+        liger = args.liger or args.peer_liger
+        times, recorded = run_peer(peer, model, cfg, liger, rows, args.data, micro, total, out_dir / peer)
         shapes = _timed_steps(recorded, args.grad_accum, args.warmup, args.steps)
         row = {
             "impl": peer,

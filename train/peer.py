@@ -104,7 +104,9 @@ def _sync() -> None:
         torch.cuda.synchronize()
 
 
-def run_peer(peer: str, model, cfg, rows: SyntheticRows, kind: str, micro_batch: int, steps: int, out_dir):
+def run_peer(
+    peer: str, model, cfg, liger: bool, rows: SyntheticRows, kind: str, micro_batch: int, steps: int, out_dir
+):
     """Train `steps` optimizer steps with HF Trainer; return (seconds per step, recorded batch shapes)."""
     from transformers import DataCollatorWithFlattening, Trainer, TrainingArguments
 
@@ -137,7 +139,7 @@ def run_peer(peer: str, model, cfg, rows: SyntheticRows, kind: str, micro_batch:
         bf16=cfg.model.dtype == "bf16",
         optim="adamw_torch_fused" if o.fused else "adamw_torch",
         activation_checkpointing=cfg.model.activation_checkpointing,
-        use_liger_kernel=cfg.model.liger,
+        use_liger_kernel=liger,
         torch_compile=t.compile,
         deepspeed=ds,
         use_cpu=not torch.cuda.is_available(),
