@@ -1,7 +1,7 @@
 """Benchmarks: `python launch/bench.py MODE [options]`; `python launch/bench.py MODE --help` for a mode's options.
 
-Modes: data (tokenize + pack throughput against a datasets.map baseline), train (training throughput).
-Results go to docs/BENCHMARKS.md with the command, date and machine.
+Modes: data (tokenize + pack throughput against a datasets.map baseline), train (training throughput and MFU
+against the HF Trainer + DeepSpeed peer). Results go to docs/BENCHMARKS.md with the command, date and machine.
 """
 
 import importlib
@@ -14,7 +14,7 @@ MODES = {"data": "data_prep.benchmark", "train": "train.benchmark"}
 
 def main(argv: list[str]) -> int:
     if not argv or argv[0] not in MODES:
-        print(f"usage: bench.py {{{','.join(MODES)}}} [options]\n\n{__doc__}", file=sys.stderr)
+        print(f"usage: launch/bench.py {{{','.join(MODES)}}} [options]\n\n{__doc__}", file=sys.stderr)
         return 2
     return importlib.import_module(MODES[argv[0]]).main(argv[1:])
 

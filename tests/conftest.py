@@ -101,6 +101,19 @@ def engine_logits(checkpoint: Path, out: Path) -> dict:
     return torch.load(out)
 
 
+def bench_main(monkeypatch, *args: str) -> int:
+    """launch/bench.py's main() in this process (one rank), as `python launch/bench.py ARGS` runs it."""
+    import importlib.util
+
+    import train  # noqa: F401  (the package, before launch/ and its train.py go on sys.path)
+
+    spec = importlib.util.spec_from_file_location("launch_bench", ROOT / "launch" / "bench.py")
+    monkeypatch.syspath_prepend(str(ROOT / "launch"))
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    return script.main(list(args))
+
+
 # Prepended to `python -I -c` scripts: makes our packages unimportable even when an editable install
 # puts them on every path, so the script sees what a machine without continualm sees.
 WITHOUT_CONTINUALM = """
@@ -111,3 +124,15 @@ class _Blocked:
             raise ModuleNotFoundError(name)
 sys.meta_path.insert(0, _Blocked())
 """
+
+
+def pytest_collection_modifyitems(config, items):
+    """`gpu` tests skip cleanly without CUDA (e.g. `pytest -m gpu` on a CPU machine)."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

@@ -33,6 +33,8 @@ class ModelConfig(Section):
     dtype: Literal["bf16", "fp32"]
     attn_implementation: Literal["sdpa", "flash_attention_2", "eager"] = "sdpa"
     activation_checkpointing: bool = False
+    liger: bool = False
+    """Liger's Triton kernels (RMSNorm, SwiGLU MLP) swapped into this model's modules at build; CUDA only."""
     trust_remote_code: bool = False
     overrides: dict[str, int | float | str | bool] = Field(default_factory=dict)
     """Architecture fields changed on top of the preset (e.g. num_hidden_layers)."""
@@ -200,6 +202,8 @@ class TrainConfig(Section):
     log_every: int = Field(default=1, gt=0)
     peak_tflops: float | None = None
     """Per-device peak bf16 TFLOP/s for MFU; detected for known GPUs when unset."""
+    compile: bool = False
+    """torch.compile each decoder block (in place; the first steps pay the compilation)."""
 
     @model_validator(mode="after")
     def _one_budget(self) -> TrainConfig:
@@ -222,6 +226,8 @@ class OptimConfig(Section):
     weight_decay_mode: Literal["fixed", "lr_ratio"] = "fixed"
     """lr_ratio re-sets weight decay to weight_decay * current lr each step (the Control-LLM rule)."""
     grad_clip: float | None = Field(default=1.0, gt=0)
+    fused: bool = False
+    """adamw_torch only: torch's fused AdamW kernel (one kernel for all parameters)."""
 
 
 class ScheduleConfig(Section):
@@ -312,6 +318,10 @@ class RunConfig(Section):
             raise ValueError(
                 "deepspeed.offload_optimizer keeps optimizer state on the CPU: use optim.name 'cpu_adam'"
             )
+        if opt.fused and opt.name != "adamw_torch":
+            raise ValueError(
+                f"optim.fused applies to optim.name 'adamw_torch' (got '{opt.name}'): set optim.fused: false"
+            )
         if self.model.add_tokens and (self.peft is not None or self.expansion is not None):
             raise ValueError(
                 "model.add_tokens needs trainable embeddings: it cannot be combined with peft or expansion"
@@ -367,6 +377,10 @@ NON_TRAINING_KEYS = (
     "train.peak_tflops",
     "data.num_proc",
     "data.cache_dir",
+    # speed switches: the same computation, faster kernels
+    "model.liger",
+    "train.compile",
+    "optim.fused",
 )
 
 

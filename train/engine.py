@@ -77,7 +77,7 @@ def build_optimizer(cfg: RunConfig, model: torch.nn.Module) -> torch.optim.Optim
     groups = param_groups(model, o.weight_decay)
     kwargs = dict(lr=o.lr, betas=o.betas, eps=o.eps)
     if o.name == "adamw_torch":
-        return torch.optim.AdamW(groups, **kwargs)
+        return torch.optim.AdamW(groups, fused=o.fused or None, **kwargs)
     if o.name == "fused_adam":
         if not torch.cuda.is_available():
             raise UserError("optim.name 'fused_adam' needs a CUDA GPU; use 'adamw_torch' on CPU")

@@ -241,28 +241,75 @@ def count_parameters(model: torch.nn.Module) -> ParamCounts:
     return ParamCounts(total, trainable)
 
 
-def flops_per_token(model: torch.nn.Module, seq_len: int) -> float:
-    """Training FLOPs per token: 6 N_trainable + 4 N_frozen + 12 L d T (documented in docs/BENCHMARKS.md).
+def decoder_layers(model: torch.nn.Module) -> torch.nn.ModuleList:
+    """The decoder stack (`...model.layers`), also under a peft wrapper."""
+    for name, module in model.named_modules():
+        if name.endswith("model.layers") and isinstance(module, torch.nn.ModuleList):
+            return module
+    raise ValueError(f"{type(model).__name__} has no decoder stack named model.layers")
 
-    Embedding lookups are not matmuls and are left out (a tied lm_head is counted once, as a
-    matmul). Frozen weights cost a forward and an input-gradient (4 per parameter), the
-    conservative count for frozen blocks that sit above a trainable one.
+
+def _numel(params) -> int:
+    return sum(getattr(p, "ds_numel", p.numel()) for p in params)
+
+
+def flops_per_token(model: torch.nn.Module, seq_len: int) -> float:
+    """Training FLOPs per token as really computed (documented in docs/BENCHMARKS.md).
+
+    Each block's matmul weights cost 2 FLOPs per parameter forward, 2 for the input-gradient when the
+    gradient flows through the block (it is at or above the lowest trainable block) and 2 for the
+    weight-gradient when the weight trains; attention adds 4 d T forward and 8 d T backward. For a
+    plain model that is 6 N + 12 L d T. A concat pair is two blocks side by side: its frozen branch needs
+    no input-gradient when the pair is the lowest trainable block. The input embedding is a lookup and is
+    left out (a tied lm_head is counted once, as a matmul).
     """
+    layers = decoder_layers(model)
     embed = model.get_input_embeddings().weight
-    tied = model.get_output_embeddings() is not None and model.get_output_embeddings().weight is embed
-    trainable = frozen = 0
-    seen = set()
-    for p in model.parameters():
-        if id(p) in seen or (p is embed and not tied):
-            continue
-        seen.add(id(p))
-        n = getattr(p, "ds_numel", p.numel())
-        if p.requires_grad:
-            trainable += n
-        else:
-            frozen += n
-    c = model.config
-    return 6 * trainable + 4 * frozen + 12 * c.num_hidden_layers * c.hidden_size * seq_len
+    in_layers = {id(p) for p in layers.parameters()}
+    rest = {id(p): p for p in model.parameters() if id(p) not in in_layers}  # dedups a tied lm_head
+    head = [p for p in rest.values() if p is not embed or _is_tied(model)]
+    # Units of computation in depth order: each block, or a pair's two branches side by side.
+    stages = [_branches(layer) for layer in layers]
+    trainable_below = embed.requires_grad
+    lowest = -1 if trainable_below else None
+    for k, units in enumerate(stages):
+        if lowest is None and any(p.requires_grad for unit in units for p in unit.parameters()):
+            lowest = k
+    d, total = model.config.hidden_size, 0.0
+    for k, units in enumerate(stages):
+        for unit in units:
+            params = list(unit.parameters())
+            n, n_train = _numel(params), _numel(p for p in params if p.requires_grad)
+            grads_flow = lowest is not None and (k > lowest or (k == lowest and n_train > 0))
+            total += 2 * n + 4 * d * seq_len  # forward: weights and attention
+            total += (2 * n + 8 * d * seq_len) if grads_flow else 0  # input-gradients
+            total += 2 * n_train  # weight-gradients
+    n_head, n_head_train = _numel(head), _numel(p for p in head if p.requires_grad)
+    return total + 2 * n_head + (2 * n_head if lowest is not None else 0) + 2 * n_head_train
+
+
+def _is_tied(model: torch.nn.Module) -> bool:
+    out = model.get_output_embeddings()
+    return out is not None and out.weight is model.get_input_embeddings().weight
+
+
+def _branches(layer: torch.nn.Module) -> list[torch.nn.Module]:
+    """A concat pair's two blocks (its interpolator rides with the trainable one), else the block itself."""
+    pretrained = getattr(layer, "pretrained_layer", None)
+    if pretrained is None:
+        return [layer]
+    return [pretrained, _Without(layer, pretrained)]
+
+
+class _Without:
+    """The parameters of `module` that are not in `part` (a view, for counting)."""
+
+    def __init__(self, module: torch.nn.Module, part: torch.nn.Module):
+        self.module, self.part = module, part
+
+    def parameters(self):
+        skip = {id(p) for p in self.part.parameters()}
+        return [p for p in self.module.parameters() if id(p) not in skip]
 
 
 # Dense bf16 peak TFLOP/s per device, for MFU.
@@ -310,6 +357,14 @@ def build_for_training(cfg, meta: bool = False) -> torch.nn.Module:
         model = build_model(cfg.model, meta=meta)
     if cfg.model.add_tokens:
         expand_vocabulary(model, cfg.model, init=not meta)
+    if cfg.model.liger and not meta:  # a dry run only counts shapes
+        from train.speed import apply_liger
+
+        apply_liger(model)
+    if cfg.train.compile and not meta:
+        from train.speed import compile_blocks
+
+        compile_blocks(decoder_layers(model))
     if cfg.model.activation_checkpointing:
         model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     if cfg.peft is not None:

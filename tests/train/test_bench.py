@@ -1,0 +1,49 @@
+"""`launch/bench.py train` on the tiny shape, in this process (one gloo rank): our row and the HF Trainer
+peers' rows, with fields that follow from the batches (no timing assertions)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.conftest import bench_main
+
+SEQ, MICRO, STEPS = 64, 2, 2
+
+
+def test_ours_and_the_peers_on_sft_data(monkeypatch, tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    args = ["--shape", "llama3_tiny", "--seq", str(SEQ), "--micro-batch", str(MICRO), "--data", "sft"]
+    args += ["--steps", str(STEPS), "--warmup", "0", "--peer", "hf", "hf_flat", "--peak-tflops", "1"]
+    assert bench_main(monkeypatch, "train", *args, "--json", str(out)) == 0
+    rows = json.loads(out.read_text())
+    assert [r["impl"] for r in rows] == ["continualm", "hf", "hf_flat"]
+    table = capsys.readouterr().out
+    assert all(
+        f"| {impl} | llama3_tiny | none | sft | {SEQ} |" in table for impl in ("continualm", "hf", "hf_flat")
+    )
+
+    ours, padded, flat = rows
+    # Ours: packed rows of SEQ tokens, MICRO per step; the packer fills rows with real tokens first.
+    assert ours["tokens"] == STEPS * MICRO * SEQ
+    assert ours["tokens_per_s"] * ours["step_s"] * STEPS == pytest.approx(ours["tokens"])
+    assert ours["flops_per_step"] == pytest.approx(MICRO * SEQ * ours["flops_per_token"])
+    assert ours["mfu"] == pytest.approx(ours["flops_per_step"] / ours["step_s"] / 1e12)
+    for row in rows:
+        assert row["steps"] == STEPS and row["dtype"] == "fp32" and row["peak_mem_gb"] > 0
+        assert 0 < row["real_tokens"] <= row["tokens"]
+        assert row["real_tokens_per_s"] * row["step_s"] * STEPS == pytest.approx(row["real_tokens"])
+    # The padded peer takes MICRO samples per step; flattening leaves no padding at all.
+    assert padded["micro_batch"] == MICRO and padded["tokens"] <= STEPS * MICRO * SEQ
+    assert flat["real_tokens"] == flat["tokens"]
+    for peer in (padded, flat):
+        assert peer["vs_ours"] == pytest.approx(ours["real_tokens_per_s"] / peer["real_tokens_per_s"])
+
+
+def test_unknown_mode_and_variant_fail_clearly(monkeypatch, capsys):
+    assert bench_main(monkeypatch, "trian") == 2
+    assert "usage: launch/bench.py {data,train}" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        bench_main(monkeypatch, "train", "--seq", "64", "--expansion", "concat")
+    assert "--expansion 'concat'" in capsys.readouterr().err

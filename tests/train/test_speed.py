@@ -1,0 +1,62 @@
+"""Speed switches on CPU: fused AdamW makes the same update, GPU-only kernels refuse clearly, and none of
+the switches changes the config hash (they change how fast, not what is trained)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from data_prep.sampler import RowSampler
+from data_prep.shards import prepare
+from tests.conftest import SMOKE
+from train import distributed as dist
+from train.config import config_hash, load_config
+from train.engine import build_engine
+from train.errors import UserError
+from train.loop import seed_everything, train_step
+from train.model import build_for_training, build_tokenizer
+
+
+@pytest.fixture(scope="module", autouse=True)
+def world_of_one():
+    dist.init()
+
+
+def _params_after_one_step(data_cache, *overrides):
+    cfg = load_config(
+        SMOKE, ["tracking=none", f"data.cache_dir={data_cache}", "deepspeed.zero_stage=2", *overrides]
+    )
+    seed_everything(cfg.seed)
+    data = prepare(cfg.data, build_tokenizer(cfg.model))
+    engine = build_engine(cfg, build_for_training(cfg), 1)
+    engine.train()
+    train_step(engine, data, RowSampler(len(data), cfg.seed), cfg, consumed=0)
+    return {n: p.detach().clone() for n, p in engine.module.named_parameters()}, engine
+
+
+def test_fused_adamw_makes_the_same_update(data_cache):
+    common = ["schedule.warmup_steps=0", "optim.eps=1e-4", "optim.weight_decay=0.1"]
+    plain, _ = _params_after_one_step(data_cache, *common)
+    fused, engine = _params_after_one_step(data_cache, *common, "optim.fused=true")
+    assert all(g.get("fused") for g in engine.optimizer.optimizer.param_groups)
+    for name in plain:
+        torch.testing.assert_close(fused[name], plain[name], rtol=1e-6, atol=1e-7, msg=name)
+
+
+def test_fused_needs_adamw_torch():
+    with pytest.raises(UserError, match="optim.fused applies to optim.name 'adamw_torch'"):
+        load_config(SMOKE, ["optim.fused=true", "optim.name=fused_adam"])
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU refusal")
+def test_liger_refuses_without_cuda_but_dry_runs():
+    cfg = load_config(SMOKE, ["model.liger=true"])
+    with pytest.raises(UserError, match="model.liger needs a CUDA GPU"):
+        build_for_training(cfg)
+    build_for_training(cfg, meta=True)  # --dry-run counts shapes anywhere
+
+
+def test_speed_switches_keep_the_config_hash():
+    base = config_hash(load_config(SMOKE))
+    for switch in ("model.liger=true", "train.compile=true", "optim.fused=true"):
+        assert config_hash(load_config(SMOKE, [switch])) == base, switch
