@@ -149,20 +149,19 @@ def run_ours(cfg: RunConfig, rows, model, steps: int, warmup: int) -> tuple[list
     from train.engine import build_engine
     from train.loop import train_step
 
-    engine = build_engine(cfg, model, dist.world_size())
+    engine = build_engine(cfg, model, dist.world_size(), cfg.total_steps())
     engine.train()
     sampler = RowSampler(len(rows), cfg.seed)
-    per_step = cfg.train.micro_batch_size * cfg.train.grad_accum_steps * dist.world_size()
+    per_step = cfg.rows_per_step
     times, shapes = [], []
     for step in range(warmup + steps):
-        consumed = step * per_step
+        ids = sampler.rows(step * per_step, per_step)
         _sync()
         t0 = time.perf_counter()
-        train_step(engine, rows, sampler, cfg, consumed)
+        train_step(engine, rows, ids, cfg)
         _sync()
         if step >= warmup:
             times.append(time.perf_counter() - t0)
-            ids = sampler.rows(consumed, per_step)
             shapes.append([(len(ids) * cfg.data.seq_len, cfg.data.seq_len, rows.real_tokens(ids))])
     engine.destroy()
     return times, shapes

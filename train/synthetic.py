@@ -36,6 +36,7 @@ class SyntheticRows:
     real: np.ndarray
     """Non-pad tokens per row."""
     samples: list[tuple[np.ndarray, np.ndarray]] | None = None
+    source_labels: tuple[str, ...] = ("synthetic",)
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -47,6 +48,7 @@ class SyntheticRows:
             "input_ids": torch.from_numpy(self.input_ids[rows].astype(np.int64)),
             "position_ids": torch.from_numpy(self.position_ids[rows].astype(np.int64)),
             "labels": torch.from_numpy(self.labels[rows].astype(np.int64)),
+            "source": torch.zeros(len(rows), dtype=torch.int64),
         }
 
     def real_tokens(self, rows) -> int:

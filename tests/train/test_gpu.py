@@ -36,11 +36,10 @@ def _losses(*overrides, steps: int = 3) -> list[float]:
     seed_everything(cfg.seed)
     model = build_for_training(cfg)
     rows = make_rows("cpt", 8, SEQ, model.config, seed=0)
-    engine = build_engine(cfg, model, 1)
+    engine = build_engine(cfg, model, 1, cfg.total_steps())
     engine.train()
-    micro = cfg.train.micro_batch_size * cfg.train.grad_accum_steps
-    sampler = RowSampler(len(rows), cfg.seed)
-    return [train_step(engine, rows, sampler, cfg, k * micro)["loss"] for k in range(steps)]
+    sampler, n = RowSampler(len(rows), cfg.seed), cfg.rows_per_step
+    return [train_step(engine, rows, sampler.rows(k * n, n), cfg)["loss"] for k in range(steps)]
 
 
 @pytest.mark.parametrize(

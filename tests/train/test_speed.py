@@ -28,9 +28,9 @@ def _params_after_one_step(data_cache, *overrides):
     )
     seed_everything(cfg.seed)
     data = prepare(cfg.data, build_tokenizer(cfg.model))
-    engine = build_engine(cfg, build_for_training(cfg), 1)
+    engine = build_engine(cfg, build_for_training(cfg), 1, cfg.total_steps())
     engine.train()
-    train_step(engine, data, RowSampler(len(data), cfg.seed), cfg, consumed=0)
+    train_step(engine, data, RowSampler(len(data), cfg.seed).rows(0, cfg.rows_per_step), cfg)
     return {n: p.detach().clone() for n, p in engine.module.named_parameters()}, engine
 
 
