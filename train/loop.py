@@ -27,7 +27,14 @@ from train.config import RunConfig, config_hash, dump_yaml
 from train.engine import apply_weight_decay_rule, build_engine, deepspeed_config
 from train.errors import UserError
 from train.faults import maybe_fault
-from train.model import build_for_training, build_tokenizer, count_parameters, flops_per_token, peak_tflops
+from train.model import (
+    PEAK_TFLOPS,
+    build_for_training,
+    build_tokenizer,
+    count_parameters,
+    flops_per_token,
+    peak_tflops,
+)
 from train.tracking import Tracker
 
 log = logging.getLogger(__name__)
@@ -258,11 +265,23 @@ def dry_run(cfg: RunConfig) -> str:
         dump_yaml(cfg),
         f"# config hash: {config_hash(cfg)}",
         f"# parameters: {count_parameters(model)}",
+        compute_line(cfg, flops_per_token(model, cfg.data.seq_len)),
         f"# world size: {world}; tokens per optimizer step: {cfg.tokens_per_step:,}; steps: {steps}",
         "# DeepSpeed config",
         json.dumps(deepspeed_config(cfg, world), indent=2),
     ]
     return "\n".join(lines)
+
+
+def compute_line(cfg: RunConfig, flops_token: float) -> str:
+    """The run's model FLOPs and their floor in H100-hours (at 100% MFU: divide by the measured MFU)."""
+    line = f"# model FLOPs per token: {flops_token / 1e9:.1f} G (docs/BENCHMARKS.md)"
+    if cfg.train.epochs is not None:
+        return line + "; the run's total follows from the packed row count"
+    tokens = cfg.total_steps() * cfg.tokens_per_step
+    total = flops_token * tokens
+    hours = total / (PEAK_TFLOPS["H100"] * 1e12) / 3600
+    return line + f"; {tokens:,} tokens: {total:.3g} FLOPs = {hours:,.0f} H100-hours at 100% MFU"
 
 
 def setup_logging() -> None:
