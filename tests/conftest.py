@@ -75,27 +75,17 @@ def data_cache(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("data_cache")
 
 
+def torchrun_helper(script: str, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    """Run a test helper script (path relative to the repo) on 2 ranks under torchrun."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
+    cmd += ["--master_port", str(free_port()), str(ROOT / script), *args]
+    return subprocess.run(cmd, cwd=ROOT, env=child_env(), capture_output=True, text=True, timeout=timeout)
+
+
 def engine_logits(checkpoint: Path, out: Path) -> dict:
     """Logits of a fresh 2-rank DeepSpeed engine loaded from `checkpoint` on a fixed batch."""
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--nproc_per_node",
-            "2",
-            "--master_port",
-            str(free_port()),
-            str(ROOT / "tests/train/engine_logits.py"),
-            str(checkpoint),
-            str(out),
-        ],
-        cwd=ROOT,
-        env=child_env(),
-        check=True,
-        capture_output=True,
-        timeout=300,
-    )
+    r = torchrun_helper("tests/train/engine_logits.py", str(checkpoint), str(out), timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
     import torch
 
     return torch.load(out)

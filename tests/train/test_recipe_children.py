@@ -4,13 +4,11 @@ their parents), resume exactly after a SIGTERM, and export a model that loads.""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
 from transformers import AutoModelForCausalLM
 
-from tests.conftest import ROOT, child_env, free_port
+from tests.conftest import ROOT, torchrun_helper
 from train.tracking import read_metrics
 
 pytestmark = pytest.mark.slow
@@ -18,20 +16,8 @@ pytestmark = pytest.mark.slow
 
 @pytest.mark.parametrize("child", ["swallow_ja_cpt_tiny", "sft_zh_tiny", "swallow_sft_ja_tiny"])
 def test_child_recipe_resumes_exactly_and_exports(child, tmp_path, data_cache):
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node",
-        "2",
-        "--master_port",
-        str(free_port()),
-        str(ROOT / "tests/train/resume_worker.py"),
-        str(ROOT / f"configs/smoke/{child}.yaml"),
-        str(tmp_path),
-        str(data_cache),
-    ]
-    r = subprocess.run(cmd, cwd=ROOT, env=child_env(), capture_output=True, text=True, timeout=600)
+    config = str(ROOT / f"configs/smoke/{child}.yaml")
+    r = torchrun_helper("tests/train/resume_worker.py", config, str(tmp_path), str(data_cache))
     assert r.returncode == 0, r.stderr[-3000:]
     runs = {name: tmp_path / name for name in ("uninterrupted", "resumed")}
     metrics = {name: read_metrics(out / "metrics.jsonl") for name, out in runs.items()}
