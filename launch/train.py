@@ -40,4 +40,7 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    if "train.distributed" in sys.modules:  # leave the process group before exiting (else a rank can abort)
+        sys.modules["train.distributed"].shutdown()
+    sys.exit(code)

@@ -65,3 +65,10 @@ def all_reduce_max(t: torch.Tensor) -> torch.Tensor:
 def barrier() -> None:
     if dist.is_initialized() and dist.get_world_size() > 1:
         dist.barrier()
+
+
+def shutdown() -> None:
+    """Leave the process group cleanly: a rank that exits while peers still talk to it can abort."""
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()

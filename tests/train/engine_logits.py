@@ -24,3 +24,4 @@ with torch.no_grad():
     logits = engine(input_ids=batch, use_cache=False).logits
 if distributed.is_main():
     torch.save({"input_ids": batch, "logits": logits.float()}, out)
+distributed.shutdown()

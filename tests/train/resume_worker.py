@@ -15,11 +15,9 @@ config, out, cache = sys.argv[1:4]
 def run(name: str, *extra: str) -> None:
     sys.argv = ["launch/train.py", "--config", config, "--set", f"output_dir={out}/{name}"]
     sys.argv += ["--set", f"data.cache_dir={cache}", "--set", "train.max_steps=4", *extra]
-    try:
-        runpy.run_path(str(ROOT / "launch/train.py"), run_name="__main__")
-    except SystemExit as e:
-        if e.code:
-            raise
+    code = runpy.run_path(str(ROOT / "launch/train.py"))["main"]()
+    if code:
+        raise SystemExit(code)
 
 
 run("uninterrupted")
@@ -27,3 +25,7 @@ os.environ["CONTINUALM_FAULT"] = "sigterm@2:0"
 run("resumed")
 del os.environ["CONTINUALM_FAULT"]
 run("resumed", "--resume", "auto")
+
+from train.distributed import shutdown  # noqa: E402  (launch/train.py's bootstrap has set sys.path by now)
+
+shutdown()
