@@ -68,7 +68,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     p.add_argument("--fused-adam", action="store_true", help="optim.fused (the peer: adamw_torch_fused)")
     p.add_argument("--compile", action="store_true", help="train.compile (the peer: torch_compile)")
-    p.add_argument("--activation-checkpointing", action="store_true")
+    p.add_argument(
+        "--activation-checkpointing",
+        nargs="?",
+        const="full",
+        default="none",
+        choices=("none", "full", "selective"),
+        help="model.activation_checkpointing (bare flag: full; the peer: its activation_checkpointing)",
+    )
     p.add_argument("--no-overlap-comm", action="store_true", help="deepspeed.overlap_comm: false")
     p.add_argument("--offload-optimizer", action="store_true", help="ZeRO optimizer offload (cpu_adam)")
     p.add_argument("--peak-tflops", type=float, help="per-device peak for MFU (detected for known GPUs)")
@@ -242,7 +249,7 @@ def bench_variant(args, variant: str, out_dir: Path) -> list[dict]:
     # The peer builds the same model without our switches and turns on its own equivalents instead.
     peer_cfg = cfg.model_copy(
         update={
-            "model": cfg.model.model_copy(update={"liger": False, "activation_checkpointing": False}),
+            "model": cfg.model.model_copy(update={"liger": False, "activation_checkpointing": "none"}),
             "train": cfg.train.model_copy(update={"compile": False}),
         }
     )

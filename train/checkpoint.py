@@ -199,7 +199,7 @@ def export_hf(checkpoint: Path, out: Path, overwrite: bool = False) -> Path:
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise UserError(f"export folder {out} is not empty; pass --overwrite or choose another --out")
     weights = consolidated_state_dict(checkpoint, cfg.deepspeed.zero_stage)
-    cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"activation_checkpointing": False})})
+    cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"activation_checkpointing": "none"})})
     model = build_for_training(cfg, meta=True)
     dtype = DTYPES[cfg.model.dtype]
     weights = {k: v.to(dtype) for k, v in weights.items()}

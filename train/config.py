@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from train.errors import UserError
 
@@ -32,7 +32,10 @@ class ModelConfig(Section):
     """Tokenizer hub id or folder; defaults to name_or_path, or the bundled tiny one for llama3_tiny."""
     dtype: Literal["bf16", "fp32"]
     attn_implementation: Literal["sdpa", "flash_attention_2", "eager"] = "sdpa"
-    activation_checkpointing: bool = False
+    activation_checkpointing: Literal["none", "full", "selective"] = "none"
+    """Recompute activations in the backward: none; full (each block keeps only its input); selective
+    (blocks keep their matmul and attention outputs, norms and activation functions are recomputed).
+    true / false mean full / none."""
     liger: bool = False
     """Liger's Triton kernels (RMSNorm, SwiGLU MLP) swapped into this model's modules at build; CUDA only."""
     trust_remote_code: bool = False
@@ -41,6 +44,11 @@ class ModelConfig(Section):
     add_tokens: str | None = None
     """Vocabulary expansion: a text file with one new token per line; new embedding rows start as the mean
     of the token's pieces under the original tokenizer."""
+
+    @field_validator("activation_checkpointing", mode="before")
+    @classmethod
+    def _bool_means_full(cls, value: Any) -> Any:
+        return {True: "full", False: "none"}[value] if isinstance(value, bool) else value
 
     @model_validator(mode="after")
     def _needs_weights_or_shape(self) -> ModelConfig:
@@ -204,6 +212,9 @@ class TrainConfig(Section):
     """Per-device peak bf16 TFLOP/s for MFU; detected for known GPUs when unset."""
     compile: bool = False
     """torch.compile each decoder block (in place; the first steps pay the compilation)."""
+    loss_chunk_tokens: int | None = Field(default=None, gt=0)
+    """lm_head + cross-entropy this many tokens at a time, so a micro-batch's logits are never materialised
+    (e.g. 1024 with a 128K vocabulary); None: the plain head and loss."""
 
     @model_validator(mode="after")
     def _one_budget(self) -> TrainConfig:
@@ -377,9 +388,11 @@ NON_TRAINING_KEYS = (
     "train.peak_tflops",
     "data.num_proc",
     "data.cache_dir",
-    # speed switches: the same computation, faster kernels
+    # speed and memory switches: the same computation, other kernels or recomputation
+    "model.activation_checkpointing",
     "model.liger",
     "train.compile",
+    "train.loss_chunk_tokens",
     "optim.fused",
 )
 

@@ -23,6 +23,7 @@ from data_prep.mixture import make_sampler
 from data_prep.shards import MixedRows, prepare
 from train import checkpoint, evaluation
 from train import distributed as dist
+from train.chunked_loss import chunked_head
 from train.config import RunConfig, config_hash, dump_yaml
 from train.engine import apply_weight_decay_rule, build_engine, deepspeed_config
 from train.errors import UserError
@@ -95,15 +96,24 @@ def train_step(engine, data: MixedRows, rows: np.ndarray, cfg: RunConfig) -> dic
     loss_sum = torch.zeros((), dtype=torch.float64)
     div_sum, alpha_sum = torch.zeros((), dtype=torch.float64), None
     device = engine.device
+    head = chunked_head(engine.module)
     for batch in batches:
-        out = engine(
+        labels = batch["labels"][:, 1:].to(device)
+        inputs = dict(
             input_ids=batch["input_ids"].to(device),
             position_ids=batch["position_ids"].to(device),
             use_cache=False,
         )
-        labels = batch["labels"][:, 1:].to(device)
-        logits = out.logits[:, :-1]
-        ce = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), labels.reshape(-1), reduction="sum")
+        if head is None:
+            out = engine(**inputs)
+            logits = out.logits[:, :-1]
+            ce = F.cross_entropy(
+                logits.float().reshape(-1, logits.size(-1)), labels.reshape(-1), reduction="sum"
+            )
+        else:  # the head returns the summed cross-entropy in place of the logits
+            with head.targets(F.pad(labels, (0, 1), value=-100)):
+                out = engine(**inputs)
+            ce = out.logits
         loss = ce * scale
         divergence = getattr(out, "divergence_loss", None)  # Control-LLM: already a mean, lambda applied
         if divergence is not None:

@@ -365,11 +365,20 @@ def build_for_training(cfg, meta: bool = False) -> torch.nn.Module:
         from train.speed import compile_blocks
 
         compile_blocks(decoder_layers(model))
-    if cfg.model.activation_checkpointing:
-        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    if cfg.model.activation_checkpointing != "none":
+        kwargs = {"use_reentrant": False}
+        if cfg.model.activation_checkpointing == "selective":
+            from train.speed import selective_checkpoint_contexts
+
+            kwargs["context_fn"] = selective_checkpoint_contexts
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
     if cfg.peft is not None:
         from train.lora import apply_lora
 
         model = apply_lora(model, cfg.peft)
+    if cfg.train.loss_chunk_tokens is not None:
+        from train.chunked_loss import use_chunked_loss
+
+        use_chunked_loss(model, cfg.train.loss_chunk_tokens)
     model.config.use_cache = False
     return model

@@ -138,7 +138,7 @@ def run_peer(
         max_grad_norm=o.grad_clip or 0.0,
         bf16=cfg.model.dtype == "bf16",
         optim="adamw_torch_fused" if o.fused else "adamw_torch",
-        activation_checkpointing=cfg.model.activation_checkpointing,
+        activation_checkpointing=cfg.model.activation_checkpointing != "none",  # it has no selective mode
         use_liger_kernel=liger,
         torch_compile=t.compile,
         deepspeed=ds,

@@ -1,4 +1,5 @@
-"""Speed switches applied to one built model instance (never to library globals): Liger kernels, compiled blocks."""
+"""Speed switches applied to one built model instance (never to library globals): Liger kernels, compiled
+blocks, the selective activation-checkpointing policy."""
 
 from __future__ import annotations
 
@@ -47,3 +48,33 @@ def compile_blocks(layers: torch.nn.ModuleList) -> None:
     """torch.compile each decoder block in place (one compiled graph reused by all blocks of a shape)."""
     for block in layers:
         block.compile()
+
+
+def _saved_ops() -> set:
+    aten = torch.ops.aten
+    names = (
+        "mm",
+        "addmm",
+        "bmm",
+        "_scaled_dot_product_flash_attention",
+        "_scaled_dot_product_efficient_attention",
+        "_scaled_dot_product_cudnn_attention",
+        "_scaled_dot_product_flash_attention_for_cpu",
+        "_flash_attention_forward",
+        "_efficient_attention_forward",
+    )
+    return {getattr(aten, n).default for n in names if hasattr(aten, n)}
+
+
+def selective_checkpoint_contexts():
+    """Selective activation checkpointing (torch.utils.checkpoint's `context_fn`): the outputs of matmuls
+    and attention kernels are kept, the cheap element-wise work between them (RMSNorm, RoPE, SiLU x up) is
+    recomputed in the backward."""
+    from torch.utils.checkpoint import CheckpointPolicy, create_selective_checkpoint_contexts
+
+    saved = _saved_ops()
+
+    def policy(ctx, op, *args, **kwargs):
+        return CheckpointPolicy.MUST_SAVE if op in saved else CheckpointPolicy.PREFER_RECOMPUTE
+
+    return create_selective_checkpoint_contexts(policy)

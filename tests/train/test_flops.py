@@ -39,7 +39,7 @@ def test_concat_counts_frozen_blocks_as_computed(method, gate):
     # num_exp_layers 2 of 4: layers 1 and 3 become pairs (frozen pretrained + trainable copy + gate).
     model = _model(
         "expansion={type: concat, num_exp_layers: 2, method: " + method + "}",
-        "model.activation_checkpointing=false",
+        "model.activation_checkpointing=none",
     )
     forward_only = 2 * BLOCK + 4 * ATTN  # below the lowest trainable block: no gradient at all
     frozen = 4 * BLOCK + 12 * ATTN  # forward + input-gradient

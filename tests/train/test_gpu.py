@@ -48,7 +48,9 @@ def _losses(*overrides, steps: int = 3) -> list[float]:
         "model.liger=true",
         "train.compile=true",
         "optim.fused=true",
-        "model.activation_checkpointing=true",
+        "model.activation_checkpointing=full",
+        "model.activation_checkpointing=selective",
+        "train.loss_chunk_tokens=1024",
         "deepspeed.overlap_comm=false",
     ],
 )

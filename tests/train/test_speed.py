@@ -1,10 +1,14 @@
-"""Speed switches on CPU: fused AdamW makes the same update, GPU-only kernels refuse clearly, and none of
-the switches changes the config hash (they change how fast, not what is trained)."""
+"""Speed switches on CPU: fused AdamW makes the same update, selective checkpointing recomputes what it
+says, GPU-only kernels refuse clearly, and none of the switches changes the config hash (they change how
+fast, not what is trained)."""
 
 from __future__ import annotations
 
+from collections import Counter
+
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from data_prep.sampler import RowSampler
 from data_prep.shards import prepare
@@ -43,6 +47,44 @@ def test_fused_adamw_makes_the_same_update(data_cache):
         torch.testing.assert_close(fused[name], plain[name], rtol=1e-6, atol=1e-7, msg=name)
 
 
+class _OpCounter(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.counts: Counter = Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.counts[func.overloadpacket.__name__] += 1
+        return func(*args, **(kwargs or {}))
+
+
+def _backward_ops(mode: str) -> Counter:
+    """The aten ops the backward of one forward runs (recomputation shows up as forward ops)."""
+    cfg = load_config(SMOKE, [f"model.activation_checkpointing={mode}"])
+    torch.manual_seed(0)
+    model = build_for_training(cfg).train()
+    loss = model(input_ids=torch.randint(0, 2000, (1, 16))).logits.float().square().mean()
+    with _OpCounter() as counter:
+        loss.backward()
+    return counter.counts
+
+
+def test_selective_checkpointing_recomputes_elementwise_ops_not_matmuls():
+    none, full, selective = (_backward_ops(m) for m in ("none", "full", "selective"))
+    layers = 4
+    assert none["silu"] == 0 and none["rsqrt"] == 0  # nothing is recomputed
+    assert full["silu"] == selective["silu"] == layers  # SiLU is recomputed once per block
+    assert full["rsqrt"] == selective["rsqrt"] >= 2 * layers  # both RMSNorms of each block
+    assert full["mm"] > none["mm"]  # full recomputes the blocks' projections and attention...
+    assert selective["mm"] == none["mm"]  # ...selective keeps their outputs
+
+    def attention(counts):
+        return sum(
+            n for op, n in counts.items() if op.startswith("_scaled_dot") and not op.endswith("backward")
+        )
+
+    assert attention(full) == layers and attention(selective) == 0
+
+
 def test_fused_needs_adamw_torch():
     with pytest.raises(UserError, match="optim.fused applies to optim.name 'adamw_torch'"):
         load_config(SMOKE, ["optim.fused=true", "optim.name=fused_adam"])
@@ -58,5 +100,12 @@ def test_liger_refuses_without_cuda_but_dry_runs():
 
 def test_speed_switches_keep_the_config_hash():
     base = config_hash(load_config(SMOKE))
-    for switch in ("model.liger=true", "train.compile=true", "optim.fused=true"):
+    switches = (
+        "model.liger=true",
+        "train.compile=true",
+        "optim.fused=true",
+        "model.activation_checkpointing=selective",
+        "train.loss_chunk_tokens=64",
+    )
+    for switch in switches:
         assert config_hash(load_config(SMOKE, [switch])) == base, switch

@@ -65,10 +65,11 @@ def test_weight_decay_follows_lr_ratio_rule(data_cache):
     assert not torch.equal(p_rule[name], p_none[name])
 
 
-def test_activation_checkpointing_changes_nothing_but_memory(data_cache):
+@pytest.mark.parametrize("mode", ["full", "selective"])
+def test_activation_checkpointing_changes_nothing_but_memory(data_cache, mode):
     plain, p_plain, _ = _one_step(data_cache, "deepspeed.zero_stage=2")
     ckpt, p_ckpt, engine = _one_step(
-        data_cache, "deepspeed.zero_stage=2", "model.activation_checkpointing=true"
+        data_cache, "deepspeed.zero_stage=2", f"model.activation_checkpointing={mode}"
     )
     assert engine.module.is_activation_checkpointing and engine.module.training
     assert ckpt["loss"] == plain["loss"]
