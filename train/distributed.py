@@ -50,16 +50,25 @@ def init() -> None:
     deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
 
 
-def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
-    if dist.is_initialized() and dist.get_world_size() > 1:
-        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+def _all_reduce(t: torch.Tensor, op) -> torch.Tensor:
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return t
+    if dist.get_backend() == "nccl" and t.device.type == "cpu":  # nccl reduces device tensors only
+        on_device = t.to(device())
+        dist.all_reduce(on_device, op=op)
+        return t.copy_(on_device)
+    dist.all_reduce(t, op=op)
     return t
+
+
+def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    """Sum over ranks, in place (CPU tensors too, whatever the backend)."""
+    return _all_reduce(t, dist.ReduceOp.SUM)
 
 
 def all_reduce_max(t: torch.Tensor) -> torch.Tensor:
-    if dist.is_initialized() and dist.get_world_size() > 1:
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return t
+    """Max over ranks, in place (CPU tensors too, whatever the backend)."""
+    return _all_reduce(t, dist.ReduceOp.MAX)
 
 
 def barrier() -> None:
