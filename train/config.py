@@ -31,7 +31,10 @@ class ModelConfig(Section):
     tokenizer: str | None = None
     """Tokenizer hub id or folder; defaults to name_or_path, or the bundled tiny one for llama3_tiny."""
     dtype: Literal["bf16", "fp32"]
-    attn_implementation: Literal["sdpa", "flash_attention_2", "eager"] = "sdpa"
+    attn_implementation: Literal["sdpa", "flash_attention_2", "flex_attention", "eager"] = "sdpa"
+    """All keep packed documents apart (transformers reads the boundaries from position_ids): sdpa with a
+    dense per-document mask, flash_attention_2 varlen (needs flash-attn), flex_attention with a block mask
+    that skips the masked blocks (compiled on first use)."""
     activation_checkpointing: Literal["none", "full", "selective"] = "none"
     """Recompute activations in the backward: none; full (each block keeps only its input); selective
     (blocks keep their matmul and attention outputs, norms and activation functions are recomputed).

@@ -73,22 +73,24 @@ def test_liger_swaps_every_norm_and_mlp():
     assert kinds.count(LigerRMSNorm) == 2 * layers + 1 and kinds.count(LigerSwiGLUMLP) == layers
 
 
-def test_flash_attention_keeps_packed_documents_apart():
+@pytest.mark.parametrize("attn", ["flash_attention_2", "flex_attention"])
+def test_attention_kernel_keeps_packed_documents_apart(attn):
+    # sdpa's document mask is checked against documents run alone on CPU (tests/data_prep/test_packing.py)
     from transformers.utils import is_flash_attn_2_available
 
-    if not is_flash_attn_2_available():
+    if attn == "flash_attention_2" and not is_flash_attn_2_available():
         pytest.skip("flash-attn is not installed")
     logits = {}
-    for attn in ("sdpa", "flash_attention_2"):
-        cfg = _cfg(f"model.attn_implementation={attn}")
+    for impl in ("sdpa", attn):
+        cfg = _cfg(f"model.attn_implementation={impl}")
         seed_everything(cfg.seed)
         model = build_for_training(cfg).cuda().eval()
         batch = make_rows("cpt", 2, SEQ, model.config, seed=0).batch([0, 1])
         with torch.no_grad():
-            logits[attn] = model(
+            logits[impl] = model(
                 input_ids=batch["input_ids"].cuda(), position_ids=batch["position_ids"].cuda()
             ).logits.float()
-    torch.testing.assert_close(logits["flash_attention_2"], logits["sdpa"], rtol=2e-2, atol=2e-2)
+    torch.testing.assert_close(logits[attn], logits["sdpa"], rtol=2e-2, atol=2e-2)
 
 
 def test_bench_train_reports_mfu_on_the_gpu(monkeypatch, tmp_path):
