@@ -61,7 +61,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--data", default="full", choices=("full", "sft", "cpt"))
     p.add_argument("--peer", nargs="*", default=[], choices=("hf", "hf_flat"), help="HF Trainer peers to run")
     p.add_argument("--dtype", choices=("bf16", "fp32"), help="default: bf16 on GPU, fp32 on CPU")
-    p.add_argument("--attn", default="sdpa", choices=("sdpa", "flash_attention_2", "eager"))
+    p.add_argument("--attn", default="sdpa", choices=("sdpa", "flash_attention_2", "flex_attention", "eager"))
     p.add_argument("--liger", action="store_true", help="model.liger (and the peer's use_liger_kernel)")
     p.add_argument(
         "--peer-liger", action="store_true", help="the peer's use_liger_kernel only (its best flags)"
@@ -75,6 +75,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         default="none",
         choices=("none", "full", "selective"),
         help="model.activation_checkpointing (bare flag: full; the peer: its activation_checkpointing)",
+    )
+    p.add_argument(
+        "--loss-chunk",
+        type=int,
+        metavar="T",
+        help="train.loss_chunk_tokens: lm_head + loss T tokens at a time",
     )
     p.add_argument("--no-overlap-comm", action="store_true", help="deepspeed.overlap_comm: false")
     p.add_argument("--offload-optimizer", action="store_true", help="ZeRO optimizer offload (cpu_adam)")
@@ -113,6 +119,7 @@ def run_config(args: argparse.Namespace, variant: str, out_dir: str) -> RunConfi
             "grad_accum_steps": args.grad_accum,
             "max_steps": args.warmup + args.steps,
             "compile": args.compile,
+            "loss_chunk_tokens": args.loss_chunk,
             "peak_tflops": args.peak_tflops,
         },
         "optim": {
@@ -250,7 +257,7 @@ def bench_variant(args, variant: str, out_dir: Path) -> list[dict]:
     peer_cfg = cfg.model_copy(
         update={
             "model": cfg.model.model_copy(update={"liger": False, "activation_checkpointing": "none"}),
-            "train": cfg.train.model_copy(update={"compile": False}),
+            "train": cfg.train.model_copy(update={"compile": False, "loss_chunk_tokens": None}),
         }
     )
     for peer in args.peer:
