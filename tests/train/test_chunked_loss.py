@@ -7,6 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from tests.conftest import torchrun_helper
 from tests.train.test_step import _one_step, world_of_one  # noqa: F401  (autouse: a gloo world of one)
 from train.chunked_loss import ChunkedLossHead, chunked_head
 
@@ -88,3 +89,16 @@ def test_step_with_chunked_loss_equals_the_plain_step(data_cache, stage):
     assert chunk["grad_norm"] == pytest.approx(plain["grad_norm"], rel=1e-5)
     for name in p_plain:
         torch.testing.assert_close(p_chunk[name], p_plain[name], rtol=1e-5, atol=1e-6, msg=name)
+
+
+@pytest.mark.slow
+def test_two_rank_zero3_chunked_steps_equal_the_plain_ones(data_cache, tmp_path):
+    # ZeRO-3 partitions the lm_head over the ranks: the head's module call gathers it for the chunked
+    # forward, and its weight gradient made there is reduce-scattered like any other.
+    r = torchrun_helper("tests/train/chunked_step_worker.py", str(data_cache), str(tmp_path / "out.pt"))
+    assert r.returncode == 0, r.stderr[-3000:]
+    runs = torch.load(tmp_path / "out.pt")
+    plain, chunked = runs["plain"], runs["chunked"]
+    assert chunked["losses"] == pytest.approx(plain["losses"], rel=1e-6)
+    for name, weight in plain["weights"].items():
+        torch.testing.assert_close(chunked["weights"][name], weight, rtol=1e-5, atol=1e-6, msg=name)
