@@ -295,6 +295,7 @@ class EvalConfig(Section):
     max_gen_tokens: int | None = Field(default=None, gt=0)
     """Cap on generated tokens for generation tasks (None: each task's own limit)."""
     fail_on_error: bool = False
+    """On any rank's eval failure, every rank raises; else all warn, log an `eval_error` event and train on."""
 
 
 class RunConfig(Section):

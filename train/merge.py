@@ -21,7 +21,7 @@ import torch
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from train.merge_io import ShardReader, ShardWriter, atomic_dir
+from train.merge_io import ShardReader, ShardWriter, atomic_dir, tokenizer_ids
 
 log = logging.getLogger(__name__)
 
@@ -284,7 +284,7 @@ def resolve_model(ref: str) -> Path:
         raise MergeError(f"model '{ref}' is neither an existing directory nor a hub id like org/name")
     from huggingface_hub import snapshot_download
 
-    patterns = ["*.safetensors", "*.json", "*.jinja", "tokenizer.model"]
+    patterns = ["*.safetensors", "*.json", "*.jinja", "*.py", "tokenizer.model"]
     try:
         return Path(snapshot_download(ref, allow_patterns=patterns))
     except OSError as err:  # hub errors (missing repo, gated, offline) are all OSErrors
@@ -384,6 +384,48 @@ def _check_inputs(plan: MergePlan, reader: ShardReader) -> None:
             )
 
 
+def _vocab_rows(reader: ShardReader, model: Path) -> int | None:
+    shapes = reader.shapes(model)
+    return next((shape[0] for name, shape in sorted(shapes.items()) if _is_vocab(name)), None)
+
+
+def _check_tokenizer(plan: MergePlan, reader: ShardReader) -> None:
+    """The tokenizer written must reach the output's vocabulary, which is the anchor's (CPT) rows.
+
+    A padded embedding (more rows than tokens) is fine; a CPT vocabulary with tokens the copied
+    tokenizer lacks is not: their rows would be unreachable and the model's tokens silently wrong."""
+    source = plan.file_sources["tokenizer.json"]
+    n_tok = tokenizer_ids(source)
+    rows = _vocab_rows(reader, plan.anchor)
+    if n_tok is None or rows is None:
+        return
+    if n_tok > rows:
+        raise MergeError(
+            f"tokenizer mismatch: the tokenizer of {source} has ids up to {n_tok - 1}, but the output "
+            f"embedding (from {plan.anchor}) has only {rows} rows"
+            + ("; set tokenizer_from: cpt to keep the CPT tokenizer" if source != plan.anchor else "")
+        )
+    if source == plan.anchor:
+        return
+    # The CPT vocabulary: its tokenizer's when it has one; else its rows, when they grew past the
+    # source model's (rows alone cannot tell new tokens from padding).
+    cpt_tok = tokenizer_ids(plan.anchor)
+    if cpt_tok is not None:
+        need = cpt_tok
+    else:
+        source_rows = _vocab_rows(reader, source) if source in reader.maps else None
+        need = rows if source_rows is not None and rows > source_rows else n_tok
+    if n_tok < need:
+        missing = (
+            "" if cpt_tok is not None else f" ({plan.anchor} has no tokenizer.json: copy the CPT one there)"
+        )
+        raise MergeError(
+            f"tokenizer mismatch: the output weights have the CPT vocabulary of {need} tokens ({rows} "
+            f"embedding rows, from {plan.anchor}) but the tokenizer copied from {source} has {n_tok}; "
+            f"set tokenizer_from: cpt, which keeps the CPT tokenizer with the chat model's chat template{missing}"
+        )
+
+
 def _merge_tensor(plan: MergePlan, name: str, tensors: dict[Path, torch.Tensor]) -> torch.Tensor:
     """The fp32 result for one tensor; ``tensors`` holds each input's copy in fp32."""
     out = tensors[plan.anchor]
@@ -406,7 +448,7 @@ def _merge_tensor(plan: MergePlan, name: str, tensors: dict[Path, torch.Tensor])
 
 
 def _copy_files(plan: MergePlan, cfg: MergeConfig, tmp: Path) -> None:
-    """Tokenizer, template and generation files from their source models; config.json from the anchor."""
+    """Tokenizer, template, generation and code (*.py) files from their source models; config.json from the anchor."""
     for fname, source in plan.file_sources.items():
         if (source / fname).is_file():
             shutil.copy2(source / fname, tmp / fname)
@@ -418,6 +460,11 @@ def _copy_files(plan: MergePlan, cfg: MergeConfig, tmp: Path) -> None:
         inline = json.loads(tok_config.read_text()).get("chat_template")
         if isinstance(inline, str):
             (tmp / "chat_template.jinja").write_text(inline)
+    # Custom architectures and tokenizers (`auto_map`) need their code for trust_remote_code; the
+    # anchor's files win a name clash, as config.json is the anchor's.
+    for source in dict.fromkeys([plan.file_sources["tokenizer_config.json"], plan.anchor]):
+        for code in source.glob("*.py"):
+            shutil.copy2(code, tmp / code.name)
     config = {**_read_config(plan.anchor), **plan.config_updates}
     if cfg.dtype != "auto":
         config["dtype"] = cfg.dtype
@@ -436,6 +483,7 @@ def merge(cfg: MergeConfig) -> Path:
     except FileNotFoundError as err:
         raise MergeError(str(err)) from None
     _check_inputs(plan, reader)
+    _check_tokenizer(plan, reader)
     with atomic_dir(out) as tmp:
         writer = ShardWriter(tmp, cfg.max_shard_size)
         for name in reader.ordered_names(plan.anchor):

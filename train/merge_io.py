@@ -30,6 +30,21 @@ def weight_map(model: Path) -> dict[str, Path]:
         return dict.fromkeys(f.keys(), single)
 
 
+def tokenizer_ids(model: Path) -> int | None:
+    """One past the highest token id of ``model``'s tokenizer.json (None when it has none).
+
+    Read from the JSON, not through AutoTokenizer: no tokenizer code runs, and a padded vocabulary's
+    holes do not matter, since the question is which embedding rows the tokenizer can reach."""
+    path = model / "tokenizer.json"
+    if not path.is_file():
+        return None
+    spec = json.loads(path.read_text(encoding="utf-8"))
+    vocab = spec.get("model", {}).get("vocab") or {}
+    ids = list(vocab.values()) if isinstance(vocab, dict) else list(range(len(vocab)))  # Unigram: a list
+    ids += [t["id"] for t in spec.get("added_tokens", [])]
+    return max(ids) + 1 if ids else None
+
+
 class ShardReader:
     """Reads single tensors from several models, keeping at most one shard per model mapped at a time."""
 

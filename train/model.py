@@ -196,23 +196,29 @@ def expand_vocabulary(model: PreTrainedModel, cfg: ModelConfig, init: bool = Tru
     """Add `model.add_tokens` rows: each new input/output embedding is the mean of its pieces' rows.
 
     `init=False` only resizes (a meta-device model whose trained rows are loaded afterwards)."""
-    original = build_tokenizer(cfg.model_copy(update={"add_tokens": None}))
-    tokens = new_tokens(cfg, original)
-    pieces = [original(t, add_special_tokens=False)["input_ids"] for t in tokens]
-    old_size = len(original)
-    model.resize_token_embeddings(old_size + len(tokens), mean_resizing=False)
+    tok = build_tokenizer(cfg.model_copy(update={"add_tokens": None}))
+    tokens = new_tokens(cfg, tok)
+    pieces = [tok(t, add_special_tokens=False)["input_ids"] for t in tokens]
+    # The new ids are the tokenizer's, not the embedding's size: embeddings are often padded past
+    # the tokenizer (rows rounded up for the matmuls), and those rows must neither be cut nor reused
+    # for other ids than the tokenizer gives.
+    tok.add_tokens(tokens)
+    ids = tok.convert_tokens_to_ids(tokens)
+    rows = model.get_input_embeddings().weight.shape[0]
+    if ids and max(ids) >= rows:
+        model.resize_token_embeddings(max(ids) + 1, mean_resizing=False)
     embeddings = [model.get_input_embeddings().weight]
     if not model.config.tie_word_embeddings:
         embeddings.append(model.get_output_embeddings().weight)
-    for i, ids in enumerate(pieces if init else []):
-        for weight in embeddings:
-            weight[old_size + i] = weight[ids].mean(dim=0)
+    for new_id, piece_ids in zip(ids, pieces, strict=True):
+        for weight in embeddings if init else []:
+            weight[new_id] = weight[piece_ids].mean(dim=0)
     model.config.continualm_added_tokens = {
         "file": Path(cfg.add_tokens).name,
         "count": len(tokens),
-        "first_id": old_size,
+        "first_id": min(ids) if ids else None,
     }
-    return list(range(old_size, old_size + len(tokens)))
+    return ids
 
 
 @dataclass(frozen=True)

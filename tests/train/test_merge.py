@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 import train.merge as merge_mod
 import train.merge_io as merge_io
@@ -131,11 +131,19 @@ def test_expo_bf16_in_bf16_out(tmp_path):
         assert got[k].dtype == torch.bfloat16 and torch.equal(got[k], expect), k
 
 
+def save_tokenizer(path: Path, added: int) -> None:
+    """The tiny tokenizer (ids 0-2047) with `added` new tokens, as a vocabulary-expanded CPT run saves it."""
+    tok = AutoTokenizer.from_pretrained(TOKENIZER)
+    tok.add_tokens([f"新词{i}" for i in range(added)])
+    tok.save_pretrained(path)
+
+
 @pytest.fixture(scope="module")
 def expanded(trio) -> Path:
-    """A CPT model whose vocabulary grew from 2048 to 2304 rows."""
+    """A CPT model whose vocabulary grew from 2048 to 2304 rows, with its expanded tokenizer."""
     root, sd = trio
     make_model(root / "cpt_big", 9, vocab_size=2304)
+    save_tokenizer(root / "cpt_big", 256)
     return root / "cpt_big"
 
 
@@ -161,8 +169,17 @@ def test_vocab_mismatch_fails_by_default(trio, expanded, tmp_path):
 def test_shared_rows_applies_vector_on_shared_rows_only(trio, expanded, tmp_path):
     root, sd = trio
     big = load_output(expanded)
-    cfg = chat_vector_cfg(root, expanded, tmp_path / "out", vocab_policy="shared_rows", copy_rows=[5, 2000])
-    got = load_output(merge(load_config(cfg)))
+    cfg = chat_vector_cfg(
+        root,
+        expanded,
+        tmp_path / "out",
+        vocab_policy="shared_rows",
+        copy_rows=[5, 2000],
+        tokenizer_from="cpt",
+    )
+    out = merge(load_config(cfg))
+    assert len(AutoTokenizer.from_pretrained(out)) == 2304  # every CPT row stays reachable
+    got = load_output(out)
     for k in (EMBED, HEAD):
         assert got[k].shape == (2304, 64)
         assert torch.equal(got[k][2048:], big[k][2048:])  # extra CPT rows untouched
@@ -177,12 +194,77 @@ def test_shared_rows_applies_vector_on_shared_rows_only(trio, expanded, tmp_path
 def test_skip_keeps_cpt_vocab_rows(trio, expanded, tmp_path):
     root, sd = trio
     big = load_output(expanded)
-    got = load_output(
-        merge(load_config(chat_vector_cfg(root, expanded, tmp_path / "out", vocab_policy="skip")))
-    )
+    cfg = chat_vector_cfg(root, expanded, tmp_path / "out", vocab_policy="skip", tokenizer_from="cpt")
+    got = load_output(merge(load_config(cfg)))
     assert torch.equal(got[EMBED], big[EMBED]) and torch.equal(got[HEAD], big[HEAD])
     k = "model.norm.weight"
     assert torch.equal(got[k], big[k] + 1.0 * (sd["chat"][k] - sd["base"][k]))
+
+
+@pytest.mark.parametrize("cpt_tokenizer", [True, False])
+def test_chat_tokenizer_on_expanded_cpt_is_refused_before_writing(trio, expanded, tmp_path, cpt_tokenizer):
+    root, _ = trio
+    cpt = expanded
+    if not cpt_tokenizer:  # only the grown embedding tells: 2304 rows against the chat model's 2048
+        cpt = tmp_path / "cpt_weights_only"
+        shutil.copytree(expanded, cpt, ignore=shutil.ignore_patterns("tokenizer*", "special_tokens*"))
+    out = tmp_path / "merged" / "out"
+    cfg = chat_vector_cfg(root, cpt, out, vocab_policy="shared_rows")  # tokenizer_from: chat by default
+    with pytest.raises(
+        MergeError, match=r"CPT vocabulary of 2304 tokens .* has 2048; set tokenizer_from: cpt"
+    ):
+        merge(load_config(cfg))
+    assert not out.parent.exists()  # nothing written, not even a temp dir
+
+
+def test_padded_vocabulary_fits_but_cpt_tokens_in_the_padding_do_not(tmp_path):
+    """All models have 2112 embedding rows; the chat tokenizer reaches 2048 of them."""
+    for seed, name in enumerate(["base", "chat", "cpt"]):
+        make_model(tmp_path / name, seed, vocab_size=2112)
+    for name in ("chat", "cpt"):
+        save_tokenizer(tmp_path / name, 0)
+    out = merge(load_config(chat_vector_cfg(tmp_path, tmp_path / "cpt", tmp_path / "same")))
+    assert len(AutoTokenizer.from_pretrained(out)) == 2048  # padding alone is no mismatch
+    save_tokenizer(tmp_path / "cpt", 20)  # CPT tokens 2048-2067 placed in the padding rows
+    with pytest.raises(MergeError, match=r"CPT vocabulary of 2068 tokens \(2112 embedding rows.*has 2048"):
+        merge(load_config(chat_vector_cfg(tmp_path, tmp_path / "cpt", tmp_path / "expanded")))
+    out = merge(
+        load_config(chat_vector_cfg(tmp_path, tmp_path / "cpt", tmp_path / "fixed", tokenizer_from="cpt"))
+    )
+    assert len(AutoTokenizer.from_pretrained(out)) == 2068
+
+
+def test_chat_tokenizer_past_the_cpt_rows_is_refused(trio, tmp_path):
+    root, _ = trio
+    chat = tmp_path / "chat_sft_tokens"  # a chat model that grew to 2112 rows for 20 tokens of its own
+    make_model(chat, 5, vocab_size=2112)
+    save_tokenizer(chat, 20)
+    cfg = chat_vector_cfg(root, root / "cpt", tmp_path / "out", vocab_policy="shared_rows")
+    cfg["models"]["vectors"][0]["chat"] = str(chat)
+    with pytest.raises(MergeError, match=r"ids up to 2067, but the output embedding .* only 2048 rows"):
+        merge(load_config(cfg))
+    assert not (tmp_path / "out").exists()
+
+
+def test_custom_code_files_are_copied(trio, tmp_path):
+    root, _ = trio
+    cpt, chat = tmp_path / "cpt", tmp_path / "chat"
+    shutil.copytree(root / "cpt", cpt)
+    shutil.copytree(root / "chat", chat)
+    config = json.loads((cpt / "config.json").read_text())
+    auto_map = {"AutoModelForCausalLM": "modeling_pico.PicoForCausalLM"}
+    (cpt / "config.json").write_text(json.dumps({**config, "auto_map": auto_map}))
+    (cpt / "modeling_pico.py").write_text("# cpt modeling\n")
+    (cpt / "shared.py").write_text("# cpt shared\n")
+    (chat / "tokenization_pico.py").write_text("# chat tokenizer code\n")
+    (chat / "shared.py").write_text("# chat shared\n")
+    cfg = chat_vector_cfg(root, cpt, tmp_path / "out")
+    cfg["models"]["vectors"][0]["chat"] = str(chat)
+    out = merge(load_config(cfg))
+    assert json.loads((out / "config.json").read_text())["auto_map"] == auto_map
+    assert (out / "modeling_pico.py").read_text() == "# cpt modeling\n"
+    assert (out / "tokenization_pico.py").read_text() == "# chat tokenizer code\n"  # goes with the tokenizer
+    assert (out / "shared.py").read_text() == "# cpt shared\n"  # config.json is the CPT's, so its code wins
 
 
 def test_copy_rows_out_of_range_and_without_shared_rows(trio, expanded, tmp_path):

@@ -9,7 +9,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from tests.conftest import SMOKE, run_entry
 from train.config import load_config
-from train.model import build_for_training, build_tokenizer
+from train.model import build_for_training, build_model, build_tokenizer
 
 NEW = ["東京都庁", "continualm", "ステップごとの答え"]
 
@@ -65,3 +65,28 @@ def test_exported_model_and_tokenizer_round_trip_new_tokens(tmp_path, data_cache
     ids = tok(text, add_special_tokens=False)["input_ids"]
     assert tok.convert_tokens_to_ids("東京都庁") in ids and tok.convert_tokens_to_ids("continualm") in ids
     assert tok.decode(ids) == text
+
+
+@pytest.mark.parametrize("rows", [2056, 2049])  # padding with room for the new tokens, and without
+def test_padded_embedding_keeps_its_rows_and_new_tokens_get_the_tokenizers_ids(token_file, rows):
+    cfg = load_config(SMOKE, [f"model.add_tokens={token_file}", f"model.overrides.vocab_size={rows}"])
+    base_tok = build_tokenizer(cfg.model.model_copy(update={"add_tokens": None}))
+    assert len(base_tok) < rows  # the embedding really is padded past the tokenizer
+    torch.manual_seed(cfg.seed)
+    base = build_model(cfg.model)
+    torch.manual_seed(cfg.seed)
+    model = build_for_training(cfg)
+    tok = build_tokenizer(cfg.model)
+    new_ids = [tok.convert_tokens_to_ids(t) for t in NEW]
+
+    size = max(rows, max(new_ids) + 1)
+    emb, head = model.get_input_embeddings().weight, model.get_output_embeddings().weight
+    assert emb.shape[0] == head.shape[0] == model.config.vocab_size == size
+    assert model.config.continualm_added_tokens["first_id"] == min(new_ids) == len(base_tok)
+    old = [i for i in range(rows) if i not in new_ids]  # every other row, padding included, is kept
+    torch.testing.assert_close(emb[old], base.get_input_embeddings().weight[old], rtol=0, atol=0)
+    torch.testing.assert_close(head[old], base.get_output_embeddings().weight[old], rtol=0, atol=0)
+    for token, new_id in zip(NEW, new_ids, strict=True):
+        pieces = base_tok(token, add_special_tokens=False)["input_ids"]
+        torch.testing.assert_close(emb[new_id], emb[pieces].mean(0), rtol=0, atol=0)
+        torch.testing.assert_close(head[new_id], head[pieces].mean(0), rtol=0, atol=0)
