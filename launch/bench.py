@@ -1,7 +1,8 @@
 """Benchmarks: `python launch/bench.py MODE [options]`; `python launch/bench.py MODE --help` for a mode's options.
 
 Modes: data (tokenize + pack throughput against a datasets.map baseline), train (training throughput and MFU
-against the HF Trainer + DeepSpeed peer). Results go to docs/BENCHMARKS.md with the command, date and machine.
+against the HF Trainer + DeepSpeed peer), eval (questions/s and generated tokens/s of the in-training eval
+hook). Results go to docs/BENCHMARKS.md with the command, date and machine.
 """
 
 import importlib
@@ -9,7 +10,7 @@ import sys
 
 import _bootstrap  # noqa: F401  (puts the repo root first on sys.path)
 
-MODES = {"data": "data_prep.benchmark", "train": "train.benchmark"}
+MODES = {"data": "data_prep.benchmark", "train": "train.benchmark", "eval": "train.eval_benchmark"}
 
 
 def main(argv: list[str]) -> int:

@@ -43,7 +43,7 @@ def test_ours_and_the_peers_on_sft_data(monkeypatch, tmp_path, capsys):
 
 def test_unknown_mode_and_variant_fail_clearly(monkeypatch, capsys):
     assert bench_main(monkeypatch, "trian") == 2
-    assert "usage: launch/bench.py {data,train}" in capsys.readouterr().err
+    assert "usage: launch/bench.py {data,train,eval}" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         bench_main(monkeypatch, "train", "--seq", "64", "--expansion", "concat")
     assert "--expansion 'concat'" in capsys.readouterr().err
