@@ -294,6 +294,8 @@ class EvalConfig(Section):
     data_dir: str | None = None
     max_gen_tokens: int | None = Field(default=None, gt=0)
     """Cap on generated tokens for generation tasks (None: each task's own limit)."""
+    batch_size: int = Field(default=8, gt=0)
+    """Requests per model call (log-likelihood and generation); more is faster on a GPU with memory left."""
     fail_on_error: bool = False
     """On any rank's eval failure, every rank raises; else all warn, log an `eval_error` event and train on."""
 

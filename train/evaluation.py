@@ -34,6 +34,7 @@ def _score_and_write(engine, tokenizer, cfg: RunConfig, step: int, tracker: Trac
         cfg.eval.suites,
         cfg.eval.data_dir,
         limit=cfg.eval.limit,
+        batch_size=cfg.eval.batch_size,
         max_gen_tokens=cfg.eval.max_gen_tokens,
     )
     if not dist.is_main() or results is None:
