@@ -72,11 +72,13 @@ def _full(rng, rows, seq_len, vocab) -> SyntheticRows:
 
 
 def _cpt(rng, rows, seq_len, vocab, bos, eos) -> SyntheticRows:
-    packer, out = CptPacker(seq_len, bos, eos), []
-    while len(out) < rows:
-        for n in cpt_lengths(rng, 64):
-            out.extend(packer.add(rng.integers(0, vocab, n).tolist()))
-    ids, pos = (np.stack([r[i] for r in out[:rows]]).astype(np.int64) for i in range(2))
+    packer, ids, pos = CptPacker(seq_len, bos, eos), [], []
+    while sum(len(r) for r in ids) < rows:
+        docs = [rng.integers(0, vocab, n) for n in cpt_lengths(rng, 64)]
+        batch_ids, batch_pos = packer.add_batch(np.concatenate(docs), np.array([len(d) for d in docs]))
+        ids.append(batch_ids)
+        pos.append(batch_pos)
+    ids, pos = (np.concatenate(a)[:rows].astype(np.int64) for a in (ids, pos))
     return SyntheticRows(ids, pos, labels_for(ids, pos), np.full(rows, seq_len))
 
 

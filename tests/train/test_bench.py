@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from tests.conftest import bench_main
+from train.config import ModelConfig
 
 SEQ, MICRO, STEPS = 64, 2, 2
 
@@ -47,3 +49,18 @@ def test_unknown_mode_and_variant_fail_clearly(monkeypatch, capsys):
     with pytest.raises(SystemExit):
         bench_main(monkeypatch, "train", "--seq", "64", "--expansion", "concat")
     assert "--expansion 'concat'" in capsys.readouterr().err
+
+
+def test_synthetic_cpt_rows_are_packed_documents():
+    from train.model import preset_config
+    from train.synthetic import make_rows
+
+    config = preset_config(ModelConfig(preset="llama3_tiny", dtype="fp32"))
+    rows = make_rows("cpt", 6, 256, config, seed=0)
+    assert rows.input_ids.shape == rows.position_ids.shape == (6, 256)
+    starts = rows.position_ids == 0
+    inner = starts[:, 1:]  # a document starting inside a row: BOS after the previous document's EOS
+    assert inner.any() and (rows.input_ids[:, 1:][inner] == config.bos_token_id).all()
+    assert (rows.input_ids[:, :-1][inner] == config.eos_token_id).all()
+    assert ((rows.labels == -100) == starts).all()
+    assert np.array_equal(make_rows("cpt", 6, 256, config, seed=0).input_ids, rows.input_ids)
