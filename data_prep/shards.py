@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from data_prep import writers
 from data_prep.adapters import record_kind
 from data_prep.chat import encode_chat, template_fingerprint
 from data_prep.errors import DataError
@@ -293,25 +294,17 @@ def prepare(data, tokenizer) -> MixedRows:
     """Build (on global rank 0 only, the others wait) or reuse one shard per source of `data`.
 
     `data` is any object with `sources`, `seq_len`, `cache_dir` (and optionally the PackOptions names)."""
-    opts = PackOptions.of(data)
-    sources = [resolve(s) for s in data.sources]
-    folders = [shard_folder(s, tokenizer, opts, data.cache_dir) for s in sources]
-    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
-    is_writer = not distributed or torch.distributed.get_rank() == 0
     failure = None
-    if is_writer:
-        try:
+    try:  # any failure, here or in resolving the sources, must reach the other ranks, or they would hang
+        opts = PackOptions.of(data)
+        sources = [resolve(s) for s in data.sources]
+        folders = [shard_folder(s, tokenizer, opts, data.cache_dir) for s in sources]
+        if writers.rank() == 0:  # one writer; the other ranks wait
             for source, (folder, key) in zip(sources, folders, strict=True):
                 if not (folder / "manifest.json").exists():
                     _build(folder, source, tokenizer, opts, key)
-        except DataError as e:
-            failure = e
-    if distributed:  # one writer; the other ranks wait and learn whether it failed
-        flag = [str(failure) if failure else None]
-        torch.distributed.broadcast_object_list(flag, src=0)
-        if flag[0] is not None and failure is None:
-            failure = DataError(flag[0])
-    if failure is not None:
-        raise failure
+    except BaseException as e:
+        failure = e
+    writers.settle(failure)
     log.info("using packed data %s", ", ".join(str(f) for f, _ in folders))
     return MixedRows([PackedRows(f) for f, _ in folders], [s.label for s in sources])
