@@ -290,21 +290,28 @@ def shard_folder(source: Source, tokenizer, opts: PackOptions, cache_dir: str | 
     return Path(cache_dir) / f"{key['kind']}-{fp}", key
 
 
+def _plan(data, tokenizer) -> tuple[PackOptions, list[Source], list[tuple[Path, dict]]]:
+    opts = PackOptions.of(data)
+    sources = [resolve(s) for s in data.sources]
+    return opts, sources, [shard_folder(s, tokenizer, opts, data.cache_dir) for s in sources]
+
+
 def prepare(data, tokenizer) -> MixedRows:
-    """Build (on global rank 0 only, the others wait) or reuse one shard per source of `data`.
+    """Build or reuse one shard per source of `data`: global rank 0 builds, then the local rank 0 of
+    each node that cannot see the shards (node-local cache_dir); the other ranks wait, then all read.
 
     `data` is any object with `sources`, `seq_len`, `cache_dir` (and optionally the PackOptions names)."""
-    failure = None
-    try:  # any failure, here or in resolving the sources, must reach the other ranks, or they would hang
-        opts = PackOptions.of(data)
-        sources = [resolve(s) for s in data.sources]
-        folders = [shard_folder(s, tokenizer, opts, data.cache_dir) for s in sources]
-        if writers.rank() == 0:  # one writer; the other ranks wait
+    plan, rank, local_rank = None, writers.rank(), writers.local_rank()
+    for node_pass in (False, True):
+        failure = None
+        try:  # resolving runs on every rank: a failure there, too, must reach the others
+            plan = plan or _plan(data, tokenizer)
+            opts, sources, folders = plan
             for source, (folder, key) in zip(sources, folders, strict=True):
-                if not (folder / "manifest.json").exists():
+                if writers.builds(rank, local_rank, node_pass, (folder / "manifest.json").exists()):
                     _build(folder, source, tokenizer, opts, key)
-    except BaseException as e:
-        failure = e
-    writers.settle(failure)
+        except BaseException as e:
+            failure = e
+        writers.settle(failure)  # every rank waits here until this pass's builders are done
     log.info("using packed data %s", ", ".join(str(f) for f, _ in folders))
     return MixedRows([PackedRows(f) for f, _ in folders], [s.label for s in sources])

@@ -1,10 +1,15 @@
-"""How the ranks of a distributed run agree on the outcome of building the shards.
+"""Who builds the shards in a distributed run, and how the ranks agree on the outcome.
 
-The building rank reports every failure, not only bad data: a rank that raised before the collective
-would leave the others waiting in it forever (an OSError such as a full disk, or a bug).
+One writer per file system while the other ranks wait: global rank 0 builds first; then each node's
+local rank 0 that still cannot see a shard (a node-local cache_dir) builds the same one itself (same
+fingerprint, deterministic content) while its node's other ranks wait. A building rank reports every
+failure, not only bad data: a rank that raised before the collective would leave the others waiting in
+it forever (an OSError such as a full disk, or a bug).
 """
 
 from __future__ import annotations
+
+import os
 
 import torch
 
@@ -17,6 +22,20 @@ def distributed() -> bool:
 
 def rank() -> int:
     return torch.distributed.get_rank() if distributed() else 0
+
+
+def local_rank() -> int:
+    """This rank's index on its node, from LOCAL_RANK (torchrun and deepspeed set it). Unset, the global
+    rank: with nothing known about nodes, global rank 0 stays the only writer."""
+    return int(os.environ.get("LOCAL_RANK", rank()))
+
+
+def builds(rank: int, local_rank: int, node_pass: bool, manifest_exists: bool) -> bool:
+    """Whether this rank builds a shard now: in the first pass global rank 0 if the shard is missing; in
+    the node pass (after rank 0 is done) a node's local rank 0 whose file system still lacks it."""
+    if manifest_exists:
+        return False
+    return local_rank == 0 if node_pass else rank == 0
 
 
 def outcome(error: BaseException | None, rank: int) -> dict | None:

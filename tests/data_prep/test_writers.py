@@ -1,5 +1,6 @@
-"""Every failure on the rank that builds the shards reaches the ranks that wait for it, with the rank and
-the reason, instead of leaving them in the collective forever."""
+"""One writer per file system: global rank 0 builds, then each node's local rank 0 that cannot see the
+shards (node-local cache_dir); and every failure on a building rank reaches the ranks that wait for it,
+with the rank and the reason, instead of leaving them in the collective forever."""
 
 from __future__ import annotations
 
@@ -62,3 +63,38 @@ def test_the_builder_tells_the_others_then_reraises_its_own_exception(tmp_path, 
     with pytest.raises(OSError, match="No space left on device"):
         shards.prepare(data, AutoTokenizer.from_pretrained(TINY_TOKENIZER))
     assert sent == [[{"rank": 0, "data_error": False, "reason": DISK_FULL}]]
+
+
+def test_one_writer_per_file_system():
+    # (global rank, local rank) of two nodes with two ranks each
+    ranks = [(0, 0), (1, 1), (2, 0), (3, 1)]
+
+    def writers_of(node_pass, visible):
+        return [r for r, local in ranks if writers.builds(r, local, node_pass, visible(r))]
+
+    assert writers_of(False, lambda r: False) == [0]  # first rank 0 alone, whatever the others see
+    assert writers_of(False, lambda r: True) == []  # a built shard is reused
+    assert writers_of(True, lambda r: r < 2) == [2]  # node-local cache: node 1's leader builds its copy
+    assert writers_of(True, lambda r: True) == []  # shared file system: rank 0's shard is seen everywhere
+
+
+def test_without_local_rank_only_global_rank_0_writes(monkeypatch):
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    monkeypatch.setattr(writers, "rank", lambda: 3)
+    assert writers.local_rank() == 3
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    assert writers.local_rank() == 0
+
+
+def test_a_node_leader_that_cannot_see_the_shard_builds_the_same_one(tmp_path, monkeypatch):
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_text("".join(json.dumps({"text": f"document {i} " * 9}) + "\n" for i in range(8)))
+    tok = AutoTokenizer.from_pretrained(TINY_TOKENIZER)
+    node0 = shards.prepare(NS(sources=[NS(path=str(corpus))], seq_len=16, cache_dir=tmp_path / "n0"), tok)
+    monkeypatch.setattr(writers, "rank", lambda: 2)  # global rank 2, the first rank of the second node,
+    monkeypatch.setenv("LOCAL_RANK", "0")  # whose node-local cache_dir does not hold rank 0's shard
+    node1 = shards.prepare(NS(sources=[NS(path=str(corpus))], seq_len=16, cache_dir=tmp_path / "n1"), tok)
+    a, b = node0.shards[0].folder, node1.shards[0].folder
+    assert a.parent != b.parent and a.name == b.name
+    for name in ("input_ids.bin", "position_ids.bin", "manifest.json"):
+        assert (a / name).read_bytes() == (b / name).read_bytes()
