@@ -37,7 +37,7 @@ def iter_raw(source: Source) -> Iterator[tuple[str, object]]:
                 yield f"{source.hub_id}/{split}:{i}", row
         return
     key = source.options.text_key if source.adapter == "text" else None
-    for path in resolve_files(source.path):
+    for path in resolve_files(source.path, source.split):
         for row_no, row in iter_rows(path, key):
             yield f"{path}:{row_no}", row
 
