@@ -225,13 +225,19 @@ def _in_workers(fn, batches: Iterator[list], tokenizer, opts: PackOptions) -> It
         pool.terminate()
 
 
-def _encoded(records: Iterator[dict], tokenizer, opts: PackOptions) -> Iterator[tuple[list[int], list[int]]]:
-    """(input_ids, labels) per record, in record order (chat rendering is Python-bound: num_proc helps)."""
+def _encoded(
+    records: Iterator[dict], tokenizer, opts: PackOptions, skips: Skips
+) -> Iterator[tuple[list[int], list[int]]]:
+    """(input_ids, labels) per record, in record order (chat rendering is Python-bound: num_proc helps).
+    A sample that fails the chat checks is a bad row: it stops the run, or under on_error: skip is counted."""
     batches = iter(lambda: list(itertools.islice(records, ENCODE_BATCH)), [])
     for batch in _in_workers(_encode_batch, batches, tokenizer, opts):
         for item in batch:
-            if isinstance(item, str):
-                raise DataError(item)
+            if isinstance(item, str):  # "file:row: reason"
+                if opts.on_error == "raise":
+                    raise DataError(f"{item} (or set data.on_error: skip)")
+                skips.add(item)
+                continue
             yield item
 
 
@@ -239,7 +245,7 @@ def _sft_rows(source: Source, tokenizer, opts: PackOptions, skips: Skips, stats:
     """Yield (input_ids, position_ids, labels) rows; fill `stats` when done."""
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     packer = SftPacker(opts.seq_len, pad, opts.sft_packing, opts.overlong)
-    for ids, labels in _encoded(iter_records(source, opts.on_error, skips), tokenizer, opts):
+    for ids, labels in _encoded(iter_records(source, opts.on_error, skips), tokenizer, opts, skips):
         yield from packer.add(ids, labels)
     yield from packer.finish()
     stats.update(packer.stats.as_dict(), tokens_in_rows=packer.stats.tokens)
@@ -266,10 +272,12 @@ def _build(folder: Path, source: Source, tokenizer, opts: PackOptions, key: dict
                 rows += ids.size // opts.seq_len  # CPT gives blocks of rows, SFT one row at a time
                 bar.update(ids.size)
             bar.close()
+        skips.warn(source.label)
         if rows == 0:
+            skipped = f"; {skips.count} rows skipped as bad, first: {skips.reasons[0]}" if skips.count else ""
             raise DataError(
                 f"source '{source.label}' gives less than one row of data.seq_len={opts.seq_len} "
-                f"({json.dumps(stats)}): lower data.seq_len or add data"
+                f"({json.dumps(stats)}{skipped}): lower data.seq_len or add data"
             )
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
