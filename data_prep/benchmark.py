@@ -24,6 +24,7 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 
@@ -91,14 +92,11 @@ def generate_corpus(path: Path, chars: int, seed: int = 0) -> int:
 
 def run_ours(corpus: Path, tokenizer, seq_len: int, num_proc: int, cache: Path) -> dict:
     from data_prep.shards import prepare
-    from train.config import DataConfig
 
-    cfg = DataConfig(
-        sources=[{"path": str(corpus), "adapter": "text"}],
-        seq_len=seq_len,
-        cache_dir=str(cache),
-        num_proc=num_proc,
-    )
+    # prepare takes any object with the data settings; the others keep their defaults (data_prep must
+    # not import train/, where the recipe's DataConfig lives)
+    source = SimpleNamespace(path=str(corpus), adapter="text")
+    cfg = SimpleNamespace(sources=[source], seq_len=seq_len, cache_dir=str(cache), num_proc=num_proc)
     data, timing = _timed(prepare, cfg, tokenizer)
     m = data.shards[0].manifest
     text_tokens = m["tokens"] - 2 * (m["documents"] - m["empty_documents"])  # minus BOS and EOS

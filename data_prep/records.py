@@ -37,19 +37,37 @@ def iter_raw(source: Source) -> Iterator[tuple[str, object]]:
                 yield f"{source.hub_id}/{split}:{i}", row
         return
     key = source.options.text_key if source.adapter == "text" else None
-    for path in resolve_files(source.path):
+    for path in resolve_files(source.path, source.split):
         for row_no, row in iter_rows(path, key):
             yield f"{path}:{row_no}", row
 
 
 @dataclass
 class Skips:
+    """Bad rows skipped under `on_error: skip`: how many, and the first reasons (each names file and row)."""
+
     count: int = 0
     reasons: list[str] = field(default_factory=list)
 
+    def add(self, reason: str) -> None:
+        self.count += 1
+        if len(self.reasons) < SHOWN_REASONS:
+            self.reasons.append(reason)
+
+    def warn(self, label: str) -> None:
+        """Log the count and the first reasons, once a source is done (later stages skip rows too)."""
+        if self.count:
+            log.warning(
+                "source '%s': skipped %d bad rows; first reasons:\n  %s",
+                label,
+                self.count,
+                "\n  ".join(self.reasons),
+            )
+
 
 def iter_records(source: Source, on_error: str = "raise", skips: Skips | None = None) -> Iterator[dict]:
-    """Adapted records of one source; with on_error='skip' bad rows are counted in `skips` instead."""
+    """Adapted records of one source; with on_error='skip' bad rows are counted in `skips` instead
+    (the caller logs them with `Skips.warn`)."""
     skips = skips if skips is not None else Skips()
     opts, n = source.options, 0
     if source.adapter in TREE_ADAPTERS:
@@ -69,19 +87,10 @@ def iter_records(source: Source, on_error: str = "raise", skips: Skips | None = 
         if isinstance(rec, BadRow):
             if on_error == "raise":
                 raise DataError(f"{where}: {rec} (adapter '{source.adapter}'; or set data.on_error: skip)")
-            skips.count += 1
-            if len(skips.reasons) < SHOWN_REASONS:
-                skips.reasons.append(f"{where}: {rec}")
+            skips.add(f"{where}: {rec}")
             continue
         n += 1
         yield {**rec, "source": source.label, "id": where}
-    if skips.count:
-        log.warning(
-            "source '%s': skipped %d bad rows; first reasons:\n  %s",
-            source.label,
-            skips.count,
-            "\n  ".join(skips.reasons),
-        )
     if n == 0:
         raise DataError(
             f"source '{source.label}' has no usable rows"

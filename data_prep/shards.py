@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from data_prep import writers
 from data_prep.adapters import record_kind
 from data_prep.chat import encode_chat, template_fingerprint
 from data_prep.errors import DataError
@@ -224,13 +225,19 @@ def _in_workers(fn, batches: Iterator[list], tokenizer, opts: PackOptions) -> It
         pool.terminate()
 
 
-def _encoded(records: Iterator[dict], tokenizer, opts: PackOptions) -> Iterator[tuple[list[int], list[int]]]:
-    """(input_ids, labels) per record, in record order (chat rendering is Python-bound: num_proc helps)."""
+def _encoded(
+    records: Iterator[dict], tokenizer, opts: PackOptions, skips: Skips
+) -> Iterator[tuple[list[int], list[int]]]:
+    """(input_ids, labels) per record, in record order (chat rendering is Python-bound: num_proc helps).
+    A sample that fails the chat checks is a bad row: it stops the run, or under on_error: skip is counted."""
     batches = iter(lambda: list(itertools.islice(records, ENCODE_BATCH)), [])
     for batch in _in_workers(_encode_batch, batches, tokenizer, opts):
         for item in batch:
-            if isinstance(item, str):
-                raise DataError(item)
+            if isinstance(item, str):  # "file:row: reason"
+                if opts.on_error == "raise":
+                    raise DataError(f"{item} (or set data.on_error: skip)")
+                skips.add(item)
+                continue
             yield item
 
 
@@ -238,7 +245,7 @@ def _sft_rows(source: Source, tokenizer, opts: PackOptions, skips: Skips, stats:
     """Yield (input_ids, position_ids, labels) rows; fill `stats` when done."""
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     packer = SftPacker(opts.seq_len, pad, opts.sft_packing, opts.overlong)
-    for ids, labels in _encoded(iter_records(source, opts.on_error, skips), tokenizer, opts):
+    for ids, labels in _encoded(iter_records(source, opts.on_error, skips), tokenizer, opts, skips):
         yield from packer.add(ids, labels)
     yield from packer.finish()
     stats.update(packer.stats.as_dict(), tokens_in_rows=packer.stats.tokens)
@@ -265,10 +272,12 @@ def _build(folder: Path, source: Source, tokenizer, opts: PackOptions, key: dict
                 rows += ids.size // opts.seq_len  # CPT gives blocks of rows, SFT one row at a time
                 bar.update(ids.size)
             bar.close()
+        skips.warn(source.label)
         if rows == 0:
+            skipped = f"; {skips.count} rows skipped as bad, first: {skips.reasons[0]}" if skips.count else ""
             raise DataError(
                 f"source '{source.label}' gives less than one row of data.seq_len={opts.seq_len} "
-                f"({json.dumps(stats)}): lower data.seq_len or add data"
+                f"({json.dumps(stats)}{skipped}): lower data.seq_len or add data"
             )
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -289,29 +298,28 @@ def shard_folder(source: Source, tokenizer, opts: PackOptions, cache_dir: str | 
     return Path(cache_dir) / f"{key['kind']}-{fp}", key
 
 
-def prepare(data, tokenizer) -> MixedRows:
-    """Build (on global rank 0 only, the others wait) or reuse one shard per source of `data`.
-
-    `data` is any object with `sources`, `seq_len`, `cache_dir` (and optionally the PackOptions names)."""
+def _plan(data, tokenizer) -> tuple[PackOptions, list[Source], list[tuple[Path, dict]]]:
     opts = PackOptions.of(data)
     sources = [resolve(s) for s in data.sources]
-    folders = [shard_folder(s, tokenizer, opts, data.cache_dir) for s in sources]
-    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
-    is_writer = not distributed or torch.distributed.get_rank() == 0
-    failure = None
-    if is_writer:
-        try:
+    return opts, sources, [shard_folder(s, tokenizer, opts, data.cache_dir) for s in sources]
+
+
+def prepare(data, tokenizer) -> MixedRows:
+    """Build or reuse one shard per source of `data`: global rank 0 builds, then the local rank 0 of
+    each node that cannot see the shards (node-local cache_dir); the other ranks wait, then all read.
+
+    `data` is any object with `sources`, `seq_len`, `cache_dir` (and optionally the PackOptions names)."""
+    plan, rank, local_rank = None, writers.rank(), writers.local_rank()
+    for node_pass in (False, True):
+        failure = None
+        try:  # resolving runs on every rank: a failure there, too, must reach the others
+            plan = plan or _plan(data, tokenizer)
+            opts, sources, folders = plan
             for source, (folder, key) in zip(sources, folders, strict=True):
-                if not (folder / "manifest.json").exists():
+                if writers.builds(rank, local_rank, node_pass, (folder / "manifest.json").exists()):
                     _build(folder, source, tokenizer, opts, key)
-        except DataError as e:
+        except BaseException as e:
             failure = e
-    if distributed:  # one writer; the other ranks wait and learn whether it failed
-        flag = [str(failure) if failure else None]
-        torch.distributed.broadcast_object_list(flag, src=0)
-        if flag[0] is not None and failure is None:
-            failure = DataError(flag[0])
-    if failure is not None:
-        raise failure
+        writers.settle(failure)  # every rank waits here until this pass's builders are done
     log.info("using packed data %s", ", ".join(str(f) for f, _ in folders))
     return MixedRows([PackedRows(f) for f, _ in folders], [s.label for s in sources])

@@ -1,4 +1,4 @@
-"""Read raw rows from local files (jsonl, json, parquet, csv, arrow folders), each with its row number.
+"""Read raw rows from local files (jsonl, json, parquet, csv, arrow, `save_to_disk` folders) with row numbers.
 
 Unreadable input raises a DataError naming the file and the line, so training never starts on
 silently broken data.
@@ -17,10 +17,28 @@ from data_prep.errors import BadRow, DataError
 SUFFIXES = {".jsonl", ".json", ".parquet", ".csv", ".arrow"}
 
 
-def resolve_files(pattern: str) -> list[Path]:
-    """A file, a glob or a folder -> the sorted data files it names (a `save_to_disk` folder stays whole)."""
+def _split_folders(folder: Path, split: str) -> list[Path]:
+    """The folders of `split` ("a+b" for several) in a DatasetDict `save_to_disk` folder."""
+    try:
+        available = json.loads((folder / "dataset_dict.json").read_text(encoding="utf-8"))["splits"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise DataError(f"{folder}: cannot read the split list in dataset_dict.json ({e})") from None
+    missing = [s for s in split.split("+") if s not in available]
+    if missing:
+        raise DataError(
+            f"{folder}: no split '{missing[0]}' in this DatasetDict folder; its splits are: "
+            f"{', '.join(available)}. Set the source's split."
+        )
+    return [folder / s for s in split.split("+")]
+
+
+def resolve_files(pattern: str, split: str = "train") -> list[Path]:
+    """A file, a glob or a folder -> the sorted data files it names. A `save_to_disk` folder stays whole;
+    of a DatasetDict one (a folder per split) only `split` is read."""
     p = Path(pattern)
     if p.is_dir():
+        if (p / "dataset_dict.json").exists():
+            return _split_folders(p, split)
         if (p / "dataset_info.json").exists() or (p / "state.json").exists():
             return [p]
         files = sorted(f for f in p.rglob("*") if f.suffix in SUFFIXES)
@@ -89,9 +107,7 @@ def _rows_arrow(path: Path) -> Iterator[tuple[int, object]]:
     import datasets
 
     ds = datasets.load_from_disk(str(path)) if path.is_dir() else datasets.Dataset.from_file(str(path))
-    if isinstance(ds, datasets.DatasetDict):
-        ds = ds["train"] if "train" in ds else next(iter(ds.values()))
-    yield from enumerate(ds, 1)
+    yield from enumerate(ds, 1)  # a Dataset: resolve_files gives a DatasetDict's split folders
 
 
 def iter_rows(path: Path, key: str | None = None) -> Iterator[tuple[int, object]]:
@@ -114,7 +130,7 @@ def source_identity(path: str | None, hub_id: str | None, split: str, data_files
     if path is None:
         return {"hub_id": hub_id, "split": split, "data_files": data_files}
     files = []
-    for f in resolve_files(path):
+    for f in resolve_files(path, split):
         stats = [f.stat()] if f.is_file() else [g.stat() for g in sorted(f.rglob("*")) if g.is_file()]
         files.append([str(f.resolve()), sum(s.st_size for s in stats), max(s.st_mtime_ns for s in stats)])
     return {"files": files}

@@ -103,7 +103,8 @@ class SourceConfig(Section):
     data_files: str | None = None
     """Hub only: a glob of files inside the dataset repo."""
     split: str | None = None
-    """Hub split (default: the registry's, else train)."""
+    """Hub split, or the split of a local DatasetDict `save_to_disk` folder ("a+b" for several; default:
+    the registry's, else train)."""
     adapter: str | None = None
     """Raw schema: text, alpaca, messages, sharegpt, oasst_top1 (default: the registry's, else text)."""
     text_key: str = "text"

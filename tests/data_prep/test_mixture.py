@@ -1,8 +1,10 @@
 """SynE's two-stage mixture on fixture data: token ratios within 1%, deterministic by seed, and a
-resume mid-mixture continues with exactly the next rows without replaying."""
+resume mid-mixture continues with exactly the next rows without replaying. Weights are token shares,
+not row shares: SFT rows with few real tokens are drawn more often."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from types import SimpleNamespace as NS
 
@@ -81,3 +83,43 @@ def test_curriculum_order_and_upsampling():
     # even spread over blocks of 4; source 1 (rows 3, 4) wraps around: upsampled
     assert s.rows(0, 8).tolist() == [0, 3, 1, 4, 2, 3, 0, 4]
     assert s.consumed_per_source(8) == [4, 4]
+
+
+def _chats(path: Path, answer_words: int, n: int) -> str:
+    rows = [
+        {"messages": [{"role": "user", "content": f"question {i}"}, {"role": "assistant", "content": a}]}
+        for i, a in enumerate(" ".join(["answer"] * answer_words) + f" {i}" for i in range(n))
+    ]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+def test_weights_are_token_shares_not_row_shares(tmp_path):
+    from data_prep.tiny_tokenizer import OUT_DIR
+
+    sources = [  # one conversation per row (pad): long rows hold ~3x the real tokens of short ones
+        NS(path=_chats(tmp_path / "long.jsonl", 25, 12), adapter="messages", label="long", weight=1),
+        NS(path=_chats(tmp_path / "short.jsonl", 3, 12), adapter="messages", label="short", weight=3),
+    ]
+    cfg = NS(sources=sources, seq_len=128, cache_dir=tmp_path / "cache", sft_packing="pad", shuffle=True)
+    data = prepare(cfg, AutoTokenizer.from_pretrained(OUT_DIR))
+    pos = np.concatenate([np.asarray(s.position_ids) for s in data.shards])
+    restarts = pos[:, 1:] == 0  # the padding segment restarts the positions
+    real = np.where(restarts.any(1), restarts.argmax(1) + 1, pos.shape[1])  # real tokens of each row
+    tpr = [s.tokens_per_row for s in data.shards]
+    assert tpr[0] > 2.5 * tpr[1]
+
+    rows = make_sampler(data, cfg, seed=0).rows(0, 20_000)
+    which = data.source_of(rows)
+    tokens = np.bincount(which, weights=real[rows], minlength=2)
+    assert tokens[0] / tokens.sum() == pytest.approx(0.25, abs=0.01)  # the weights: long 1, short 3
+    row_share = float(np.mean(which == 0))
+    assert row_share == pytest.approx((1 / tpr[0]) / (1 / tpr[0] + 3 / tpr[1]), abs=0.01)
+    assert row_share < 0.15  # by rows, long would have a quarter of the rows and half the tokens
+
+    # a stage's budget is in tokens too: it ends after the rows that hold that many real tokens
+    cfg.stages = [NS(tokens=30_000, weights={"long": 1, "short": 3}), NS(tokens=None, weights={"long": 1})]
+    cfg.sources = [NS(**{**vars(s), "weight": None}) for s in sources]
+    rows = make_sampler(data, cfg, seed=0).rows(0, 2_000)
+    stage_end = int(np.flatnonzero(data.source_of(rows) == 1)[-1]) + 1  # the last short row is in stage 1
+    assert real[rows[:stage_end]].sum() == pytest.approx(30_000, rel=0.01)

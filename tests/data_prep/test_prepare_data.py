@@ -127,6 +127,25 @@ def test_skipped_rows_are_counted_in_the_manifest_and_logged(tmp_path, caplog):
         shards.prepare(load_config(CPT, sets).data, build_tokenizer(cfg.model))
 
 
+def test_chat_check_failures_are_bad_rows_skipped_and_counted_or_stopping_with_file_and_row(tmp_path, caplog):
+    f = tmp_path / "chat.jsonl"
+    good = {
+        "messages": [{"role": "user", "content": "Two plus two?"}, {"role": "assistant", "content": "Four."}]
+    }
+    bos_inside = {"messages": [{"role": "user", "content": "<|begin_of_text|>Hi"}, good["messages"][1]]}
+    f.write_text("".join(json.dumps(r) + "\n" for r in (good, bos_inside, good)))
+    sets = [f"data.cache_dir={tmp_path / 'cache'}", f"data.sources=[{{path: {f}, adapter: messages}}]"]
+    tok = build_tokenizer(load_config(SFT).model)
+    with caplog.at_level("WARNING"):
+        m = shards.prepare(load_config(SFT, [*sets, "data.on_error=skip"]).data, tok).shards[0].manifest
+    reason = f"{f}:2: the rendered conversation must start with exactly one BOS"
+    assert (m["skipped_rows"], m["samples"]) == (1, 2)
+    assert len(m["skip_reasons"]) == 1 and m["skip_reasons"][0].startswith(reason)
+    assert "skipped 1 bad rows" in caplog.text and reason in caplog.text
+    with pytest.raises(DataError, match=rf"{reason}.*or set data.on_error: skip"):  # the default: stop
+        shards.prepare(load_config(SFT, sets).data, tok)
+
+
 def test_sft_smoke_recipe_trains_epochs_through_the_launcher(tmp_path):
     # Natural proportions (epochs need them): the smoke data packs into 4 rows (3 + 1 per source) and a
     # step takes 4 rows, so 1.5 epochs round up to 2 steps.

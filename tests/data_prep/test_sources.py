@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
+import datasets
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -13,6 +14,7 @@ from data_prep.errors import DataError
 from data_prep.records import iter_records
 from data_prep.registry import resolve
 from data_prep.shards import prepare
+from data_prep.sources import source_identity
 from train.model import TINY_TOKENIZER
 
 
@@ -20,6 +22,7 @@ from train.model import TINY_TOKENIZER
 class Spec:
     path: str | None = None
     text_key: str = "text"
+    split: str | None = None
 
 
 @dataclass
@@ -43,6 +46,35 @@ def test_reads_jsonl_json_parquet_csv_and_globs(tmp_path):
     assert _docs(tmp_path / "c.parquet") == ["four", "five"]
     assert _docs(tmp_path / "d.csv") == ["six"]
     assert _docs(tmp_path / "*.jsonl") == ["one", "two"]
+
+
+def test_reads_a_save_to_disk_folder_and_an_arrow_file(tmp_path):
+    datasets.disable_progress_bars()
+    datasets.Dataset.from_dict({"text": ["one", "two"], "id": [1, 2]}).save_to_disk(str(tmp_path / "ds"))
+    assert _docs(tmp_path / "ds") == ["one", "two"]
+    (arrow,) = (tmp_path / "ds").glob("*.arrow")
+    assert _docs(arrow) == ["one", "two"]
+
+
+def test_a_datasetdict_folder_gives_only_the_configured_split(tmp_path):
+    datasets.disable_progress_bars()
+    splits = {"train": ["t1", "t2"], "test": ["x1"], "validation": ["v1"]}
+    folder = tmp_path / "dd"
+    datasets.DatasetDict(
+        {name: datasets.Dataset.from_dict({"text": texts}) for name, texts in splits.items()}
+    ).save_to_disk(str(folder))
+    assert _docs(folder) == ["t1", "t2"]  # the default split
+    assert _docs(folder, split="test") == ["x1"]
+    assert _docs(folder, split="train+validation") == ["t1", "t2", "v1"]
+    ids = [r["id"] for r in iter_records(resolve(Spec(path=str(folder), split="test")))]
+    assert ids == [f"{folder / 'test'}:1"]
+    assert source_identity(str(folder), None, "test", None) != source_identity(
+        str(folder), None, "train", None
+    )
+    with pytest.raises(
+        DataError, match=rf"{folder}: no split 'dev' .*its splits are: train, test, validation"
+    ):
+        _docs(folder, split="dev")
 
 
 def test_invalid_json_line_names_file_and_line(tmp_path):
