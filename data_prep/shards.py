@@ -17,6 +17,7 @@ import logging
 import multiprocessing as mp
 import os
 import shutil
+import socket
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -252,7 +253,7 @@ def _sft_rows(source: Source, tokenizer, opts: PackOptions, skips: Skips, stats:
 
 
 def _build(folder: Path, source: Source, tokenizer, opts: PackOptions, key: dict) -> None:
-    tmp = folder.with_name(f".tmp-{folder.name}-{os.getpid()}")
+    tmp = folder.with_name(f".tmp-{folder.name}-{socket.gethostname()}-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     kind, skips, stats, rows = key["kind"], Skips(), {}, 0
@@ -287,7 +288,10 @@ def _build(folder: Path, source: Source, tokenizer, opts: PackOptions, key: dict
     manifest = {"key": key, "label": source.label, "rows": rows, "seq_len": opts.seq_len, **stats}
     manifest.update(skipped_rows=skips.count, skip_reasons=skips.reasons)
     (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False))
-    shutil.rmtree(folder, ignore_errors=True)
+    if (folder / "manifest.json").exists():  # another node's writer finished the same shard first
+        shutil.rmtree(tmp, ignore_errors=True)
+        return
+    shutil.rmtree(folder, ignore_errors=True)  # an incomplete folder left by a killed writer
     os.replace(tmp, folder)
     log.info("source '%s': %d rows of %d tokens; %s", source.label, rows, opts.seq_len, json.dumps(stats))
 
