@@ -1,11 +1,17 @@
 """`--dry-run` of the flagship builds the Llama-3.1-8B Concat16 shape on the meta device, with no
-download: 3.49B trainable of 11.52B parameters, and prints the generated DeepSpeed JSON."""
+download: 3.49B trainable of 11.52B parameters, and prints the generated DeepSpeed JSON; every other
+recipe dry-runs too."""
 
 from __future__ import annotations
 
 import json
+import re
+
+import pytest
 
 from tests.conftest import ROOT, run_entry
+from train.config import load_config
+from train.loop import dry_run
 
 
 def test_flagship_dry_run_counts_without_downloading():
@@ -21,3 +27,19 @@ def test_flagship_dry_run_counts_without_downloading():
     ds = json.loads(r.stdout.split("# DeepSpeed config\n", 1)[1])
     assert ds["zero_optimization"]["stage"] == 3 and ds["bf16"]["enabled"] is True
     assert ds["train_micro_batch_size_per_gpu"] == 6 and ds["gradient_accumulation_steps"] == 8
+
+
+RECIPES = sorted(p.name for p in (ROOT / "configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_every_recipe_dry_runs_on_the_meta_device(recipe, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    text = dry_run(load_config(ROOT / "configs" / recipe))
+    counts = re.search(r"# parameters: total ([\d,]+) \| trainable ([\d,]+)", text)
+    total, trainable = (int(g.replace(",", "")) for g in counts.groups())
+    assert 0 < trainable <= total
+    if recipe in ("synE_full.yaml", "swallow_ja_cpt.yaml", "sft_zh.yaml", "swallow_sft_ja.yaml"):
+        assert total == trainable == 8_030_261_248  # full tuning of the Llama-3(.1)-8B shape
+    ds = json.loads(text.split("# DeepSpeed config\n", 1)[1])
+    assert ds["bf16"]["enabled"] is True
