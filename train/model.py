@@ -88,6 +88,11 @@ def preset_config(cfg: ModelConfig) -> LlamaConfig:
 
 
 def _check_attention(cfg: ModelConfig) -> None:
+    if cfg.attn_implementation == "flex_attention" and not torch.cuda.is_available():
+        raise UserError(
+            "model.attn_implementation 'flex_attention' trains on a CUDA GPU only (torch has no flex "
+            "attention backward on the CPU); use 'sdpa' (the default), which also keeps packed documents apart."
+        )
     if cfg.attn_implementation == "flash_attention_2":
         from transformers.utils import is_flash_attn_2_available
 

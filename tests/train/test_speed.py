@@ -109,3 +109,11 @@ def test_speed_switches_keep_the_config_hash():
     )
     for switch in switches:
         assert config_hash(load_config(SMOKE, [switch])) == base, switch
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU refusal")
+def test_flex_attention_refuses_to_train_on_cpu_but_dry_runs():
+    cfg = load_config(SMOKE, ["model.attn_implementation=flex_attention"])
+    with pytest.raises(UserError, match="'flex_attention' trains on a CUDA GPU only"):
+        build_for_training(cfg)
+    build_for_training(cfg, meta=True)
