@@ -1,33 +1,39 @@
 #!/usr/bin/env bash
-# Issue 7's GPU measurements as one prepared run that fits a short device lease (~9 minutes on one H100/H200).
+# Issue 7's GPU measurements as one prepared run that fits a short device lease (~10 minutes on one H100/H200).
 #
 #   bash launch/device_bench.sh wheels   # here, with PyPI: the packages the device image lacks, into .whl/
-#   bash launch/device_bench.sh run      # there: GPU tests, then the benchmark shapes, most important first
-#   SMOKE=1 bash launch/device_bench.sh run   # the same plumbing on CPU with the tiny shape (no wheels)
+#   bash launch/device_bench.sh run [STEP...]   # there: the steps below, in order (default: all)
+#   SMOKE=1 bash launch/device_bench.sh run     # the same plumbing on CPU with the tiny shape (no wheels)
 #
-# `run` writes at most four files to $OUT (default ./device-out): log.txt (everything), tables.md (one
-# markdown table per command, with the command), results.json (all rows) and gpu_tests.txt. Each command has
-# its own time cap, so one that hangs or runs out of memory costs its cap, not the lease.
+# Steps, most important first, with their caps: tests 150 s, full 120, sft 150, cpt 180, long 120, eval 150,
+# 8b 300. A device command may run 10 minutes, so a lease takes two: `run tests full sft cpt` (~7 min at
+# most), then `run long eval 8b`. `run` writes at most four files to $OUT (default ./device-out): log.txt
+# (everything), tables.md (one markdown table per command, with the command), results.json (all rows) and
+# gpu_tests.txt. Each command has its own time cap, so one that hangs or runs out of memory costs its cap,
+# not the lease.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-python3}
+STEPS=(tests full sft cpt long eval 8b)
 
 wheels() {
     mkdir -p .whl
     grep -qx '/.whl/' .git/info/exclude 2>/dev/null || echo '/.whl/' >>.git/info/exclude
     local plat=(--only-binary=:all: --python-version 3.12 --implementation cp --platform manylinux_2_28_x86_64
         --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64)
-    # versions as installed here, so the device runs what CI tested
-    v() { "$PY" -c "import importlib.metadata as m; print(m.version('$1'))"; }
-    "$PY" -m pip wheel -q --no-deps -w .whl "deepspeed==$(v deepspeed)"
-    "$PY" -m pip download -q --no-deps -d .whl "${plat[@]}" \
-        "transformers==$(v transformers)" "peft==$(v peft)" "pydantic==$(v pydantic)" \
-        "pydantic-core==$(v pydantic-core)" "annotated-types==$(v annotated-types)" \
-        "typing-inspection==$(v typing-inspection)" "hjson==$(v hjson)" "datasets==$(v datasets)" \
-        "dill==$(v dill)" "multiprocess==$(v multiprocess)" "liger-kernel" \
-        "lm-eval==$(v lm-eval)" "evaluate==$(v evaluate)" "more-itertools==$(v more-itertools)" \
-        "pytablewriter==$(v pytablewriter)" "word2number==$(v word2number)" \
-        "huggingface-hub==$(v huggingface-hub)" "tokenizers==$(v tokenizers)"
+    local pkg spec
+    # what the device image lacks or has in another version; the versions installed here, which CI tested
+    for pkg in deepspeed transformers peft pydantic pydantic-core annotated-types typing-inspection hjson \
+        huggingface-hub tokenizers datasets dill multiprocess liger-kernel lm-eval evaluate more-itertools \
+        sqlitedict word2number rouge-score nltk pytablewriter dataproperty mbstrdecoder pathvalidate tabledata \
+        tcolorpy typepy chardet; do
+        spec=$pkg
+        version=$("$PY" -c "import importlib.metadata as m; print(m.version('$pkg'))" 2>/dev/null) &&
+            spec="$pkg==$version"
+        # a wheel for the device's Python 3.12, else one built here (sdist-only packages are pure Python)
+        "$PY" -m pip download -q --no-deps -d .whl "${plat[@]}" "$spec" 2>/dev/null ||
+            "$PY" -m pip wheel -q --no-deps -w .whl "$spec" || echo "no wheel for $spec"
+    done
     du -sh .whl
 }
 
@@ -42,46 +48,68 @@ run() {
             .whl/*.whl >>"$out/log.txt" 2>&1 || { echo "wheel install failed" | tee -a "$out/log.txt"; return 1; }
         export PYTHONPATH=/tmp/site
         nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee -a "$out/log.txt"
-        timeout 240 "$PY" -m pytest -m gpu -q -p no:cacheprovider tests/train/test_gpu.py >"$out/gpu_tests.txt" 2>&1
-        tail -5 "$out/gpu_tests.txt"
     fi
-    local shape=llama3_2_1b big=llama3_1_8b seq=4096 long=8192 mb=8 steps=(--steps 10 --warmup 3) cap=150
-    [ -n "${SMOKE:-}" ] && shape=llama3_tiny big=llama3_tiny seq=256 long=512 mb=2 steps=(--steps 2 --warmup 1)
+    local shape=llama3_2_1b big=llama3_1_8b seq=4096 long=8192 mb=8 steps=(--steps 10 --warmup 3) questions=200
+    [ -n "${SMOKE:-}" ] && shape=llama3_tiny big=llama3_tiny seq=256 long=512 mb=2 steps=(--steps 2 --warmup 1) \
+        questions=8
     local fast=(--liger --fused-adam --loss-chunk 4096) offload=(--liger --loss-chunk 4096) best=(--peer-liger)
     local flex=(--attn flex_attention)
     [ -n "${SMOKE:-}" ] && fast=(--loss-chunk 64) offload=(--loss-chunk 64) best=() flex=()  # no CPU backward
     local n=0
-    bench() {  # bench CAP ARGS...: one launch/bench.py train invocation, its table appended to tables.md
-        local limit=$1
-        shift
+    bench() {  # bench CAP MODE ARGS...: one launch/bench.py invocation, its table appended to tables.md
+        local limit=$1 mode=$2
+        shift 2
         n=$((n + 1))
-        printf '\n### %s\n\n`python launch/bench.py train %s`\n\n' "$n" "$*" >>"$out/tables.md"
-        timeout "$limit" "$PY" launch/bench.py train "$@" --json "$out/part$n.json" >>"$out/log.txt" 2>&1 ||
+        printf '\n### %s\n\n`python launch/bench.py %s %s`\n\n' "$n" "$mode" "$*" >>"$out/tables.md"
+        timeout "$limit" "$PY" launch/bench.py "$mode" "$@" --json "$out/part$n.json" >>"$out/log.txt" 2>&1 ||
             echo "(exit $?: see log.txt)" >>"$out/tables.md"
-        "$PY" - "$out/part$n.json" >>"$out/tables.md" 2>/dev/null <<'EOF'
+        "$PY" - "$out/part$n.json" "$mode" >>"$out/tables.md" 2>/dev/null <<'EOF'
 import json, sys
-from train.benchmark import markdown
-print(markdown(json.load(open(sys.argv[1]))))
+from train import benchmark, eval_benchmark
+columns = eval_benchmark.COLUMNS if sys.argv[2] == "eval" else benchmark.COLUMNS
+print(benchmark.markdown(json.load(open(sys.argv[1])), columns))
 EOF
         tail -n 4 "$out/tables.md"
     }
-    # 1. Llama-3.2-1B full rows at 4096: ours with its switches against the peer with its best flags (Liger)
-    bench $cap --shape $shape --seq $seq --zero 2 --micro-batch $mb "${steps[@]}" --data full \
-        --peer hf "${best[@]}" "${fast[@]}"
-    # 2. real-shaped SFT: non-pad tokens/s against the padded and the flattening peer
-    bench $cap --shape $shape --seq $seq --zero 2 --micro-batch $mb "${steps[@]}" --data sft \
-        --peer hf hf_flat "${best[@]}" "${fast[@]}"
-    # 3. document-masked packed CPT (flex attention's block mask) against full rows, same settings
-    bench $cap --shape $shape --seq $seq --zero 2 --micro-batch $mb "${steps[@]}" --data cpt \
-        "${flex[@]}" "${fast[@]}"
-    bench $cap --shape $shape --seq $seq --zero 2 --micro-batch $mb "${steps[@]}" --data cpt "${fast[@]}"
-    # 4. seq 8192
-    bench $cap --shape $shape --seq $long --zero 2 --micro-batch $((mb / 2)) "${steps[@]}" --data full \
-        --peer hf "${best[@]}" "${fast[@]}"
-    # 5. Llama-3.1-8B: full tuning against Concat16-Lerp at the same settings (cost_vs_full), ZeRO-3 with the
-    # optimizer on the CPU (full tuning's Adam state does not fit one GPU)
-    bench 240 --shape $big --seq $seq --zero 3 --offload-optimizer --micro-batch 1 --steps 3 --warmup 1 \
-        --activation-checkpointing selective --expansion none concat16 "${offload[@]}"
+    local step
+    for step in "${@:-${STEPS[@]}}"; do
+        echo "== $step" | tee -a "$out/log.txt"
+        case $step in
+        tests)  # GPU-only code paths on the tiny shape
+            [ -n "${SMOKE:-}" ] && continue
+            timeout 150 "$PY" -m pytest -m gpu -q -p no:cacheprovider tests/train/test_gpu.py >"$out/gpu_tests.txt" 2>&1
+            tail -3 "$out/gpu_tests.txt"
+            ;;
+        full)  # Llama-3.2-1B full rows at 4096: ours with its switches, the peer with its best flags (Liger)
+            bench 120 train --shape $shape --seq $seq --zero 2 --micro-batch $mb "${steps[@]}" --data full \
+                --peer hf "${best[@]}" "${fast[@]}"
+            ;;
+        sft)  # alpaca-shaped SFT samples: non-pad tokens/s against the padded and the flattening peer
+            bench 150 train --shape $shape --seq $seq --zero 2 --micro-batch $mb "${steps[@]}" --data sft \
+                --peer hf hf_flat "${best[@]}" "${fast[@]}"
+            ;;
+        cpt)  # document-masked packed CPT, flex attention's block mask and sdpa's dense mask (compare with full)
+            bench 90 train --shape $shape --seq $seq --zero 2 --micro-batch $mb "${steps[@]}" --data cpt \
+                "${flex[@]}" "${fast[@]}"
+            bench 90 train --shape $shape --seq $seq --zero 2 --micro-batch $mb "${steps[@]}" --data cpt "${fast[@]}"
+            ;;
+        long)  # seq 8192
+            bench 120 train --shape $shape --seq $long --zero 2 --micro-batch $((mb / 2)) "${steps[@]}" \
+                --data full --peer hf "${best[@]}" "${fast[@]}"
+            ;;
+        eval)  # the in-training eval hook: questions/s (log-likelihood) and generated tokens/s
+            for batch in 8 32; do
+                bench 75 eval --shape $shape --questions $questions --max-gen-tokens 128 --batch-size $batch
+            done
+            ;;
+        8b)  # Llama-3.1-8B full tuning against Concat16-Lerp at the same settings (cost_vs_full); ZeRO-3 with
+            # the optimizer on the CPU, since full tuning's Adam state does not fit one GPU
+            bench 300 train --shape $big --seq $seq --zero 3 --offload-optimizer --micro-batch 1 --steps 3 \
+                --warmup 1 --activation-checkpointing selective --expansion none concat16 "${offload[@]}"
+            ;;
+        *) echo "unknown step '$step': choose from ${STEPS[*]}" | tee -a "$out/log.txt" ;;
+        esac
+    done
     "$PY" - "$out" <<'EOF'
 import json, pathlib, sys
 out = pathlib.Path(sys.argv[1])
@@ -95,7 +123,10 @@ EOF
 
 case "${1:-}" in
 wheels) wheels ;;
-run) run ;;
+run)
+    shift
+    run "$@"
+    ;;
 *)
     echo "usage: bash launch/device_bench.sh {wheels|run}" >&2
     exit 2
