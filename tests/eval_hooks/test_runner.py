@@ -102,8 +102,13 @@ def test_mera_suite_end_to_end(tiny_model, tiny_tokenizer):
     assert board["diagnostics"]["ruDetox"].keys() == {"chrf_ref"}
 
 
-def test_meta_prompt_tasks_end_to_end(tiny_model, tiny_tokenizer):
-    tasks = ["cl_meta_mmlu_5shot", "cl_meta_bbh_3shot"]
-    results = evaluate(tiny_model, tiny_tokenizer, tasks, FIXTURES, batch_size=4, max_gen_tokens=3)
-    assert results["n_samples"] == {"cl_meta_mmlu_5shot": 3, "cl_meta_bbh_3shot": 3}
+def test_meta_prompt_suite_end_to_end(tiny_model, tiny_tokenizer):
+    results = evaluate(
+        tiny_model, tiny_tokenizer, ["control_llm_zh_meta"], FIXTURES, batch_size=4, max_gen_tokens=3
+    )
+    meta = {"cl_meta_mmlu_5shot", "cl_meta_mmlu_pro_5shot", "cl_meta_bbh_3shot"}
+    assert meta <= results["n_samples"].keys() and all(results["n_samples"][t] == 3 for t in meta)
     assert "acc,none" in results["tasks"]["cl_meta_mmlu_5shot"]
+    board = results["aggregates"]["control_llm"]  # the card's columns filled from Meta's prompts
+    assert {"MLU", "MLUP", "BBH"} <= board["columns"].keys()
+    assert board["aggregates"].keys() == {"C-Avg", "O-Avg", "Overall"}
