@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from types import SimpleNamespace
 
+import pyarrow.parquet as pq
 import pytest
 
 from data_prep.errors import DataError
@@ -24,7 +25,10 @@ def conv(*turns: tuple[str, str]) -> list[dict]:
 
 
 def test_text_corpora_syne_parquet_and_llm_jp_jsonl():
-    syne = records(name="syne_synthesis_en", path=str(FIX / "syne/data/synthesis-en"))
+    folder = FIX / "syne/data/synthesis-en"
+    syne = records(name="syne_synthesis_en", path=str(folder))
+    raw = pq.read_table(folder / "train-00000-of-00001.parquet").column("text").to_pylist()
+    assert [r["text"] for r in syne] == raw and len(raw) == 2
     assert [r["text"][:22] for r in syne] == ["Question: Why does ice", "Question: What is 12 t"]
     assert syne[0]["source"] == "syne_synthesis_en"
     assert syne[0]["id"].endswith("synthesis-en/train-00000-of-00001.parquet:1")
