@@ -1,12 +1,15 @@
 """Named datasets of the recipes -> hub id, files and adapter; and the resolved form of a source.
 
 A source names a registry entry (`name: alpaca_zh`), or gives a hub id / local path with an adapter.
-A local `path` always wins over the hub id, for offline clusters.
+A local `path` always wins over the hub id, for offline clusters; a registry entry that is one folder of
+a hub repo (the SynE sources) finds that folder in a `path` holding a snapshot of the whole repo.
 """
 
 from __future__ import annotations
 
+import glob
 from dataclasses import dataclass
+from pathlib import Path
 
 from data_prep.adapters import AdapterOptions, check_adapter, suggest
 from data_prep.errors import DataError
@@ -95,12 +98,18 @@ def resolve(spec) -> Source:
     if path is None and hub_id is None and entry is None:
         raise DataError("a data source needs a 'name' from the registry, a 'path' or a 'hub_id'")
     label = getattr(spec, "label", None) or name or path or hub_id
+    data_files = getattr(spec, "data_files", None)
+    if entry is not None and entry.data_files and data_files is None:
+        if path is None and hub_id in (None, entry.hub_id):
+            data_files = entry.data_files
+        elif path is not None and Path(path).is_dir() and glob.glob(str(Path(path) / entry.data_files)):
+            path = str(Path(path) / entry.data_files)  # a local snapshot of the whole hub repo
     return Source(
         label=label,
         adapter=check_adapter(adapter),
         options=options,
         path=path,
         hub_id=None if path else (hub_id or entry.hub_id),
-        data_files=None if path or hub_id else (entry.data_files if entry else None),
+        data_files=None if path else data_files,
         split=getattr(spec, "split", None) or (entry.split if entry else "train"),
     )

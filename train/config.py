@@ -136,6 +136,11 @@ class SourceConfig(Section):
             )
         if self.path is not None and self.hub_id is not None:
             raise ValueError("a data source takes 'path' or 'hub_id', not both")
+        if self.path is not None and self.data_files is not None:
+            raise ValueError(
+                "data source 'data_files' selects files of a hub dataset; with a local 'path', put the glob "
+                f"in the path (path: {self.path}/{self.data_files})"
+            )
         if self.name is None and self.path is None and self.hub_id is None:
             raise ValueError("each data source needs a registry 'name', a 'path' or a 'hub_id'")
         if self.label is None:

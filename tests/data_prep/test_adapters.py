@@ -122,6 +122,20 @@ def test_every_named_dataset_has_a_known_adapter():
         assert resolve(SimpleNamespace(name=name)).hub_id == DATASETS[name].hub_id
 
 
+def test_data_files_select_files_of_the_hub_repo_or_of_a_local_snapshot():
+    web_cn = "data/web-cn/*.parquet"
+    assert resolve(SimpleNamespace(name="syne_web_cn")).data_files == web_cn
+    glob = "20231101.ja/*.parquet"
+    own = resolve(SimpleNamespace(hub_id="wikimedia/wikipedia", data_files=glob))
+    assert (own.hub_id, own.data_files) == ("wikimedia/wikipedia", glob)
+    assert resolve(SimpleNamespace(name="ruozhiba_gpt4", data_files="x.json")).data_files == "x.json"
+    # a local snapshot of the whole SynE repo reads only the entry's folder; a folder path stays as given
+    snapshot = FIX / "syne"
+    assert resolve(SimpleNamespace(name="syne_web_cn", path=str(snapshot))).path == str(snapshot / web_cn)
+    folder = str(snapshot / "data" / "book-cn")
+    assert resolve(SimpleNamespace(name="syne_web_cn", path=folder)).path == folder
+
+
 @pytest.mark.parametrize(
     "line, reason",
     [
