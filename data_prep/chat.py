@@ -3,12 +3,15 @@
 The template output is tokenized without added special tokens, so the BOS the template writes is
 the only one. Assistant spans are found by rendering prefixes: the tokens between "everything
 before this assistant turn + its header" and "everything up to and including this turn" are its
-content and end-of-turn token. Both facts are checked per sample.
+content and end-of-turn token. Both facts are checked per sample. Contents may not hold special token
+strings: the template's own must be parsed as control tokens, and a tokenizer cannot tell them apart.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import re
 
 IGNORE = -100
 
@@ -16,6 +19,13 @@ IGNORE = -100
 def template_fingerprint(tokenizer) -> str:
     """Hash of the chat template (a template change must rebuild SFT shards)."""
     return hashlib.sha256((tokenizer.chat_template or "").encode()).hexdigest()[:16]
+
+
+@functools.lru_cache(maxsize=8)
+def _special_strings(tokenizer) -> re.Pattern:
+    """The special tokens' strings (Llama-3's reserved ones included), longest first."""
+    specials = [t.content for t in tokenizer.added_tokens_decoder.values() if t.special]
+    return re.compile("|".join(map(re.escape, sorted(specials, key=len, reverse=True))) or "(?!)")
 
 
 def _render(tokenizer, messages: list[dict], generation_prompt: bool = False) -> str:
@@ -39,7 +49,14 @@ def encode_chat(
 ) -> tuple[list[int], list[int]]:
     """(input_ids, labels) of one conversation; labels are IGNORE outside assistant content + end of turn.
 
-    train_on_prompt ("mixed training") keeps every token but the first as a target."""
+    train_on_prompt ("mixed training") keeps every token but the first as a target. A content that
+    holds a special token's string is refused: the rendered text would encode it as that control token
+    (a fake end of turn inside a turn)."""
+    specials = _special_strings(tokenizer)
+    for i, m in enumerate(messages):
+        found = specials.search(m["content"])
+        if found:
+            raise ValueError(f"turn {i} ({m['role']}): content holds the special token {found.group()!r}")
     text = _render(tokenizer, messages)
     backend = tokenizer.backend_tokenizer  # one fast encode with offsets instead of one per prefix
     enc = backend.encode(text, add_special_tokens=False)

@@ -96,3 +96,9 @@ def test_a_template_that_adds_text_to_the_answer_is_refused(tok):
     clone.chat_template = bad
     with pytest.raises(ValueError, match="not exactly the assistant's content"):
         encode_chat(clone, [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}])
+
+
+def test_special_token_strings_in_contents_are_refused(tok):
+    msgs = [{"role": "user", "content": "What does <|eot_id|> mean?"}, {"role": "assistant", "content": "A"}]
+    with pytest.raises(ValueError, match=r"turn 0 \(user\): content holds the special token '<\|eot_id\|>'"):
+        encode_chat(tok, msgs)

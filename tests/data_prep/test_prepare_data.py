@@ -104,6 +104,19 @@ def test_cpt_boundaries_change_the_fingerprint_and_the_rows(tmp_path, monkeypatc
     assert int((ids == eos).sum()) == len(texts) - 1
 
 
+def test_special_token_strings_in_cpt_text_stay_text(tmp_path):
+    f = tmp_path / "code.jsonl"
+    text = "tokens such as <|end_of_text|> and <|begin_of_text|> mark documents in a tokenizer's vocabulary"
+    f.write_text(json.dumps({"text": text}) + "\n")
+    cfg = load_config(CPT, [f"data.cache_dir={tmp_path}", f"data.sources=[{{path: {f}}}]", "data.seq_len=16"])
+    tok = build_tokenizer(cfg.model)
+    shard = shards.prepare(cfg.data, tok).shards[0]
+    as_text = tok(text, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+    ids = [tok.bos_token_id, *as_text, tok.eos_token_id]
+    assert np.asarray(shard.input_ids).ravel().tolist() == ids[: shard.manifest["rows"] * 16]
+    assert shard.manifest["documents"] == 1 and tok.eos_token_id not in as_text
+
+
 def test_bad_rows_stop_prepare_with_file_and_row(tmp_path):
     f = tmp_path / "chat.jsonl"
     f.write_text('{"messages": [{"role": "user", "content": "only a question"}]}\n')
@@ -138,7 +151,7 @@ def test_chat_check_failures_are_bad_rows_skipped_and_counted_or_stopping_with_f
     tok = build_tokenizer(load_config(SFT).model)
     with caplog.at_level("WARNING"):
         m = shards.prepare(load_config(SFT, [*sets, "data.on_error=skip"]).data, tok).shards[0].manifest
-    reason = f"{f}:2: the rendered conversation must start with exactly one BOS"
+    reason = f"{f}:2: turn 0 (user): content holds the special token '<|begin_of_text|>'"
     assert (m["skipped_rows"], m["samples"]) == (1, 2)
     assert len(m["skip_reasons"]) == 1 and m["skip_reasons"][0].startswith(reason)
     assert "skipped 1 bad rows" in caplog.text and reason in caplog.text
