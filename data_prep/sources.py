@@ -52,19 +52,32 @@ def resolve_files(pattern: str, split: str = "train") -> list[Path]:
 
 
 def _rows_jsonl(path: Path) -> Iterator[tuple[int, object]]:
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
+    with path.open("rb") as f:  # decoded per line, so one bad byte is one bad row
+        for lineno, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:  # yielded, not raised, so `on_error: skip` can go on
+                yield lineno, BadRow(f"line is not valid UTF-8 (byte {e.start + 1})")
+                continue
             if not line.strip():
                 continue
             try:
                 yield lineno, json.loads(line)
-            except json.JSONDecodeError as e:  # yielded, not raised, so `on_error: skip` can go on
+            except json.JSONDecodeError as e:
                 yield lineno, BadRow(f"line is not valid JSON ({e.msg} at column {e.colno})")
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        line = path.read_bytes()[: e.start].count(b"\n") + 1
+        raise DataError(f"{path}:{line}: not valid UTF-8; re-encode the file as UTF-8") from None
 
 
 def _rows_json(path: Path) -> Iterator[tuple[int, object]]:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(_read_text(path))
     except json.JSONDecodeError as e:
         if e.lineno > 1 or "Extra data" in e.msg:  # probably JSON lines with a .json name
             yield from _rows_jsonl(path)
@@ -100,7 +113,13 @@ def _rows_parquet(path: Path, key: str | None) -> Iterator[tuple[int, object]]:
 
 def _rows_csv(path: Path) -> Iterator[tuple[int, object]]:
     with path.open(encoding="utf-8", newline="") as f:
-        yield from enumerate(csv.DictReader(f), 2)
+        reader = csv.DictReader(f)
+        try:
+            yield from enumerate(reader, 2)
+        except UnicodeDecodeError:  # text is decoded in blocks: the line is where the block starts
+            raise DataError(
+                f"{path}: not valid UTF-8 after line {reader.line_num}; re-encode the file as UTF-8"
+            ) from None
 
 
 def _rows_arrow(path: Path) -> Iterator[tuple[int, object]]:

@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from data_prep.errors import DataError
-from data_prep.records import iter_records
+from data_prep.records import Skips, iter_records
 from data_prep.registry import resolve
 from data_prep.shards import prepare
 from data_prep.sources import source_identity
@@ -82,6 +82,20 @@ def test_invalid_json_line_names_file_and_line(tmp_path):
     f.write_text('{"text": "ok"}\n{"text": "broken\n')
     with pytest.raises(DataError, match=rf"{f}:2: line is not valid JSON"):
         _docs(f)
+
+
+def test_invalid_utf8_is_a_bad_row_in_jsonl_and_a_file_error_in_json_and_csv(tmp_path):
+    f = tmp_path / "bytes.jsonl"
+    f.write_bytes(b'{"text": "ok"}\n{"text": "caf\xff"}\n{"text": "after"}\n')
+    with pytest.raises(DataError, match=rf"{f}:2: line is not valid UTF-8 \(byte 14\)"):
+        _docs(f)
+    skips = Skips()
+    assert [r["text"] for r in iter_records(resolve(Spec(path=str(f))), "skip", skips)] == ["ok", "after"]
+    assert skips.count == 1
+    for name, body in (("bytes.json", b'[{"text": "ok"},\n{"text": "\xff"}]'), ("bytes.csv", b"text\n\xff\n")):
+        (tmp_path / name).write_bytes(body)
+        with pytest.raises(DataError, match=rf"{tmp_path / name}.*not valid UTF-8"):
+            _docs(tmp_path / name)
 
 
 def test_missing_text_field_lists_existing_fields(tmp_path):
