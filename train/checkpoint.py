@@ -93,20 +93,31 @@ def save(engine, cfg: RunConfig, step: int, state: dict) -> Path:
         (tmp / STATE_FILE).write_text(json.dumps(full_state, indent=2))
         _fsync_tree(tmp)
         final = root / tag
-        if final.exists():  # re-saving a step after a resume: replace it only now that the new one is whole
-            shutil.rmtree(final)
+        replaced = root / f".old-{tag}"
+        if final.exists():  # re-saving a step after a resume: moved aside until the new one is in place
+            shutil.rmtree(replaced, ignore_errors=True)
+            os.replace(final, replaced)
         os.replace(tmp, final)
         _write_atomic(root / "latest", tag)
-        _prune(root, cfg.checkpoint.keep_last)
+        shutil.rmtree(replaced, ignore_errors=True)
+        _prune(root, step, cfg.checkpoint.keep_last)
         log.info("saved checkpoint %s", final)
     dist.barrier()
     return root / tag
 
 
-def _prune(root: Path, keep_last: int) -> None:
-    complete = sorted(p for p in root.iterdir() if TAG_RE.match(p.name) and (p / STATE_FILE).exists())
-    for old in complete[:-keep_last]:
+def _prune(root: Path, step: int, keep_last: int) -> None:
+    """Keep the checkpoint of `step` and the keep_last - 1 newest before it. Newer ones (of a run resumed
+    from an earlier explicit checkpoint) are never deleted."""
+    older = sorted(
+        p for p in root.iterdir() if TAG_RE.match(p.name) and _step_of(p) < step and (p / STATE_FILE).exists()
+    )
+    for old in older[: max(0, len(older) - (keep_last - 1))]:
         shutil.rmtree(old)
+
+
+def _step_of(folder: Path) -> int:
+    return int(TAG_RE.match(folder.name).group(1))
 
 
 def check_complete(folder: Path) -> dict:
@@ -140,12 +151,35 @@ def latest_complete(root: Path) -> Path | None:
     return None
 
 
-def find_resume(cfg: RunConfig, resume: str) -> Path | None:
-    """`auto`: the newest complete checkpoint under output_dir (None if there is none); else that path."""
-    if resume == "auto":
-        return latest_complete(Path(cfg.output_dir) / "checkpoints")
-    check_complete(Path(resume))
-    return Path(resume)
+def find_resume(cfg: RunConfig, resume: str | None) -> Path | None:
+    """The checkpoint to resume from. None (a fresh run) is refused in an output_dir that has checkpoints:
+    its saves would replace and prune them. `auto`: the newest complete checkpoint under output_dir
+    (None if there is none; an error if there are only broken ones); else that path."""
+    root = Path(cfg.output_dir) / "checkpoints"
+    existing = sorted(p for p in root.iterdir() if TAG_RE.match(p.name)) if root.is_dir() else []
+    if resume is None:
+        if existing:
+            raise UserError(
+                f"{cfg.output_dir} already holds checkpoints (newest {existing[-1].name}): continue that run "
+                "with --resume auto, or set another output_dir"
+            )
+        return None
+    if resume != "auto":
+        check_complete(Path(resume))
+        return Path(resume)
+    folder = latest_complete(root)
+    if folder is None and existing:
+        reasons = []
+        for p in existing:
+            try:
+                check_complete(p)
+            except UserError as e:
+                reasons.append(str(e))
+        raise UserError(
+            f"no complete checkpoint in {root} to resume from ({'; '.join(reasons)}); repair or move them "
+            "to start over"
+        )
+    return folder
 
 
 def check_compatible(cfg: RunConfig, state: dict, folder: Path, force: bool) -> None:

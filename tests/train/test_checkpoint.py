@@ -7,7 +7,7 @@ import logging
 
 import pytest
 
-from train.checkpoint import STATE_FILE, check_complete, latest_complete, tag_for
+from train.checkpoint import STATE_FILE, _prune, check_complete, latest_complete, tag_for
 from train.errors import UserError
 
 
@@ -53,3 +53,10 @@ def test_temporary_folders_are_ignored(tmp_path):
     _fake_checkpoint(tmp_path, 3)
     (tmp_path / ".tmp-step-00000006").mkdir()
     assert latest_complete(tmp_path).name == "step-00000003"
+
+
+def test_pruning_keeps_the_new_checkpoint_and_never_deletes_newer_ones(tmp_path):
+    for step in (2, 4, 6, 8):
+        _fake_checkpoint(tmp_path, step)
+    _prune(tmp_path, 6, keep_last=2)  # resumed from step 4 of a run that had reached step 8
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step-00000004", "step-00000006", "step-00000008"]
