@@ -337,7 +337,7 @@ class RunConfig(Section):
             raise ValueError("deepspeed.offload_optimizer needs deepspeed.zero_stage 1, 2 or 3")
         if opt.name == "cpu_adam" and not ds.offload_optimizer:
             raise ValueError("optim.name 'cpu_adam' runs on the CPU: set deepspeed.offload_optimizer: true")
-        if ds.offload_optimizer and opt.name == "fused_adam":
+        if ds.offload_optimizer and opt.name != "cpu_adam":  # DeepSpeed refuses GPU optimizers there
             raise ValueError(
                 "deepspeed.offload_optimizer keeps optimizer state on the CPU: use optim.name 'cpu_adam'"
             )

@@ -44,6 +44,11 @@ def lr_lambda(cfg: RunConfig, total_steps: int) -> Callable[[int], float]:
     """Multiplier of optim.lr after `step` optimizer steps (warmup, then cosine / wsd / constant)."""
     s, peak = cfg.schedule, cfg.optim.lr
     floor = s.min_lr / peak
+    if s.name == "wsd" and s.warmup_steps + s.decay_steps > total_steps:
+        raise UserError(
+            f"schedule.warmup_steps ({s.warmup_steps}) + schedule.decay_steps ({s.decay_steps}) exceed the "
+            f"run's {total_steps} steps: the decay would start inside the warmup; shorten them"
+        )
 
     def factor(step: int) -> float:
         if step < s.warmup_steps:
@@ -102,6 +107,20 @@ def build_engine(cfg: RunConfig, model: torch.nn.Module, world_size: int, total_
         config=deepspeed_config(cfg, world_size),
     )
     return engine
+
+
+def apply_optim_settings(cfg: RunConfig, engine) -> None:
+    """After a checkpoint load: the restored optimizer and scheduler carry the saved lr, betas, eps and
+    weight decay. Set the config's, so a resume with --allow-config-change trains with what it says
+    (an unchanged config sets the same values)."""
+    o, scheduler = cfg.optim, engine.lr_scheduler
+    scheduler.base_lrs = [o.lr] * len(scheduler.base_lrs)
+    lr = o.lr * scheduler.lr_lambdas[0](scheduler.last_epoch)
+    for i, group in enumerate(engine.optimizer.param_groups):  # param_groups' order: decay, no decay
+        group.update(lr=lr, initial_lr=o.lr, betas=o.betas, eps=o.eps)
+        if o.weight_decay_mode != "lr_ratio":
+            group["weight_decay"] = o.weight_decay if i == 0 else 0.0
+    scheduler._last_lr = [lr] * len(scheduler.base_lrs)
 
 
 def apply_weight_decay_rule(cfg: RunConfig, engine) -> None:

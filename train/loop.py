@@ -25,7 +25,7 @@ from train import checkpoint, evaluation
 from train import distributed as dist
 from train.chunked_loss import chunked_head
 from train.config import RunConfig, config_hash, dump_yaml
-from train.engine import apply_weight_decay_rule, build_engine, deepspeed_config
+from train.engine import apply_optim_settings, apply_weight_decay_rule, build_engine, deepspeed_config
 from train.errors import UserError
 from train.faults import maybe_fault
 from train.model import (
@@ -160,6 +160,7 @@ def write_run_files(cfg: RunConfig) -> None:
 
 def train(cfg: RunConfig, resume: str | None = None, allow_config_change: bool = False) -> None:
     """Run (or resume) the training described by `cfg`."""
+    folder = checkpoint.find_resume(cfg, resume)  # before any collective: a refusal stops every rank alike
     dist.init()
     seed_everything(cfg.seed)
     tokenizer = build_tokenizer(cfg.model)
@@ -184,12 +185,15 @@ def train(cfg: RunConfig, resume: str | None = None, allow_config_change: bool =
         "source_rows": dict.fromkeys(labels, 0),
         "source_target_tokens": dict.fromkeys(labels, 0),
     }
-    folder = checkpoint.find_resume(cfg, resume) if resume else None
     if folder is not None:
         saved = checkpoint.check_complete(folder)
         checkpoint.check_compatible(cfg, saved, folder, allow_config_change)
         saved = checkpoint.load(engine, folder)
-        state = {k: saved[k] for k in state}
+        apply_optim_settings(cfg, engine)
+        for k in ("step", "consumed_rows", "tokens"):
+            state[k] = saved[k]
+        for k in ("source_rows", "source_target_tokens"):  # a source added since starts at 0
+            state[k].update(saved[k])
         log.info("resumed from %s at step %d", folder, state["step"])
     if dist.is_main():
         write_run_files(cfg)
@@ -235,7 +239,7 @@ def train(cfg: RunConfig, resume: str | None = None, allow_config_change: bool =
                     total_steps,
                     metrics["loss"],
                     metrics["lr"],
-                    f"{metrics['grad_norm']:.3f}",
+                    "n/a" if metrics["grad_norm"] is None else f"{metrics['grad_norm']:.3f}",  # ZeRO-0 fp32
                     tokens_per_s,
                 )
         maybe_fault("sigkill", step, dist.rank())

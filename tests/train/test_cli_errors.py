@@ -12,6 +12,7 @@ import subprocess
 import sys
 
 from tests.conftest import ROOT, SMOKE, run_entry
+from train.tracking import read_metrics
 
 
 def _train_args(tmp_path, *sets, resume=None) -> list[str]:
@@ -34,13 +35,13 @@ def _train(tmp_path, *sets, resume=None):
     return run_entry("train.py", *_train_args(tmp_path, *sets, resume=resume))
 
 
-def _train_here(tmp_path, capsys, monkeypatch, *sets, resume=None):
+def _train_here(tmp_path, capsys, monkeypatch, *sets, resume=None, flags=()):
     """launch/train.py's main() in this process; returns what a subprocess run would."""
     spec = importlib.util.spec_from_file_location("launch_train", ROOT / "launch" / "train.py")
     monkeypatch.syspath_prepend(str(ROOT / "launch"))
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
-    monkeypatch.setattr(sys, "argv", ["train.py", *_train_args(tmp_path, *sets, resume=resume)])
+    monkeypatch.setattr(sys, "argv", ["train.py", *_train_args(tmp_path, *sets, resume=resume), *flags])
     code = script.main()
     out = capsys.readouterr()
     return subprocess.CompletedProcess(sys.argv, code, out.out, out.err)
@@ -106,3 +107,19 @@ def test_resume_refuses_changed_training_config(tmp_path, capsys, monkeypatch):
     assert r.returncode == 0, r.stderr[-2000:]
     r = _train_here(tmp_path, capsys, monkeypatch, "train.max_steps=2", "optim.lr=0.002", resume="auto")
     _check(r, "different config", "optim.lr: 0.003 -> 0.002", "--allow-config-change")
+
+    # a fresh run would replace and prune these checkpoints
+    _check(_train_here(tmp_path, capsys, monkeypatch, "train.max_steps=2"), "already holds checkpoints")
+
+    # allowed: the new optimizer settings apply (the loaded optimizer state carried the old lr)
+    changed = ("train.max_steps=4", "optim.lr=0.001", "schedule.name=constant", "schedule.warmup_steps=0")
+    flags = ("--allow-config-change",)
+    r = _train_here(tmp_path, capsys, monkeypatch, *changed, resume="auto", flags=flags)
+    assert r.returncode == 0, r.stderr[-2000:]
+    lrs = {step: m["lr"] for step, m in read_metrics(tmp_path / "run" / "metrics.jsonl").items()}
+    assert lrs[3] == lrs[4] == 0.001 and lrs[2] != 0.001
+
+    # every checkpoint broken: refused with the reasons, not a silent start from step 0
+    for state in (tmp_path / "run" / "checkpoints").glob("step-*/trainer_state.json"):
+        state.unlink()
+    _check(_train_here(tmp_path, capsys, monkeypatch, resume="auto"), "no complete checkpoint", "no trainer_state")

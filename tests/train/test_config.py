@@ -78,6 +78,7 @@ def test_missing_required_key(tmp_path):
             "with data.stages or data.sources[].weight the mixture decides",
         ),
         (["schedule.name=wsd"], "needs schedule.decay_steps"),
+        (["deepspeed.offload_optimizer=true"], "use optim.name 'cpu_adam'"),
         (["schedule.min_lr=1.0"], "min_lr is larger than optim.lr"),
         (["eval.suites=[control_llm_zh]"], "never runs"),
         (["data.sources=[{path: corpus, data_files: '*.parquet'}]"], "put the glob in the path"),

@@ -9,6 +9,7 @@ import pytest
 from tests.conftest import SMOKE
 from train.config import load_config
 from train.engine import deepspeed_config, lr_lambda
+from train.errors import UserError
 
 
 def _cfg(*overrides):
@@ -28,6 +29,11 @@ def test_wsd_is_flat_then_decays_linearly():
     assert f(50) == 1.0 and f(89) == 1.0
     assert f(100) == pytest.approx(1 - 0.9 * 0.5)
     assert f(110) == pytest.approx(0.1)
+
+
+def test_wsd_whose_decay_would_start_inside_the_warmup_is_refused():
+    with pytest.raises(UserError, match=r"warmup_steps \(50\) \+ schedule.decay_steps \(80\) exceed the run's 100"):
+        lr_lambda(_cfg("schedule.name=wsd", "schedule.warmup_steps=50", "schedule.decay_steps=80"), 100)
 
 
 def test_constant_after_warmup():
