@@ -20,6 +20,7 @@ from typing import Any, Literal
 import torch
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from transformers import AutoConfig
 
 from train.merge_io import ShardReader, ShardWriter, atomic_dir, tokenizer_ids
 
@@ -27,7 +28,7 @@ log = logging.getLogger(__name__)
 
 # Rows of these tensors are indexed by token id; only they may differ in their first dimension.
 VOCAB_TENSORS = ("embed_tokens.weight", "lm_head.weight")
-# config.json keys that must agree for tensor-wise arithmetic to make sense.
+# Config values that must agree for tensor-wise arithmetic to make sense (compared as resolved, not raw).
 ARCH_KEYS = (
     "model_type",
     "num_hidden_layers",
@@ -342,15 +343,30 @@ def _is_vocab(name: str) -> bool:
     return name.endswith(VOCAB_TENSORS)
 
 
+def _arch(model: Path) -> dict[str, Any]:
+    """The ARCH_KEYS values ``model``'s config resolves to, defaults filled as its model type fills them.
+
+    config.json files omit defaults differently (transformers 5 always writes head_dim; Llama-3 configs
+    written by 4.40 have none), so raw values would differ where the architectures agree."""
+    raw = _read_config(model)
+    try:
+        config = AutoConfig.from_pretrained(model, trust_remote_code=False)
+    except (ValueError, OSError, KeyError):  # a model type transformers does not know: the raw file
+        heads, hidden = raw.get("num_attention_heads"), raw.get("hidden_size")
+        derived = {"num_key_value_heads": heads, "head_dim": hidden // heads if heads and hidden else None}
+        return {key: derived.get(key) if raw.get(key) is None else raw[key] for key in ARCH_KEYS}
+    return {key: getattr(config, key, raw.get(key)) for key in ARCH_KEYS}
+
+
 def _check_inputs(plan: MergePlan, reader: ShardReader) -> None:
     """Refuse mismatched architectures, tensor sets or shapes before anything is written."""
     models = list(reader.maps)
-    configs = {m: _read_config(m) for m in models}
+    configs = {m: _arch(m) for m in models}
     for key in ARCH_KEYS:
-        values = {m: configs[m].get(key) for m in models}
+        values = {m: configs[m][key] for m in models}
         if len(set(map(repr, values.values()))) > 1:
             found = ", ".join(f"{v!r} in {m}" for m, v in values.items())
-            raise MergeError(f"architecture mismatch: config.json '{key}' is {found}")
+            raise MergeError(f"architecture mismatch: config '{key}' resolves to {found}")
     names = set(reader.maps[plan.anchor])
     for m in models[1:]:
         missing, extra = sorted(names - set(reader.maps[m])), sorted(set(reader.maps[m]) - names)

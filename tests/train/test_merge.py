@@ -282,8 +282,31 @@ def test_copy_rows_out_of_range_and_without_shared_rows(trio, expanded, tmp_path
 def test_architecture_mismatch_names_config_key(trio, tmp_path):
     root, _ = trio
     make_model(tmp_path / "deep", 3, num_hidden_layers=3)
-    with pytest.raises(MergeError, match=r"'num_hidden_layers' is 3 in .*deep, 2 in .*chat"):
+    with pytest.raises(MergeError, match=r"'num_hidden_layers' resolves to 3 in .*deep, 2 in .*chat"):
         merge(load_config(chat_vector_cfg(root, tmp_path / "deep", tmp_path / "out")))
+
+
+def test_configs_compare_resolved_values_not_raw_keys(trio, tmp_path):
+    """Llama-3 configs written by transformers 4.40 omit head_dim, our (transformers 5) exports write it."""
+    root, sd = trio
+    for name in ("chat", "base"):
+        shutil.copytree(root / name, tmp_path / name)
+        config = json.loads((tmp_path / name / "config.json").read_text())
+        del config["head_dim"], config["tie_word_embeddings"]  # both at their Llama defaults (16, false)
+        (tmp_path / name / "config.json").write_text(json.dumps(config))
+    assert "head_dim" in json.loads((root / "cpt/config.json").read_text())
+    out = merge(load_config(chat_vector_cfg(tmp_path, root / "cpt", tmp_path / "out")))
+    k = "model.layers.1.self_attn.q_proj.weight"
+    assert torch.equal(load_output(out)[k], sd["cpt"][k] + 1.0 * (sd["chat"][k] - sd["base"][k]))
+    # A head_dim that really differs (64 / 4 heads resolves to 16) is still refused, as is an unknown type.
+    config = json.loads((tmp_path / "chat/config.json").read_text())
+    (tmp_path / "chat/config.json").write_text(json.dumps({**config, "head_dim": 32}))
+    with pytest.raises(MergeError, match=r"'head_dim' resolves to 16 in .*cpt, 32 in .*chat, 16 in .*base"):
+        merge(load_config(chat_vector_cfg(tmp_path, root / "cpt", tmp_path / "out2")))
+    for name in ("chat", "base"):
+        (tmp_path / name / "config.json").write_text(json.dumps({**config, "model_type": "picollama"}))
+    with pytest.raises(MergeError, match=r"'model_type' resolves to 'llama' in .*cpt, 'picollama' in .*chat"):
+        merge(load_config(chat_vector_cfg(tmp_path, root / "cpt", tmp_path / "out3")))
 
 
 def test_shape_mismatch_names_tensor_and_both_shapes(trio, tmp_path):
