@@ -83,8 +83,21 @@ def preset_config(cfg: ModelConfig) -> LlamaConfig:
         close = difflib.get_close_matches(str(cfg.preset), PRESETS, n=1)
         hint = f" Did you mean '{close[0]}'?" if close else ""
         raise UserError(f"unknown model.preset '{cfg.preset}'.{hint} Known presets: {', '.join(PRESETS)}.")
-    fields = dict(PRESETS[cfg.preset], **cfg.overrides)
-    return LlamaConfig(**fields)
+    return LlamaConfig(**PRESETS[cfg.preset], **_checked_overrides(cfg))
+
+
+def _checked_overrides(cfg: ModelConfig) -> dict:
+    """`model.overrides`, each key a Llama config field (LlamaConfig takes any keyword: a typo would
+    change nothing)."""
+    import difflib
+
+    fields = LlamaConfig().to_dict()
+    for key in cfg.overrides:
+        if key not in fields:
+            close = difflib.get_close_matches(key, fields, n=1)
+            hint = f" Did you mean '{close[0]}'?" if close else ""
+            raise UserError(f"model.overrides: '{key}' is not a Llama config field.{hint}")
+    return dict(cfg.overrides)
 
 
 def _check_attention(cfg: ModelConfig) -> None:
@@ -104,15 +117,25 @@ def _check_attention(cfg: ModelConfig) -> None:
 
 
 def architecture(cfg: ModelConfig):
-    """The model's config: the preset's when one is named, else the checkpoint's config.json."""
-    if cfg.preset is not None:
-        return preset_config(cfg)
+    """The model's config (overrides applied): the weights' config.json when it is on this machine (a
+    folder or the hub cache; exports need its eos ids and rope settings), else the preset's (a dry run
+    without the download), else config.json from the hub."""
     from transformers import AutoConfig
 
-    try:
-        return AutoConfig.from_pretrained(cfg.name_or_path, trust_remote_code=cfg.trust_remote_code)
-    except OSError as e:
-        raise UserError(f"cannot read the config of model.name_or_path '{cfg.name_or_path}': {e}") from None
+    if cfg.name_or_path is not None:
+        try:
+            return AutoConfig.from_pretrained(
+                cfg.name_or_path,
+                local_files_only=cfg.preset is not None,
+                trust_remote_code=cfg.trust_remote_code,
+                **_checked_overrides(cfg),
+            )
+        except OSError as e:
+            if cfg.preset is None:
+                raise UserError(
+                    f"cannot read the config of model.name_or_path '{cfg.name_or_path}': {e}"
+                ) from None
+    return preset_config(cfg)
 
 
 ARCH_FIELDS = (
@@ -159,6 +182,7 @@ def build_model(cfg: ModelConfig, meta: bool = False) -> PreTrainedModel:
                 dtype=dtype,
                 attn_implementation=cfg.attn_implementation,
                 trust_remote_code=cfg.trust_remote_code,
+                **_checked_overrides(cfg),
             )
         except OSError as e:
             raise UserError(f"cannot load model.name_or_path '{cfg.name_or_path}': {e}") from None

@@ -43,3 +43,23 @@ def test_every_recipe_dry_runs_on_the_meta_device(recipe, monkeypatch):
         assert total == trainable == 8_030_261_248  # full tuning of the Llama-3(.1)-8B shape
     ds = json.loads(text.split("# DeepSpeed config\n", 1)[1])
     assert ds["bf16"]["enabled"] is True
+
+
+def test_the_weights_config_wins_over_the_preset_and_overrides_are_checked(tmp_path):
+    from transformers import LlamaConfig
+
+    from train.errors import UserError
+    from train.model import architecture
+
+    cfg = load_config(ROOT / "configs/smoke/cpt_tiny.yaml").model
+    weights = LlamaConfig(**architecture(cfg).to_dict())
+    weights.eos_token_id = [2043, 2046]  # an instruct model's end-of-turn ids, which the preset lacks
+    weights.save_pretrained(tmp_path)
+    local = cfg.model_copy(update={"name_or_path": str(tmp_path), "overrides": {"num_hidden_layers": 1}})
+    arch = architecture(local)
+    assert arch.eos_token_id == [2043, 2046] and arch.num_hidden_layers == 1
+    remote = cfg.model_copy(update={"name_or_path": "not-downloaded/model"})  # offline: the preset
+    assert architecture(remote).eos_token_id == architecture(cfg).eos_token_id
+    typo = cfg.model_copy(update={"overrides": {"num_hiden_layers": 1}})
+    with pytest.raises(UserError, match="'num_hiden_layers' is not a Llama config field. Did you mean 'num_hidden_layers'"):
+        architecture(typo)
