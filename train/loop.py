@@ -258,10 +258,12 @@ def train(cfg: RunConfig, resume: str | None = None, allow_config_change: bool =
         checkpoint.save(engine, cfg, state["step"], state)
     stop.restore()
     tracker.finish()
+    dist.barrier()
+    # Rank 0 exports alone; the others wait in the launcher's shutdown barrier, which rank 0 reaches
+    # whether the export succeeds or fails (a barrier after the export would pair wrongly on failure).
     if cfg.checkpoint.export_at_end and dist.is_main() and state["step"] == total_steps:
         ckpt = Path(cfg.output_dir) / "checkpoints" / checkpoint.tag_for(state["step"])
         log.info("exported %s", checkpoint.export_hf(ckpt, Path(cfg.output_dir) / "export", overwrite=True))
-    dist.barrier()
 
 
 def dry_run(cfg: RunConfig) -> str:
