@@ -90,6 +90,8 @@ class ExpansionSection(Section):
     interpolation_factor: float = 0.0
     """Initial logit of alpha (0 -> alpha 0.5); for dlerp / dlerpin the initial gate bias."""
     freeze_interpolation: bool = False
+    """lerp: alpha stays sigmoid(interpolation_factor). dlerp / dlerpin: only the gate bias is frozen, the gate
+    weight trains (as the reference)."""
     divergence: DivergenceSection = Field(default_factory=DivergenceSection)
 
 

@@ -136,6 +136,9 @@ def apply_freeze_policy(
 ) -> tuple[int, int, int]:
     """Set requires_grad for `expansion` (only copies and interpolators train), `partial` or `full`.
 
+    With `freeze_interpolation`, lerp's theta is frozen and dlerp / dlerpin freeze only the gate bias (the
+    reference's behaviour): their gate weight still trains.
+
     `partial` unfreezes the layers the placement rule picks for `num_exp_layers` (no expansion). Returns
     and logs (total, trainable, frozen).
     """
@@ -159,7 +162,7 @@ def apply_freeze_policy(
         for j in expansion["pair_layers"]:
             pair: ConcatPair = layers[j]
             pair.expanded_layer.requires_grad_(True)
-            pair.gate.requires_grad_(not expansion["freeze_interpolation"])
+            pair.interpolator.set_trainable(pair.gate, expansion["freeze_interpolation"])
     counts = count_parameters(model)
     logger.info("parameters: %s total, %s trainable, %s frozen", *(f"{n:,}" for n in counts))
     return counts

@@ -45,6 +45,8 @@ class ExpansionConfig:
     method: str = "lerp"
     num_exp_layers: int = 16
     interpolation_factor: float = 0.0
+    # lerp: theta stays at interpolation_factor. dlerp / dlerpin: only the gate bias is frozen, the gate
+    # weight trains (as the reference).
     freeze_interpolation: bool = False
     divergence: DivergenceConfig = field(default_factory=DivergenceConfig)
     # A hub id or a path relative to the model folder; never an absolute path.

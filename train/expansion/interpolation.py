@@ -50,6 +50,11 @@ class Lerp:
         init.constant_(param, factor)
 
     @staticmethod
+    def set_trainable(param: nn.Parameter, freeze: bool) -> None:
+        """`freeze` fixes theta, so alpha stays sigmoid(interpolation_factor)."""
+        param.requires_grad_(not freeze)
+
+    @staticmethod
     def alpha(param: nn.Parameter, x: torch.Tensor, h_pre: torch.Tensor, h_exp: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(param)
 
@@ -67,6 +72,12 @@ class DLerp:
     @staticmethod
     def reset(gate: Gate, factor: float, init: ModuleType) -> None:
         gate.fc.reset_parameters(init)
+
+    @staticmethod
+    def set_trainable(gate: Gate, freeze: bool) -> None:
+        """`freeze` fixes only the bias, as the reference does; the weight always trains (alpha stays per token)."""
+        gate.requires_grad_(True)
+        gate.fc.bias.requires_grad_(not freeze)
 
     @staticmethod
     def alpha(gate: Gate, x: torch.Tensor, h_pre: torch.Tensor, h_exp: torch.Tensor) -> torch.Tensor:

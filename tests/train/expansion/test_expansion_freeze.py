@@ -45,6 +45,24 @@ def test_frozen_interpolation_factor_stays_frozen():
     assert any(p.requires_grad for name, p in model.named_parameters() if "expanded_layer" in name)
 
 
+@pytest.mark.parametrize("method", ["dlerp", "dlerpin"])
+def test_frozen_dlerp_gate_freezes_only_its_bias(method, input_ids):
+    """As the reference's dlerp / dlerpin: freezing fixes fc.bias, the gate weight keeps training."""
+    cfg = ExpansionConfig(type="concat", method=method, num_exp_layers=2, freeze_interpolation=True)
+    model = expand_model(tiny_llama(), cfg)
+    perturb(model)
+    apply_freeze_policy(model)
+    gate = {name: p for name, p in model.named_parameters() if "interp_weight" in name}
+    assert len(gate) == 4  # two pairs, fc.weight and fc.bias each
+    trainable = {name for name, p in gate.items() if p.requires_grad}
+    assert trainable == {name for name in gate if name.endswith("fc.weight")}
+    model.train()
+    outputs = model(input_ids, labels=input_ids)
+    (outputs.loss + outputs.divergence_loss).backward()
+    assert all((p.grad is not None) == (name in trainable) for name, p in gate.items())
+    assert all(gate[name].grad.abs().sum() > 0 for name in trainable)
+
+
 def test_partial_and_full_baselines():
     model = tiny_llama()
     total, trainable, _ = apply_freeze_policy(model, "partial", num_exp_layers=2)
