@@ -25,6 +25,8 @@ def iter_raw(source: Source) -> Iterator[tuple[str, object]]:
         import datasets
 
         kwargs = {"data_files": source.data_files} if source.data_files else {}
+        if source.revision:
+            kwargs["revision"] = source.revision
         for split in source.split.split("+"):  # streaming loads one split at a time
             try:
                 ds = datasets.load_dataset(source.hub_id, split=split, streaming=True, **kwargs)

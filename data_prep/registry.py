@@ -71,6 +71,7 @@ class Source:
     hub_id: str | None = None
     data_files: str | None = None
     split: str = "train"
+    revision: str | None = None
 
 
 def lookup(name: str) -> Entry:
@@ -111,5 +112,6 @@ def resolve(spec) -> Source:
         path=path,
         hub_id=None if path else (hub_id or entry.hub_id),
         data_files=None if path else data_files,
+        revision=None if path else getattr(spec, "revision", None),
         split=getattr(spec, "split", None) or (entry.split if entry else "train"),
     )

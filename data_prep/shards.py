@@ -75,7 +75,7 @@ def shard_key(source: Source, tokenizer, opts: PackOptions) -> dict:
     key = {
         "version": FORMAT_VERSION,
         "kind": kind,
-        "data": source_identity(source.path, source.hub_id, source.split, source.data_files),
+        "data": source_identity(source),
         "adapter": source.adapter,
         "adapter_options": asdict(source.options),
         "tokenizer": tokenizer_fingerprint(tokenizer),

@@ -144,12 +144,14 @@ def iter_rows(path: Path, key: str | None = None) -> Iterator[tuple[int, object]
     }[path.suffix]()
 
 
-def source_identity(path: str | None, hub_id: str | None, split: str, data_files: str | None) -> dict:
-    """What identifies a source's content for cache fingerprints (files by name, size and mtime)."""
-    if path is None:
-        return {"hub_id": hub_id, "split": split, "data_files": data_files}
+def source_identity(source) -> dict:
+    """What identifies a source's content for cache fingerprints: local files by name, size and mtime; a
+    hub dataset by id, split, files and revision (unpinned: the shard is not rebuilt on upstream changes)."""
+    if source.path is None:
+        ident = {"hub_id": source.hub_id, "split": source.split, "data_files": source.data_files}
+        return ident | ({"revision": source.revision} if source.revision else {})
     files = []
-    for f in resolve_files(path, split):
+    for f in resolve_files(source.path, source.split):
         stats = [f.stat()] if f.is_file() else [g.stat() for g in sorted(f.rglob("*")) if g.is_file()]
         files.append([str(f.resolve()), sum(s.st_size for s in stats), max(s.st_mtime_ns for s in stats)])
     return {"files": files}

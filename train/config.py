@@ -104,6 +104,9 @@ class SourceConfig(Section):
     """Hugging Face dataset id (loaded with datasets.load_dataset)."""
     data_files: str | None = None
     """Hub only: a glob of files inside the dataset repo."""
+    revision: str | None = None
+    """Hub only: the dataset commit (or tag) to read. Pin it: a shard built from the hub is reused while
+    the source's settings are unchanged, even if the dataset changed upstream."""
     split: str | None = None
     """Hub split, or the split of a local DatasetDict `save_to_disk` folder ("a+b" for several; default:
     the registry's, else train)."""
@@ -138,6 +141,8 @@ class SourceConfig(Section):
             )
         if self.path is not None and self.hub_id is not None:
             raise ValueError("a data source takes 'path' or 'hub_id', not both")
+        if self.path is not None and self.revision is not None:
+            raise ValueError("data source 'revision' pins a hub dataset; a local 'path' has none")
         if self.path is not None and self.data_files is not None:
             raise ValueError(
                 "data source 'data_files' selects files of a hub dataset; with a local 'path', put the glob "

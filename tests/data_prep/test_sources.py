@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from types import SimpleNamespace
 
 import datasets
 import pyarrow as pa
@@ -68,13 +69,21 @@ def test_a_datasetdict_folder_gives_only_the_configured_split(tmp_path):
     assert _docs(folder, split="train+validation") == ["t1", "t2", "v1"]
     ids = [r["id"] for r in iter_records(resolve(Spec(path=str(folder), split="test")))]
     assert ids == [f"{folder / 'test'}:1"]
-    assert source_identity(str(folder), None, "test", None) != source_identity(
-        str(folder), None, "train", None
-    )
+    identity = {split: source_identity(resolve(Spec(path=str(folder), split=split))) for split in ("test", "train")}
+    assert identity["test"] != identity["train"]
     with pytest.raises(
         DataError, match=rf"{folder}: no split 'dev' .*its splits are: train, test, validation"
     ):
         _docs(folder, split="dev")
+
+
+def test_a_hub_source_is_identified_by_its_files_and_revision():
+    def hub(**kw):
+        return source_identity(resolve(SimpleNamespace(hub_id="wikimedia/wikipedia", **kw)))
+
+    glob = "20231101.ja/*.parquet"
+    assert hub(data_files=glob) != hub() and hub(data_files=glob, revision="b04c8d1") != hub(data_files=glob)
+    assert hub(revision="b04c8d1")["revision"] == "b04c8d1"
 
 
 def test_invalid_json_line_names_file_and_line(tmp_path):

@@ -82,6 +82,7 @@ def test_missing_required_key(tmp_path):
         (["schedule.min_lr=1.0"], "min_lr is larger than optim.lr"),
         (["eval.suites=[control_llm_zh]"], "never runs"),
         (["data.sources=[{path: corpus, data_files: '*.parquet'}]"], "put the glob in the path"),
+        (["data.sources=[{path: corpus, revision: main}]"], "'revision' pins a hub dataset"),
     ],
 )
 def test_impossible_combinations(tmp_path, overrides, fragment):
