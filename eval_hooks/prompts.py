@@ -184,8 +184,8 @@ def winograd_contexts(doc: dict) -> list[str]:
 
 
 def winograd_continuation(doc: dict) -> str:
-    """The text after "_", scored after each context."""
-    return " " + doc["sentence"][doc["sentence"].index("_") + 1 :].strip()
+    """The text after "_", scored after each context; lm-eval's target_delimiter supplies the space before it."""
+    return doc["sentence"][doc["sentence"].index("_") + 1 :].strip()
 
 
 # --- MERA: prompt = the record's instruction template filled with its inputs ---------------------------------------

@@ -138,7 +138,12 @@ def test_swallow_en_prompts(tm):
     assert xw.doc_to_choice(first) == ["The trophy didn't fit in the suitcase because the trophy"] * 1 + [
         "The trophy didn't fit in the suitcase because the suitcase"
     ]
-    assert xw.doc_to_target(first) == " was too big." and xw.doc_to_text(first) == 0
+    assert xw.doc_to_text(first) == 0
+    xw.build_all_requests(rank=0, world_size=1)
+    context, continuation = xw.instances[0].args  # one space between context and continuation, shots too
+    assert continuation == " was too big." and context.startswith(
+        "The trophy didn't fit in the suitcase because the suitcase was too small.\n\n"
+    )
     squad = tm.load("cl_squadv2")["tasks"]["cl_squadv2"]
     assert [d["golds"] for d in squad.eval_docs] == [["the Seine"], ["Paris"], ["unanswerable"]]
     gsm = _prompts(tm, "cl_gsm8k")[0]
