@@ -248,3 +248,19 @@ def test_meta_eval_details_become_docs_with_meta_prompts(tm, tmp_path):
         ValueError, match=r"mmlu.parquet row 2: missing or empty column\(s\) \['input_correct_responses'\]"
     ):
         load_meta_details(data_dir=str(tmp_path), files={"latest": "meta_evals/mmlu"}, benchmark="mmlu")
+
+
+@pytest.mark.parametrize("name", ["cl_bbh_cot_3shot", "cl_meta_bbh_3shot"])
+def test_bbh_scoring_keeps_punctuation_and_sign(tm, name):
+    task = tm.load(name)["tasks"][name]
+    pattern = task.config.filter_list[0]["filter"][0]["regex_pattern"]
+
+    def score(response: str, target: str) -> float:
+        [[answer]] = RegexFilter(regex_pattern=pattern).apply([[response]], [{}])
+        return task.process_results({"target": target}, [answer])["exact_match"]
+
+    assert score("So the answer is ] ] ).", "] ] )") == 1.0
+    assert score("So the answer is } } >.", "] ] )") == 0.0  # dyck_languages: the brackets are the answer
+    assert score("So the answer is 25.", "-25") == 0.0  # multistep_arithmetic_two: the sign counts
+    assert score("So the answer is -25.", "-25") == 1.0
+    assert score("So the answer is (a).", "(A)") == 1.0 and score("So the answer is A.", "(A)") == 0.0
