@@ -25,16 +25,12 @@ def flags_to_raw(args: argparse.Namespace) -> dict:
 
 
 def fold_expansion(args: argparse.Namespace) -> int:
-    """Merge-back of an expanded model; w defaults to the alphas logged next to the export."""
+    """Merge-back of an expanded model (how w is chosen: train/expansion/merge_back.py, docs/merging.md)."""
     from train.expansion import merge_back
-    from train.expansion.merge_back import logged_alphas
 
     metrics = args.metrics or args.model.parent / "metrics.jsonl"
     try:
-        weight = args.weight
-        if weight is None and metrics.exists():
-            weight = logged_alphas(metrics)
-        print(merge_back(args.model, args.out, weight))
+        print(merge_back(args.model, args.out, args.weight, args.alpha_data, metrics, args.alpha_max_tokens))
     except ValueError as err:
         print(f"merge error: {err}", file=sys.stderr)
         return 2
@@ -60,10 +56,19 @@ def main(argv: list[str] | None = None) -> int:
     fold.add_argument("--model", required=True, type=Path, help="an exported Control-LLM folder")
     fold.add_argument("--out", required=True, type=Path)
     fold.add_argument(
-        "--weight", type=float, help="w for every pair (default: lerp's alpha, else the logged alphas)"
+        "--weight", type=float, help="w for every pair (default: lerp's sigmoid(theta) per pair)"
     )
     fold.add_argument(
-        "--metrics", type=Path, help="metrics.jsonl to read alphas from (default: the run's, if any)"
+        "--alpha-data",
+        type=Path,
+        help="dlerp/dlerpin: JSONL rows with 'text'; w per pair = mean alpha over their tokens (the reference)",
+    )
+    fold.add_argument("--alpha-max-tokens", type=int, default=2048, help="tokens kept per --alpha-data row")
+    fold.add_argument(
+        "--metrics",
+        type=Path,
+        help="dlerp/dlerpin without --alpha-data: alphas logged (one training step's batches) at the export's "
+        "step in this metrics.jsonl (default: <model>/../metrics.jsonl)",
     )
     for p in (cv, ex, fold):
         p.add_argument("--set", dest="sub_set", action="append", default=[], metavar="KEY=VALUE")

@@ -1,12 +1,18 @@
-"""Fold each concat pair into one block, W = (1 - w) W_pre + w W_exp, giving a plain Llama."""
+"""Fold each concat pair into one block, W = (1 - w) W_pre + w W_exp, giving a plain Llama.
 
+w per pair: lerp's own alpha, sigmoid(theta) read from the weights; for dlerp / dlerpin (alpha varies per
+token) the mean alpha over evaluation rows (the reference's choice), or else the training-batch mean logged
+at the export's own step.
+"""
+
+import json
 import re
 import shutil
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from .build import llama_fields
 from .modeling import ConcatPair, ControlLLMForCausalLM
@@ -20,7 +26,9 @@ def _pair_weights(model: ControlLLMForCausalLM, weight: float | Sequence[float] 
     pairs = model.config.pair_layers
     if weight is None:
         if model.config.expansion["method"] != "lerp":
-            raise ValueError("dlerp/dlerpin alphas vary per token: pass weight (e.g. the logged mean alpha)")
+            raise ValueError(
+                "dlerp/dlerpin alphas vary per token: pass weight (e.g. measured_alphas on evaluation rows)"
+            )
         pair_modules: list[ConcatPair] = [model.model.layers[j] for j in pairs]
         weight = [torch.sigmoid(p.gate.float()).item() for p in pair_modules]
     weights = [float(weight)] * len(pairs) if isinstance(weight, (int, float)) else [float(w) for w in weight]
@@ -58,11 +66,87 @@ def fold_pairs(
     return merged
 
 
+@torch.no_grad()
+def measured_alphas(model: ControlLLMForCausalLM, rows: Iterable[Sequence[int]]) -> list[float]:
+    """Per-pair mean alpha over every token of `rows` (token id lists), one unpadded row per forward pass."""
+    total, tokens = None, 0
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    for row in rows:
+        ids = torch.tensor([list(row)], dtype=torch.long, device=device)
+        alphas = model(input_ids=ids, use_cache=False).alphas.double().cpu() * ids.shape[1]
+        total = alphas if total is None else total + alphas
+        tokens += ids.shape[1]
+    model.train(was_training)
+    if not tokens:
+        raise ValueError("no tokens to measure alphas on")
+    return (total / tokens).tolist()
+
+
+def alpha_rows(path: str | Path, tokenizer, max_tokens: int = 2048) -> list[list[int]]:
+    """Token ids of each JSONL row's "text" (special tokens as the tokenizer adds them), cut at max_tokens."""
+    if not Path(path).is_file():
+        raise ValueError(f"alpha data {path} does not exist")
+    rows = []
+    for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            row = None
+        if not isinstance(row, dict):
+            raise ValueError(f"{path}:{n}: is not a JSON object")
+        text = row.get("text")
+        if not isinstance(text, str):
+            raise ValueError(f'{path}:{n}: each row needs a "text" string')
+        ids = tokenizer(text)["input_ids"][:max_tokens]
+        if ids:
+            rows.append(ids)
+    return rows
+
+
+def logged_alphas(metrics_file: str | Path, step: int) -> list[float]:
+    """Per-pair mean alphas logged for `step` in a run's metrics.jsonl (`alpha/pair_k`: one training
+    step's batches, at the forward pass before that step's update)."""
+    from train.tracking import read_metrics
+
+    steps = read_metrics(metrics_file)
+    if step not in steps:
+        logged = sorted(k for k, m in steps.items() if any(key.startswith("alpha/pair_") for key in m))
+        raise ValueError(
+            f"{metrics_file} logs no alphas for step {step} (logged: {logged[-5:]}); "
+            "pass --alpha-data or --weight"
+        )
+    alphas = sorted((int(k.split("_")[-1]), v) for k, v in steps[step].items() if k.startswith("alpha/pair_"))
+    if not alphas:
+        raise ValueError(f"{metrics_file} logs no alpha/pair_k values: pass the weight explicitly")
+    return [v for _, v in alphas]
+
+
+def export_step(model_dir: str | Path) -> int | None:
+    """The training step an export was written from (continualm_export.json), if known."""
+    info = Path(model_dir) / "continualm_export.json"
+    return json.loads(info.read_text()).get("step") if info.is_file() else None
+
+
 def merge_back(
-    model_dir: str | Path, out_dir: str | Path, weight: float | Sequence[float] | None = None
+    model_dir: str | Path,
+    out_dir: str | Path,
+    weight: float | Sequence[float] | None = None,
+    alpha_data: str | Path | None = None,
+    metrics: str | Path | None = None,
+    max_tokens: int = 2048,
 ) -> Path:
-    """Load an expanded model folder, fold its pairs and save a plain Llama (with its tokenizer) to `out_dir`."""
+    """Load an expanded model folder, fold its pairs and save a plain Llama (with its tokenizer) to `out_dir`.
+
+    w: `weight` if given; else lerp's sigmoid(theta); else (dlerp / dlerpin) the mean alpha over the rows of
+    `alpha_data` (JSONL, "text"); else the alphas `metrics` (metrics.jsonl) logged at the export's step.
+    """
     model = ControlLLMForCausalLM.from_pretrained(model_dir, dtype="auto")
+    if weight is None and model.config.expansion["method"] != "lerp":
+        weight = _dynamic_weight(model, Path(model_dir), alpha_data, metrics, max_tokens)
     out = Path(out_dir)
     fold_pairs(model, weight).save_pretrained(out)
     for pattern in _CARRIED:
@@ -71,13 +155,20 @@ def merge_back(
     return out
 
 
-def logged_alphas(metrics_file: str | Path) -> list[float]:
-    """Per-pair mean alphas of the last step logged in a run's metrics.jsonl (`alpha/pair_k`)."""
-    from train.tracking import read_metrics
-
-    steps = read_metrics(metrics_file)
-    last = steps[max(steps)] if steps else {}
-    alphas = sorted((int(k.split("_")[-1]), v) for k, v in last.items() if k.startswith("alpha/pair_"))
-    if not alphas:
-        raise ValueError(f"{metrics_file} logs no alpha/pair_k values: pass the weight explicitly")
-    return [v for _, v in alphas]
+def _dynamic_weight(
+    model: ControlLLMForCausalLM, model_dir: Path, alpha_data, metrics, max_tokens: int
+) -> list[float]:
+    if alpha_data is not None:
+        rows = alpha_rows(alpha_data, AutoTokenizer.from_pretrained(model_dir), max_tokens)
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        weight = measured_alphas(model.to(device), rows)
+        model.to("cpu")
+        return weight
+    step = export_step(model_dir)
+    if step is None or metrics is None or not Path(metrics).is_file():
+        raise ValueError(
+            "dlerp/dlerpin alphas vary per token: pass --alpha-data (evaluation rows; w = their mean alpha) "
+            "or --weight. The fallback, the alphas logged at the export's own step, needs "
+            f"{model_dir / 'continualm_export.json'} and a metrics.jsonl (looked for {metrics})"
+        )
+    return logged_alphas(metrics, step)

@@ -1,0 +1,110 @@
+"""Merge-back through the launcher: which w each method folds with (lerp's theta, measured or logged alphas)."""
+
+import importlib.util
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import perturb, tiny_llama
+from transformers import AutoTokenizer, LlamaForCausalLM
+
+from train.expansion import ControlLLMForCausalLM, ExpansionConfig, expand_model
+
+REPO = Path(__file__).resolve().parents[3]
+TOKENIZER = REPO / "data_prep/assets/llama3_tiny_tokenizer"
+PAIRS = (1, 3)  # concat, num_exp_layers 2 on 4 layers
+
+
+@pytest.fixture(scope="module")
+def main():
+    """launch/merge.py's main, called in-process."""
+    spec = importlib.util.spec_from_file_location("launch_merge", REPO / "launch/merge.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main
+
+
+def export(root: Path, method: str, step: int, logged: dict[int, list[float]]) -> Path:
+    """A run folder as training leaves it: export/ (from checkpoint `step`) beside metrics.jsonl."""
+    model = expand_model(tiny_llama(), ExpansionConfig(type="concat", method=method, num_exp_layers=2))
+    perturb(model, scale=0.3)
+    out = root / "run" / "export"
+    model.save_pretrained(out)
+    for f in TOKENIZER.iterdir():
+        shutil.copy(f, out / f.name)
+    (out / "continualm_export.json").write_text(json.dumps({"step": step}))
+    records = [{"step": s, **{f"alpha/pair_{k}": a for k, a in enumerate(v)}} for s, v in logged.items()]
+    (root / "run" / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    return out
+
+
+def assert_folded_with(folded: Path, model_dir: Path, weights: list[float]) -> None:
+    pairs = ControlLLMForCausalLM.from_pretrained(model_dir).model.layers
+    merged = LlamaForCausalLM.from_pretrained(folded).model.layers
+    for j, w in zip(PAIRS, weights, strict=True):
+        pre, exp = pairs[j].pretrained_layer.mlp.up_proj.weight, pairs[j].expanded_layer.mlp.up_proj.weight
+        torch.testing.assert_close(merged[j].mlp.up_proj.weight, (1 - w) * pre + w * exp)
+
+
+def test_lerp_folds_with_its_theta_not_the_logged_alphas(main, tmp_path):
+    model_dir = export(tmp_path, "lerp", step=6, logged={6: [0.9, 0.9]})
+    assert main(["expansion", "--model", str(model_dir), "--out", str(tmp_path / "folded")]) == 0
+    layers = ControlLLMForCausalLM.from_pretrained(model_dir).model.layers
+    thetas = [torch.sigmoid(layers[j].interpolation_factor).item() for j in PAIRS]
+    assert all(abs(w - 0.5) > 0.01 for w in thetas)
+    assert_folded_with(tmp_path / "folded", model_dir, thetas)
+
+
+@torch.no_grad()
+def test_dlerp_alpha_data_folds_with_the_mean_alpha_over_its_tokens(main, tmp_path):
+    model_dir = export(tmp_path, "dlerpin", step=6, logged={6: [0.05, 0.05]})
+    texts = ["Merge-back weights come from evaluation data.", "短", "A third row, longer than the second."]
+    data = tmp_path / "eval.jsonl"
+    data.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    argv = ["expansion", "--model", str(model_dir), "--out", str(tmp_path / "folded")]
+    assert main(argv + ["--alpha-data", str(data)]) == 0
+
+    # Expected: every token's alpha = sigmoid(gate output), averaged over all tokens of all rows.
+    model = ControlLLMForCausalLM.from_pretrained(model_dir).eval()
+    seen = {j: [] for j in PAIRS}
+    for j in PAIRS:
+        gate = model.model.layers[j].interp_weight.fc
+        gate.register_forward_hook(lambda m, i, o, j=j: seen[j].append(torch.sigmoid(o).flatten()))
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    lengths = []
+    for text in texts:
+        ids = tokenizer(text, return_tensors="pt")["input_ids"]
+        lengths.append(ids.shape[1])
+        model(input_ids=ids, use_cache=False)
+    assert len(set(lengths)) == 3  # rows of different lengths: a per-row mean would differ
+    expected = [torch.cat(seen[j]).double().mean().item() for j in PAIRS]
+    assert all(abs(w - 0.05) > 0.1 for w in expected)  # not the logged value
+    assert_folded_with(tmp_path / "folded", model_dir, expected)
+
+
+def test_dlerp_without_alpha_data_uses_the_exports_own_logged_step(main, tmp_path, capsys):
+    model_dir = export(tmp_path, "dlerp", step=3, logged={3: [0.2, 0.3], 6: [0.8, 0.9]})
+    argv = ["expansion", "--model", str(model_dir), "--out", str(tmp_path / "folded")]
+    assert main(argv) == 0
+    assert_folded_with(tmp_path / "folded", model_dir, [0.2, 0.3])  # step 3's, not the last logged (6)
+
+    (model_dir / "continualm_export.json").write_text(json.dumps({"step": 4}))
+    assert main(argv) == 2
+    assert "logs no alphas for step 4 (logged: [3, 6])" in capsys.readouterr().err
+    (tmp_path / "run" / "metrics.jsonl").unlink()
+    assert main(argv) == 2
+    assert "pass --alpha-data" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("row", "message"), [('{"txt": "x"}', 'needs a "text" string'), ("not json", "is not a JSON object")]
+)
+def test_bad_alpha_data_is_a_clean_error(main, tmp_path, row, message, capsys):
+    model_dir = export(tmp_path, "dlerp", step=3, logged={})
+    (tmp_path / "eval.jsonl").write_text(row + "\n")
+    argv = ["expansion", "--model", str(model_dir), "--out", str(tmp_path / "o")]
+    assert main(argv + ["--alpha-data", str(tmp_path / "eval.jsonl")]) == 2
+    err = capsys.readouterr().err
+    assert f"merge error: {tmp_path / 'eval.jsonl'}:1: " in err and message in err
