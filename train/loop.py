@@ -68,6 +68,15 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def real_tokens(position_ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """[B, T] False on padding: the segments (positions restart at 0) that have no target at all. Every
+    packed sample or document has targets; the pad filling a row is its own segment without any."""
+    segment = (position_ids == 0).cumsum(1)
+    targets = torch.zeros(labels.shape[0], labels.shape[1] + 1, dtype=torch.long)
+    targets.scatter_add_(1, segment, (labels != -100).long())
+    return targets.gather(1, segment) > 0
+
+
 def train_step(engine, data: MixedRows, rows: np.ndarray, cfg: RunConfig) -> dict:
     """One optimizer step over the global `rows` (all ranks' micro-batches); returns step metrics.
 
@@ -97,6 +106,7 @@ def train_step(engine, data: MixedRows, rows: np.ndarray, cfg: RunConfig) -> dic
     div_sum, alpha_sum = torch.zeros((), dtype=torch.float64), None
     device = engine.device
     head = chunked_head(engine.module)
+    pairs = cfg.expansion is not None and cfg.expansion.type in ("concat", "hybrid")
     for batch in batches:
         labels = batch["labels"][:, 1:].to(device)
         inputs = dict(
@@ -104,6 +114,10 @@ def train_step(engine, data: MixedRows, rows: np.ndarray, cfg: RunConfig) -> dic
             position_ids=batch["position_ids"].to(device),
             use_cache=False,
         )
+        if pairs:  # divergence and alpha means over real tokens, not the padding of SFT rows
+            real = real_tokens(batch["position_ids"], batch["labels"])
+            if not real.all():
+                inputs["token_mask"] = real.to(device)
         if head is None:
             out = engine(**inputs)
             logits = out.logits[:, :-1]

@@ -4,7 +4,8 @@ Forward contract (`ControlLLMForCausalLM.forward` -> `ControlLLMOutput`, a `Caus
 - `loss`: the usual shifted cross-entropy when `labels` is given; the divergence is NOT added to it, the
   training loop computes `loss + divergence_loss` itself.
 - `divergence_loss`: lambda * mean over the K pairs of each pair's divergence (cosine or mse, mean over real
-  tokens, `attention_mask` 2-D if given), a scalar tensor in the graph; None when lambda is 0.
+  tokens: `token_mask` [B, T] if given, else a 2-D `attention_mask`), a scalar tensor in the graph; None when
+  lambda is 0.
 - `alphas`: detached 1-D tensor of K per-pair mean alphas (mean over real tokens for dlerp/dlerpin), for logging.
 - `cache`: a `DynamicCache` where top-level block i uses slot i and pair k's expanded branch uses slot
   num_hidden_layers + k, so generation with cache works with stock `generate`.
@@ -150,6 +151,7 @@ class ControlLLMModel(ControlLLMPreTrainedModel):
         inputs_embeds: torch.Tensor | None = None,
         use_cache: bool | None = None,
         output_hidden_states: bool | None = None,
+        token_mask: torch.Tensor | None = None,
         **kwargs,
     ) -> ControlLLMModelOutput:
         if (input_ids is None) == (inputs_embeds is None):
@@ -176,9 +178,8 @@ class ControlLLMModel(ControlLLMPreTrainedModel):
             position_ids=position_ids,
         )
         seq_len = inputs_embeds.shape[1]
-        token_mask = (
-            attention_mask[:, -seq_len:] if attention_mask is not None and attention_mask.dim() == 2 else None
-        )
+        if token_mask is None and attention_mask is not None and attention_mask.dim() == 2:
+            token_mask = attention_mask[:, -seq_len:]
         divergence = self.config.expansion_config.divergence
         divergence = divergence if divergence.weight > 0 else None
 

@@ -96,3 +96,23 @@ def test_interpolator_init_from_config(method):
         gate = model.model.layers[j].gate
         start = gate if method == "lerp" else gate.fc.bias
         torch.testing.assert_close(start.detach(), torch.tensor([0.3]))
+
+
+@pytest.mark.parametrize("method", ["lerp", "dlerp"])
+@torch.no_grad()
+def test_padding_of_a_packed_row_is_left_out_of_divergence_and_alpha(method, input_ids):
+    from train.loop import real_tokens
+
+    cfg = ExpansionConfig(type="concat", method=method, num_exp_layers=1, divergence={"weight": 1.0})
+    model = expand_model(tiny_llama(num_layers=2), cfg)
+    perturb(model)
+    sample = input_ids[:1, :5]
+    row = torch.cat([sample, torch.zeros(1, 3, dtype=torch.long)], 1)  # + a pad segment without targets
+    positions = torch.tensor([[0, 1, 2, 3, 4, 0, 1, 2]])
+    labels = torch.cat([torch.full((1, 1), -100), sample[:, 1:], torch.full((1, 3), -100)], 1)
+    mask = real_tokens(positions, labels)
+    assert mask.tolist() == [[True] * 5 + [False] * 3]
+    alone, packed = model(sample), model(row, position_ids=positions, token_mask=mask)
+    torch.testing.assert_close(packed.divergence_loss, alone.divergence_loss)
+    torch.testing.assert_close(packed.alphas, alone.alphas)
+    assert not torch.allclose(model(row, position_ids=positions).divergence_loss, alone.divergence_loss)
