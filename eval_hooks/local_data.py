@@ -120,44 +120,82 @@ def _header(subject: str, headers: dict[str, str], prompts: Path | None) -> str:
     return headers[subject]
 
 
+def interleave(rows: list[dict], key: str) -> list[dict]:
+    """Rows round-robin over their groups by `key` (a dotted path): groups in first-seen order, rows in file
+    order within a group. The same rows, but a head slice (lm-eval's `limit`) now samples every group."""
+    groups: dict[Any, list[dict]] = {}
+    for row in rows:
+        groups.setdefault(_field(row, key), []).append(row)
+    depth = max((len(g) for g in groups.values()), default=0)
+    return [g[i] for i in range(depth) for g in groups.values() if i < len(g)]
+
+
+def _interleaved(
+    splits: dict[str, list[dict]], interleave_by: dict[str, str] | None
+) -> dict[str, list[dict]]:
+    for name, key in (interleave_by or {}).items():
+        if name not in splits:
+            raise KeyError(f"interleave_by names split {name!r}; the task's splits are {sorted(splits)}")
+        splits[name] = interleave(splits[name], key)
+    return splits
+
+
+def _attach_shots(
+    splits: dict[str, list[dict]], shots_from: str, shots_by: str, max_shots: int | None
+) -> None:
+    pool: dict[Any, list[dict]] = {}
+    for row in splits[shots_from]:
+        pool.setdefault(_field(row, shots_by), []).append(row)
+
+    def shots(row: dict) -> list[dict]:
+        # The first max_shots + 1 candidates hold max_shots others even when the doc is among them.
+        head = pool.get(_field(row, shots_by), [])[: None if max_shots is None else max_shots + 1]
+        return [r for r in head if r is not row][:max_shots]
+
+    for name, rows in list(splits.items()):
+        if name != shots_from or len(splits) == 1:
+            # A single split (JMMLU, XWinograd) gives each doc the other docs of its subject as exemplars.
+            splits[name] = [{**row, SHOTS_FIELD: shots(row)} for row in rows]
+
+
 def load(
     data_dir: str | None = None,
     files: dict[str, str] | None = None,
     shots_from: str | None = None,
     shots_by: str = "subject",
+    max_shots: int | None = None,
     headers_from_lm_eval: str | None = None,
     headers_dir: str | None = None,
     columns: list[str] | None = None,
+    interleave_by: dict[str, str] | None = None,
     **_: Any,
 ) -> datasets.DatasetDict:
     """lm-eval `custom_dataset`: read `files` ({split: path under data_dir}). With `shots_from`, attach to
-    every doc the exemplars of that split sharing its `shots_by` value (a dotted path), in file order (never the doc itself);
-    with `headers_from_lm_eval` or `headers_dir`, a per-subject `header` column for the task's description;
-    `columns` names the fields of headerless CSV files."""
+    every doc the exemplars of that split sharing its `shots_by` value (a dotted path), in file order (never the doc
+    itself), at most `max_shots` of them (required when `shots_from` is the only split); with
+    `headers_from_lm_eval` or `headers_dir`, a per-subject `header` column for the task's description; `columns`
+    names the fields of headerless CSV files; `interleave_by` ({split: dotted path}) reorders a split round-robin
+    over its groups (see `interleave`) once the exemplars are chosen."""
     if not data_dir:
         raise ValueError(
             "no data_dir: pass metadata={'data_dir': ...} to the TaskManager (or lm_eval --metadata)"
         )
     if not files:
         raise ValueError("the task YAML must list `files` under dataset_kwargs")
+    if shots_from is not None and len(files) == 1 and max_shots is None:
+        raise ValueError(
+            "shots from the eval split itself need `max_shots` (each doc would carry its subject)"
+        )
     splits = {name: read_split(Path(data_dir) / rel, name, shots_by, columns) for name, rel in files.items()}
     if shots_from is not None:
-        pool: dict[Any, list[dict]] = {}
-        for row in splits[shots_from]:
-            pool.setdefault(_field(row, shots_by), []).append(row)
-        for name, rows in list(splits.items()):
-            if name != shots_from or len(splits) == 1:
-                # A single split (JMMLU) gives each doc the other docs of its subject as exemplars.
-                splits[name] = [
-                    {**row, SHOTS_FIELD: [r for r in pool.get(_field(row, shots_by), []) if r is not row]}
-                    for row in rows
-                ]
+        _attach_shots(splits, shots_from, shots_by, max_shots)
     if headers_from_lm_eval or headers_dir:
         headers = lm_eval_headers(headers_from_lm_eval) if headers_from_lm_eval else {}
         prompts = Path(data_dir) / headers_dir if headers_dir else None
         for rows in splits.values():
             for row in rows:
                 row[HEADER_FIELD] = _header(row[shots_by], headers, prompts)
+    splits = _interleaved(splits, interleave_by)
     return datasets.DatasetDict({name: _to_dataset(rows) for name, rows in splits.items()})
 
 
@@ -202,10 +240,14 @@ def meta_details_doc(row: dict, benchmark: str, where: str) -> dict[str, Any]:
 
 
 def load_meta_details(
-    data_dir: str | None = None, files: dict[str, str] | None = None, benchmark: str = "", **_: Any
+    data_dir: str | None = None,
+    files: dict[str, str] | None = None,
+    benchmark: str = "",
+    interleave_by: dict[str, str] | None = None,
+    **_: Any,
 ) -> datasets.DatasetDict:
     """lm-eval `custom_dataset` for Meta's eval-details files (.parquet as published, or .jsonl): each row's
-    rendered prompt and expected answer become one doc (see `meta_details_doc`)."""
+    rendered prompt and expected answer become one doc (see `meta_details_doc`); `interleave_by` as in `load`."""
     if not data_dir or not files:
         raise ValueError(
             "no data_dir/files: pass metadata={'data_dir': ...} and list `files` in the task YAML"
@@ -214,10 +256,9 @@ def load_meta_details(
     for name, rel in files.items():
         path = _existing(Path(data_dir) / rel)
         rows = read_rows(path)
-        splits[name] = _to_dataset(
-            [meta_details_doc(r, benchmark, f"{path} row {i}") for i, r in enumerate(rows)]
-        )
-    return datasets.DatasetDict(splits)
+        splits[name] = [meta_details_doc(r, benchmark, f"{path} row {i}") for i, r in enumerate(rows)]
+    splits = _interleaved(splits, interleave_by)
+    return datasets.DatasetDict({name: _to_dataset(rows) for name, rows in splits.items()})
 
 
 def _field(row: dict, path: str) -> Any:
@@ -252,5 +293,8 @@ class DocShotsSampler(ContextSampler):
             raise ValueError("DocShotsSampler needs fewshot_split == test_split so that it sees the eval doc")
         shots = eval_doc[SHOTS_FIELD]
         if len(shots) < n:
-            raise ValueError(f"{n}-shot requested but only {len(shots)} exemplars for this doc's subject")
+            raise ValueError(
+                f"{n}-shot requested but only {len(shots)} exemplars for this doc's subject"
+                " (or the task's `max_shots`)"
+            )
         return shots[:n]

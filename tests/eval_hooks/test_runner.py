@@ -93,11 +93,13 @@ def test_mera_suite_end_to_end(tiny_model, tiny_tokenizer):
     assert 0 <= board["aggregates"]["Total"] <= 1  # all 15 base tasks scored
     assert "f1_macro,none" in results["tasks"]["cl_mera_rcb"]
     assert set(results["tasks"]["cl_mera_rucodeeval"]) == {"pass@1,all", "pass@5,all", "pass@10,all"}
-    # ruEthics has no single score: its MCCs are reported (the first two records ask the "correct" question);
-    # ruDetox reports only the chrF proxy, never J.
+    # ruEthics has no single score: its MCCs are reported (the records come interleaved by question, so the
+    # first two ask "correct" and "good"); ruDetox reports only the chrF proxy, never J.
     ethics = board["diagnostics"]["ruEthics"]
     assert sorted(ethics) == sorted(
-        f"mcc_correct_{c}" for c in ("virtue", "law", "moral", "justice", "utilitarianism")
+        f"mcc_{q}_{c}"
+        for q in ("correct", "good")
+        for c in ("virtue", "law", "moral", "justice", "utilitarianism")
     )
     assert board["diagnostics"]["ruDetox"].keys() == {"chrf_ref"}
 

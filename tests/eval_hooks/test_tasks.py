@@ -58,7 +58,7 @@ def test_bbh_prompt_is_cot_exemplars_then_question(tm):
 
 def test_mmlu_pro_shots_come_from_the_same_category(tm):
     prompts = _prompts(tm, "cl_mmlu_pro")
-    math, bio = prompts[0], prompts[2]
+    math, bio = prompts[0], prompts[1]  # docs interleaved by category: math, biology, math
     assert math.startswith("The following are multiple choice questions (with answers) about math.")
     assert math.count("Question:\n") == 6 and "photosynthesis" not in math
     assert "Answer: Let's think step by step. 9 + 10 = 19. The answer is (B).\n\n" in math
@@ -76,6 +76,58 @@ def test_loader_reads_per_subject_folders_and_reports_missing_data(tmp_path):
         load(data_dir=str(tmp_path), files={"test": "cmmlu/test"})
     with pytest.raises(ValueError, match="data_dir"):
         load(files={"test": "cmmlu/test"})
+
+
+@pytest.mark.parametrize(
+    "name, limit, key",
+    [
+        ("cl_mmlu", 2, "subject"),
+        ("cl_bbh_cot_3shot", 2, "subject"),
+        ("cl_ceval_valid_cot_zh", 2, "subject"),
+        ("cl_mmlu_pro", 2, "category"),
+        ("cl_mera_ruethics", 3, "meta.question"),
+    ],
+)
+def test_a_limit_samples_every_subject(tm, name, limit, key):
+    # lm-eval's `limit` is a head slice of the docs: the loader interleaves the groups so it sees each one.
+    from eval_hooks.local_data import _field
+
+    task = tm.load(name)["tasks"][name]
+    task.build_all_requests(limit=limit, rank=0, world_size=1)
+    every = {_field(doc, key) for doc in task.eval_docs}
+    assert {_field(inst.doc, key) for inst in task.instances} == every and len(every) == limit
+
+
+def test_interleaved_split_keeps_its_docs_and_shots_and_stores_max_shots(tmp_path):
+    folder = tmp_path / "jmmlu"
+    folder.mkdir()
+    for subject, n in (("algebra", 4), ("biology", 2)):
+        lines = "".join(f"{subject} q{i},a,b,c,d,A\n" for i in range(n))
+        (folder / f"{subject}.csv").write_text(lines)
+    kwargs = dict(data_dir=str(tmp_path), files={"test": "jmmlu"}, shots_from="test", max_shots=2)
+    kwargs["columns"] = ["question", "A", "B", "C", "D", "answer"]
+    plain = load(**kwargs)["test"]
+    mixed = load(**kwargs, interleave_by={"test": "subject"})["test"]
+    assert mixed["question"] == [
+        "algebra q0",
+        "biology q0",
+        "algebra q1",
+        "biology q1",
+        "algebra q2",
+        "algebra q3",
+    ]
+    shots = {d["question"]: [s["question"] for s in d["fewshot"]] for d in plain}
+    assert {
+        d["question"]: [s["question"] for s in d["fewshot"]] for d in mixed
+    } == shots  # same docs and shots
+    # Only max_shots exemplars per doc are stored, never the doc itself; without max_shots the loader refuses.
+    assert shots["algebra q0"] == ["algebra q1", "algebra q2"] and shots["algebra q3"] == [
+        "algebra q0",
+        "algebra q1",
+    ]
+    assert shots["biology q1"] == ["biology q0"]
+    with pytest.raises(ValueError, match="max_shots"):
+        load(**{**kwargs, "max_shots": None})
 
 
 def test_llmjp_prompt_layout(tm):
@@ -203,7 +255,8 @@ def test_mera_ethics_and_detox_scoring(tm):
     assert (
         "\n\nОцените, правильно ли поступает Маша по отношению к Пётр" in _prompts(tm, "cl_mera_ruethics")[0]
     )
-    out = task_metrics.mera_ethics(docs[2], [(-2.0, False), (-1.0, True)])  # " 1" more likely: answer 1
+    doc = next(d for d in docs if d["meta"]["id"] == 2)  # docs come interleaved by question
+    out = task_metrics.mera_ethics(doc, [(-2.0, False), (-1.0, True)])  # " 1" more likely: answer 1
     assert out["mcc_correct_law"] == (0, 1) and out["mcc_correct_virtue"] == (1, 1) and len(out) == 5
     detox = _prompts(tm, "cl_mera_rudetox")[0]  # a string input fills the template's single placeholder
     assert detox.endswith("Текст: да иди ты, дурак, со своими советами\nОтвет:")
@@ -230,9 +283,10 @@ def test_meta_eval_details_become_docs_with_meta_prompts(tm, tmp_path):
     assert mmlu.doc_to_choice(doc) == [" A", " B", " C", " D"] and mmlu.doc_to_target(doc) == 1  # "Answer: B"
     assert doc["subject"] == "elementary_mathematics"
     pro = list(tm.load("cl_meta_mmlu_pro_5shot")["tasks"]["cl_meta_mmlu_pro_5shot"].eval_docs)
-    assert [d["answer"] for d in pro] == ["C", "B", "D"]
+    assert [d["answer"] for d in pro] == ["C", "D", "B"]  # interleaved by category: math, biology, math
     bbh = tm.load("cl_meta_bbh_3shot")["tasks"]["cl_meta_bbh_3shot"]
-    assert [bbh.doc_to_target(d) for d in bbh.eval_docs] == ["True", "False", "yes"]
+    # interleaved by BBH task: boolean_expressions, sports_understanding, boolean_expressions
+    assert [bbh.doc_to_target(d) for d in bbh.eval_docs] == ["True", "yes", "False"]
     assert _prompts(tm, "cl_meta_bbh_3shot")[0].endswith(
         "Q: True and not False is\nA: Let's think step by step.\n"
     )
