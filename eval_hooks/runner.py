@@ -186,8 +186,9 @@ def evaluate(
 
 def summarize(out: dict, suites: list[str]) -> dict:
     """Per-task metrics (stderr dropped), sample counts and the cards' aggregates of lm-eval's output."""
+    # A metric without items (a ruEthics question that no doc under `limit` asked) aggregates to None: dropped.
     tasks = {
-        name: {k: v for k, v in metrics.items() if "," in k and "_stderr," not in k}
+        name: {k: v for k, v in metrics.items() if "," in k and "_stderr," not in k and v is not None}
         for name, metrics in out["results"].items()
         if name in out.get("n-samples", {})
     }

@@ -257,7 +257,9 @@ def test_mera_ethics_and_detox_scoring(tm):
     )
     doc = next(d for d in docs if d["meta"]["id"] == 2)  # docs come interleaved by question
     out = task_metrics.mera_ethics(doc, [(-2.0, False), (-1.0, True)])  # " 1" more likely: answer 1
-    assert out["mcc_correct_law"] == (0, 1) and out["mcc_correct_virtue"] == (1, 1) and len(out) == 5
+    assert out["mcc_correct_law"] == (0, 1) and out["mcc_correct_virtue"] == (1, 1)
+    assert len(out) == 15 and out["mcc_good_law"] is None  # every doc has every key
+    assert task_metrics.mcc([None, (1, 1), (0, 0), None]) == 1.0 and task_metrics.mcc([None]) is None
     detox = _prompts(tm, "cl_mera_rudetox")[0]  # a string input fills the template's single placeholder
     assert detox.endswith("Текст: да иди ты, дурак, со своими советами\nОтвет:")
     pairs = [
@@ -318,3 +320,48 @@ def test_bbh_scoring_keeps_punctuation_and_sign(tm, name):
     assert score("So the answer is 25.", "-25") == 0.0  # multistep_arithmetic_two: the sign counts
     assert score("So the answer is -25.", "-25") == 1.0
     assert score("So the answer is (a).", "(A)") == 1.0 and score("So the answer is A.", "(A)") == 0.0
+
+
+def test_ruethics_metrics_survive_lm_evals_rank_gather():
+    # lm-eval gathers per-doc metrics from all ranks by rank 0's keys. Two ranks run here in one process: under
+    # limit=4 rank 0 scores the "correct" and "ethical" records, rank 1 "good" and "correct".
+    import lm_eval.evaluator
+    import torch
+    from lm_eval.api.model import LM
+
+    from eval_hooks.task_metrics import ETHICS_CATEGORIES, ETHICS_QUESTIONS
+
+    gathered: list = []
+
+    class OneRank(LM):
+        device = "cpu"
+
+        def __init__(self, rank: int):
+            super().__init__()
+            self._rank, self._world_size = rank, 2
+
+        def loglikelihood(self, requests, disable_tqdm=False):
+            return [(-1.0 if r.args[1].strip() == "1" else -2.0, False) for r in requests]  # always " 1"
+
+        def loglikelihood_rolling(self, requests, disable_tqdm=False):
+            raise NotImplementedError
+
+        def generate_until(self, requests, disable_tqdm=False):
+            raise NotImplementedError
+
+        def all_gather(self, tensor):
+            return torch.stack([tensor, tensor])
+
+        def gather_object(self, obj, dst=0):
+            gathered.insert(0, obj)  # rank 1 runs first, so rank 0's object ends up first
+            return list(gathered) if self.rank == dst else None
+
+    tm = task_manager(FIXTURES)
+    run = dict(limit=4, bootstrap_iters=0, log_samples=False)
+    assert lm_eval.evaluator.evaluate(OneRank(1), tm.load(["cl_mera_ruethics"]), **run) is None
+    out = lm_eval.evaluator.evaluate(OneRank(0), tm.load(["cl_mera_ruethics"]), **run)
+    res = out["results"]["cl_mera_ruethics"]
+    assert out["n-samples"]["cl_mera_ruethics"]["effective"] == 4
+    # Constant answers give MCC 0; what matters is that every question's MCCs exist, rank 1's "good" included.
+    scored = {k for k, v in res.items() if k.startswith("mcc_") and "stderr" not in k and v is not None}
+    assert scored == {f"mcc_{q}_{c},none" for q in ETHICS_QUESTIONS for c in ETHICS_CATEGORIES}
