@@ -161,7 +161,8 @@ def test_converted_folder_loads_strictly_with_our_logits(tmp_path, base, expand_
     ids = torch.arange(1, 12)[None]
     with torch.no_grad():
         expected = ours(ids).logits
-        torch.testing.assert_close(model(ids).logits, expected, atol=0, rtol=0)
+        # Not bit for bit: mmapped and in-memory weights may take different kernel paths (~1e-7 apart).
+        torch.testing.assert_close(model(ids).logits, expected, atol=1e-6, rtol=0)
         assert not torch.allclose(expected, base(ids).logits)  # the trained parts matter
 
 
