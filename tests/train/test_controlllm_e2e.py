@@ -100,15 +100,15 @@ def test_export_loads_with_engine_logits_in_and_out_of_our_package(runs, tmp_pat
     torch.testing.assert_close(torch.load(tmp_path / "remote.pt"), ref["logits"], atol=0, rtol=0)
 
 
-def test_merge_back_cli_uses_logged_alphas(runs, tmp_path):
+def test_merge_back_cli_folds_with_each_pairs_lerp_alpha(runs, tmp_path):
     export = runs / "base" / "export"
     r = run_entry("merge.py", "expansion", "--model", str(export), "--out", str(tmp_path / "folded"))
     assert r.returncode == 0, r.stderr[-2000:]
     folded = AutoModelForCausalLM.from_pretrained(tmp_path / "folded")
     assert type(folded).__name__ == "LlamaForCausalLM" and folded.config.num_hidden_layers == 4
     pair = AutoModelForCausalLM.from_pretrained(export).model.layers[1]
-    alpha = read_metrics(runs / "base" / "metrics.jsonl")[6]["alpha/pair_0"]
+    alpha = torch.sigmoid(pair.interpolation_factor.float()).item()  # lerp: the trained theta
     w_pre = pair.pretrained_layer.mlp.up_proj.weight.float()
     w_exp = pair.expanded_layer.mlp.up_proj.weight.float()
     expected = ((1 - alpha) * w_pre + alpha * w_exp).to(folded.dtype)
-    torch.testing.assert_close(folded.model.layers[1].mlp.up_proj.weight, expected, atol=1e-2, rtol=1e-2)
+    torch.testing.assert_close(folded.model.layers[1].mlp.up_proj.weight, expected, atol=0, rtol=0)
