@@ -84,9 +84,10 @@ EOF
             bench 120 train --shape $shape --seq $seq --zero 2 --micro-batch $mb "${steps[@]}" --data full \
                 --peer hf "${best[@]}" "${fast[@]}"
             ;;
-        sft)  # alpaca-shaped SFT samples: non-pad tokens/s against the padded and the flattening peer
+        sft)  # alpaca-shaped SFT samples: non-pad tokens/s against the padded and the flattening peer; flex
+            # attention on both sides (with sdpa the flattened row gets one dense (8 x 4096)^2 mask)
             bench 150 train --shape $shape --seq $seq --zero 2 --micro-batch $mb "${steps[@]}" --data sft \
-                --peer hf hf_flat "${best[@]}" "${fast[@]}"
+                --peer hf hf_flat "${best[@]}" "${fast[@]}" "${flex[@]}"
             ;;
         cpt)  # document-masked packed CPT, flex attention's block mask and sdpa's dense mask (compare with full)
             bench 90 train --shape $shape --seq $seq --zero 2 --micro-batch $mb "${steps[@]}" --data cpt \

@@ -92,6 +92,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         p.error("--steps, --micro-batch, --grad-accum must be >= 1, --warmup >= 0 and --seq >= 2")
     if args.peer_liger and (not args.peer or importlib.util.find_spec("liger_kernel") is None):
         p.error("--peer-liger needs --peer and the liger-kernel package (a CUDA GPU)")
+    # what the peer cannot do the same way would make the comparison unfair
+    if args.peer and args.offload_optimizer:
+        p.error("--offload-optimizer is not passed to the peer (HF Trainer builds its own optimizer): drop --peer")
+    if args.peer and any(v.startswith(("concat", "hybrid")) for v in args.expansion):
+        p.error("--peer has no Control-LLM divergence loss: run concat / hybrid variants without --peer")
+    if "hf_flat" in args.peer and args.data == "cpt":
+        p.error("--peer hf_flat renumbers positions per packed row, joining CPT documents: use --data sft or full")
     for v in args.expansion:
         if v not in ("none", "lora") and not EXPANSION.fullmatch(v):
             p.error(
@@ -272,6 +279,8 @@ def bench_variant(args, variant: str, out_dir: Path) -> list[dict]:
         liger = args.liger or args.peer_liger
         times, recorded = run_peer(peer, model, cfg, liger, rows, args.data, micro, total, out_dir / peer)
         shapes = _timed_steps(recorded, args.grad_accum, args.warmup, args.steps)
+        if peer == "hf_flat":  # one flattened row per micro-batch: count attention at our row length
+            shapes = [[(n, args.seq, real) for n, _, real in step] for step in shapes]
         row = {
             "impl": peer,
             "micro_batch": micro,

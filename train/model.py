@@ -347,8 +347,18 @@ class _Without:
         return [p for p in self.module.parameters() if id(p) not in skip]
 
 
-# Dense bf16 peak TFLOP/s per device, for MFU.
-PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "H800": 989.0, "A100": 312.0, "A800": 312.0, "L40S": 362.0}
+# Dense bf16 peak TFLOP/s per device, for MFU; the first name found in the device's name wins (the H100 PCIe
+# and NVL cards are slower than the SXM one).
+PEAK_TFLOPS = {
+    "H100 PCIe": 756.0,
+    "H100 NVL": 835.0,
+    "H100": 989.0,
+    "H200": 989.0,
+    "H800": 989.0,
+    "A100": 312.0,
+    "A800": 312.0,
+    "L40S": 362.0,
+}
 
 
 def peak_tflops() -> float | None:

@@ -39,6 +39,8 @@ def test_ours_and_the_peers_on_sft_data(monkeypatch, tmp_path, capsys):
     # The padded peer takes MICRO samples per step; flattening leaves no padding at all.
     assert padded["micro_batch"] == MICRO and padded["tokens"] <= STEPS * MICRO * SEQ
     assert flat["real_tokens"] == flat["tokens"]
+    # a flattened micro-batch is one long row; its FLOPs count attention at our row length, as ours
+    assert flat["flops_per_step"] == pytest.approx(flat["tokens"] / STEPS * ours["flops_per_token"])
     for peer in (padded, flat):
         assert peer["vs_ours"] == pytest.approx(ours["real_tokens_per_s"] / peer["real_tokens_per_s"])
 
@@ -49,6 +51,20 @@ def test_unknown_mode_and_variant_fail_clearly(monkeypatch, capsys):
     with pytest.raises(SystemExit):
         bench_main(monkeypatch, "train", "--seq", "64", "--expansion", "concat")
     assert "--expansion 'concat'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--peer", "hf", "--offload-optimizer"], "--offload-optimizer is not passed to the peer"),
+        (["--peer", "hf", "--expansion", "none", "concat2"], "--peer has no Control-LLM divergence loss"),
+        (["--peer", "hf_flat", "--data", "cpt"], "joining CPT documents"),
+    ],
+)
+def test_comparisons_the_peer_cannot_run_alike_are_refused(monkeypatch, capsys, args, message):
+    with pytest.raises(SystemExit):
+        bench_main(monkeypatch, "train", "--seq", "64", *args)
+    assert message in capsys.readouterr().err
 
 
 def test_synthetic_cpt_rows_are_packed_documents():
