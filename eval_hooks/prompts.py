@@ -163,11 +163,17 @@ def hellaswag_docs(dataset):
 
 
 def squadv2_docs(dataset):
-    """SQuAD 2.0 rows with `golds`: the answer texts, or ["unanswerable"] for impossible questions."""
+    """SQuAD 2.0 rows with `golds` as the card's scorer (HF squad_v2, via lm-eval's squadv2) has them: the answer
+    texts that normalise to something, else [""] (impossible questions); `target`, the exemplars' answer as
+    lm-eval's squadv2 shows it: the first answer, or "unanswerable"."""
+    from eval_hooks.metrics import squad_normalize
 
     def convert(row: dict) -> dict:
         texts = [a["text"] for a in row["answers"]]
-        return {"golds": texts if texts and not row.get("is_impossible") else ["unanswerable"]}
+        return {
+            "golds": [t for t in texts if squad_normalize(t)] or [""],
+            "target": texts[0] if texts else "unanswerable",
+        }
 
     return dataset.map(convert)
 

@@ -85,8 +85,15 @@ def humaneval_pass_at_1(doc: dict, results: list) -> dict:
 
 
 def squad_exact_match(doc: dict, results: list[str]) -> dict:
-    """SQuAD-normalised exact match against any gold answer."""
-    return {"exact_match": metrics.squad_em(results[0].strip(), doc["golds"])}
+    """SQuAD-normalised exact match, max over the golds. `exact_match` is the card's (HF squad_v2 `exact`): an
+    impossible question's gold is "", so only an empty answer scores. `exact_match_unanswerable`, ours and not on
+    the card, also counts "unanswerable", the answer the exemplars show for impossible questions."""
+    pred, golds = results[0].strip(), doc["golds"]
+    impossible = golds == [""]
+    return {
+        "exact_match": metrics.squad_em(pred, golds),
+        "exact_match_unanswerable": metrics.squad_em(pred, ["", "unanswerable"] if impossible else golds),
+    }
 
 
 # --- MERA ------------------------------------------------------------------------------------------------------

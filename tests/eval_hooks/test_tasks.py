@@ -197,7 +197,8 @@ def test_swallow_en_prompts(tm):
         "The trophy didn't fit in the suitcase because the suitcase was too small.\n\n"
     )
     squad = tm.load("cl_squadv2")["tasks"]["cl_squadv2"]
-    assert [d["golds"] for d in squad.eval_docs] == [["the Seine"], ["Paris"], ["unanswerable"]]
+    assert [d["golds"] for d in squad.eval_docs] == [["the Seine"], ["Paris"], [""]]
+    assert [squad.doc_to_target(d) for d in squad.eval_docs] == ["the Seine", "Paris", "unanswerable"]
     gsm = _prompts(tm, "cl_gsm8k")[0]
     assert gsm.count("Question:") == 5 and "#### 5\n\nQuestion:" in gsm
 
@@ -365,3 +366,18 @@ def test_ruethics_metrics_survive_lm_evals_rank_gather():
     # Constant answers give MCC 0; what matters is that every question's MCCs exist, rank 1's "good" included.
     scored = {k for k, v in res.items() if k.startswith("mcc_") and "stderr" not in k and v is not None}
     assert scored == {f"mcc_{q}_{c},none" for q in ETHICS_QUESTIONS for c in ETHICS_CATEGORIES}
+
+
+def test_squadv2_card_column_is_hf_squad_v2_exact(tm):
+    # HF squad_v2 `exact` (lm-eval's squadv2): an impossible question's gold is "", so "unanswerable" scores 0
+    # there; our exact_match_unanswerable, off the card, accepts it.
+    squad = tm.load("cl_squadv2")["tasks"]["cl_squadv2"]
+    seine, _, impossible = squad.eval_docs
+
+    def score(doc, answer):
+        return squad.process_results(doc, [answer])
+
+    assert score(impossible, " unanswerable") == {"exact_match": 0.0, "exact_match_unanswerable": 1.0}
+    assert score(impossible, " ") == {"exact_match": 1.0, "exact_match_unanswerable": 1.0}
+    assert score(seine, " Seine.") == {"exact_match": 1.0, "exact_match_unanswerable": 1.0}
+    assert score(seine, " unanswerable") == {"exact_match": 0.0, "exact_match_unanswerable": 0.0}
