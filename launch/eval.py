@@ -15,7 +15,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
-def main(argv: list[str]) -> None:
+def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -57,7 +57,17 @@ def main(argv: list[str]) -> None:
         parser.add_argument("--batch-size", type=int, default=8)
         parser.add_argument("--max-gen-tokens", type=int)
     args = parser.parse_args(argv[1:] if command != "run" else argv)
+    from train.errors import USER_ERRORS
 
+    try:
+        run(command, args)
+    except (*USER_ERRORS, OSError, KeyError, ValueError) as e:  # bad paths, names, files: one line, exit 2
+        print(f"continualm: error: {e.args[0] if isinstance(e, KeyError) and e.args else e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def run(command: str, args: argparse.Namespace) -> None:
     if command == "scoreboard":
         from eval_hooks import scoreboard
 
@@ -91,4 +101,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    sys.exit(main(sys.argv[1:]))

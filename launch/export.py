@@ -43,10 +43,12 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     from train.checkpoint import export_hf, latest_complete
-    from train.errors import USER_ERRORS
+    from train.errors import USER_ERRORS, UserError
 
     try:
         ckpt = latest_complete(args.checkpoint) if args.checkpoint.name == "checkpoints" else args.checkpoint
+        if ckpt is None:
+            raise UserError(f"no complete checkpoint in {args.checkpoint}")
         print(f"exported {ckpt} to {export_hf(ckpt, args.out, overwrite=args.overwrite)}")
     except USER_ERRORS as e:
         print(f"continualm: error: {e}", file=sys.stderr)

@@ -31,7 +31,7 @@ def fold_expansion(args: argparse.Namespace) -> int:
     metrics = args.metrics or args.model.parent / "metrics.jsonl"
     try:
         print(merge_back(args.model, args.out, args.weight, args.alpha_data, metrics, args.alpha_max_tokens))
-    except ValueError as err:
+    except (ValueError, OSError) as err:  # bad paths and rows: one line, exit 2
         print(f"merge error: {err}", file=sys.stderr)
         return 2
     return 0

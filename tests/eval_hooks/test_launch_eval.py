@@ -43,3 +43,17 @@ def test_plot_command(tmp_path):
         path.write_text(json.dumps({"step": step, "aggregates": board}))
     png = Path(_launch("plot", "--run", str(tmp_path)).strip())
     assert png == tmp_path / "eval_aggregates.png" and png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_bad_input_is_one_error_line_and_exit_2(tmp_path, capsys):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("launch_eval", REPO / "launch" / "eval.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    scores = tmp_path / "s.json"
+    scores.write_text(json.dumps({"CEvalC": 34.84}))
+    assert script.main(["scoreboard", "--card", "control_lm", "--scores", str(scores)]) == 2
+    assert capsys.readouterr().err.startswith("continualm: error: unknown card 'control_lm'")
+    assert script.main(["scoreboard", "--card", "control_llm", "--scores", str(tmp_path / "none.json")]) == 2
+    assert "none.json" in capsys.readouterr().err
