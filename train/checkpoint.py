@@ -211,12 +211,18 @@ def load(engine, folder: Path) -> dict:
 
 
 def consolidated_state_dict(folder: Path, zero_stage: int) -> dict[str, torch.Tensor]:
-    """Full fp32 weights from a checkpoint of any ZeRO stage (read offline, no process group)."""
-    if zero_stage == 0:
-        return torch.load(folder / "mp_rank_00_model_states.pt", weights_only=False)["module"]
+    """Full weights from a checkpoint of any ZeRO stage (read offline, no process group): the trained ones
+    from the fp32 master copy."""
+    if zero_stage in (0, 1):
+        module = torch.load(folder / "mp_rank_00_model_states.pt", weights_only=False)["module"]
+        if zero_stage == 0:
+            return module
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
-    return get_fp32_state_dict_from_zero_checkpoint(str(folder.parent), tag=folder.name)
+    trained = get_fp32_state_dict_from_zero_checkpoint(str(folder.parent), tag=folder.name)
+    # Stage 1 writes no frozen parameters into its ZeRO files (LoRA's base, Control-LLM's pretrained blocks);
+    # the module states hold them, unchanged since the start.
+    return {**module, **trained} if zero_stage == 1 else trained
 
 
 def export_hf(checkpoint: Path, out: Path, overwrite: bool = False) -> Path:

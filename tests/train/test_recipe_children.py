@@ -1,6 +1,7 @@
 """The CPU children of the Swallow CPT and the SFT recipes run end to end on 2 ranks (ZeRO-3, bf16, as
 their parents), resume exactly after a SIGTERM, and export a model that loads; so does the LoRA child under
-ZeRO-2 (its ZeRO-3 run is tests/train/test_lora.py), whose adapter dropout makes the RNG state matter."""
+ZeRO-1 (its ZeRO-3 run is tests/train/test_lora.py), whose adapter dropout makes the RNG state matter and
+whose frozen base is missing from stage 1's ZeRO files (the export takes it from the module states)."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ pytestmark = pytest.mark.slow
         ("swallow_ja_cpt_tiny", []),
         ("sft_zh_tiny", []),
         ("swallow_sft_ja_tiny", []),
-        ("lora_tiny", ["deepspeed.zero_stage=2", "tracking=none", "checkpoint.every_steps=3"]),
+        ("lora_tiny", ["deepspeed.zero_stage=1", "tracking=none", "checkpoint.every_steps=3"]),
     ],
 )
 def test_child_recipe_resumes_exactly_and_exports(child, overrides, tmp_path, data_cache):
