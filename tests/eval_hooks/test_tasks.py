@@ -164,6 +164,12 @@ def test_mgsm_and_wmt_prompts(tm):
     wmt = _prompts(tm, "cl_wmt20_en_ja")[0]
     assert wmt.startswith("English phrase: Good morning.\nJapanese phrase: おはようございます。\n\n")
     assert wmt.endswith("English phrase: Thank you very much.\nJapanese phrase:")
+    # ja-en reads its own sets (Japanese-source newstest2020 ja-en), not en-ja's reversed.
+    ja_en = _prompts(tm, "cl_wmt20_ja_en")[0]
+    assert ja_en.startswith(
+        "Japanese phrase: 猫が窓のそばで寝ています。\nEnglish phrase: A cat is sleeping by the window."
+    )
+    assert ja_en.endswith("Japanese phrase: 明日は雨が降るでしょう。\nEnglish phrase:")
 
 
 def test_humaneval_scoring_runs_samples_in_the_sandbox():
