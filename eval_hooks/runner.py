@@ -142,6 +142,46 @@ def _check_names(names: list[str], known: list[str]) -> None:
             raise KeyError(f"unknown suite or task {name!r}.{hint} Known suites: {sorted(SUITE_CARDS)}")
 
 
+def suite_tasks(tm, names: list[str]) -> list[str]:
+    """The tasks of `names`, suites expanded, each once in first-seen order. lm-eval refuses two groups sharing a
+    task (control_llm_zh and swallow_en share MMLU and BBH); the cards are built from per-task results anyway."""
+    from lm_eval.tasks._index import Kind
+
+    out: dict[str, None] = {}
+
+    def add(name: str) -> None:
+        entry = tm.task_index[name]
+        if entry.kind is not Kind.GROUP:
+            out[name] = None
+            return
+        for child in entry.cfg["task"]:
+            if not isinstance(child, str):
+                raise TypeError(f"suite {name!r}: list its tasks by name, got {child!r}")
+            add(child)
+
+    for name in names:
+        add(name)
+    return list(out)
+
+
+def load_tasks(tm, names: list[str], max_gen_tokens: int | None = None, default_gen_toks: int = 256) -> dict:
+    """{task: lm-eval Task} for suites or tasks; `max_gen_tokens` lowers each generation task's own cap (a task
+    without one has the model's `default_gen_toks`) and never raises it."""
+    tasks = tm.load(suite_tasks(tm, names))["tasks"]
+    if max_gen_tokens is None:
+        return tasks
+    for task in tasks.values():
+        if task.get_config("output_type") != "generate_until":
+            continue
+        kwargs = task.get_config("generation_kwargs")
+        cap = min(int((kwargs or {}).get("max_gen_toks", default_gen_toks)), max_gen_tokens)
+        if kwargs is None:
+            task.set_config("generation_kwargs", {"max_gen_toks": cap})
+        else:
+            task.set_config("generation_kwargs", {"max_gen_toks": cap}, update=True)
+    return tasks
+
+
 def evaluate(
     model: torch.nn.Module,
     tokenizer,
@@ -169,14 +209,14 @@ def evaluate(
             lm = DistributedHFLM(model, tokenizer, batch_size)
         else:
             lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
+        tasks = load_tasks(tm, suites, max_gen_tokens, lm.max_gen_toks)
         out = lm_eval.simple_evaluate(
             model=lm,
-            tasks=suites,
+            tasks=list(tasks.values()),
             task_manager=tm,
             limit=limit,
             bootstrap_iters=0,
             log_samples=False,
-            gen_kwargs={"max_gen_toks": max_gen_tokens} if max_gen_tokens else None,
             confirm_run_unsafe_code=True,  # code tasks run only through eval_hooks.sandbox
         )
     if out is None:  # non-zero ranks

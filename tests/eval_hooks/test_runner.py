@@ -4,8 +4,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
+from lm_eval.api.model import LM
 
+from eval_hooks import runner
 from eval_hooks.runner import evaluate, scalars, write_results
 
 REPO = Path(__file__).resolve().parents[2]
@@ -114,3 +117,46 @@ def test_meta_prompt_suite_end_to_end(tiny_model, tiny_tokenizer):
     board = results["aggregates"]["control_llm"]  # the card's columns filled from Meta's prompts
     assert board["columns"].keys() == {"CEval", "CEvalC", "CMMLU", "CMMLUC", "BBH", "MMLU", "MMLU-Pro"}
     assert board["aggregates"].keys() == {"C-Avg", "O-Avg", "Overall"}
+
+
+class _ScriptedLM(LM):
+    """A stand-in for HFLM: empty generations and constant log-likelihoods, recording each task's token cap."""
+
+    max_gen_toks = 256  # HFLM's default cap
+    caps: dict[str, int] = {}
+
+    def __init__(self, pretrained=None, tokenizer=None, batch_size=1):
+        super().__init__()
+
+    def loglikelihood(self, requests, disable_tqdm=False):
+        return [(-1.0, False) for _ in requests]
+
+    def loglikelihood_rolling(self, requests, disable_tqdm=False):
+        raise NotImplementedError
+
+    def generate_until(self, requests, disable_tqdm=False):
+        self.caps.update({r.task_name: r.args[1]["max_gen_toks"] for r in requests})
+        return ["" for _ in requests]
+
+
+@pytest.fixture
+def scripted_lm(monkeypatch):
+    import lm_eval.evaluator
+
+    _ScriptedLM.caps = {}
+    monkeypatch.setattr(runner, "_hflm_class", lambda: (_ScriptedLM, _ScriptedLM))
+    monkeypatch.setattr(lm_eval.evaluator, "add_env_info", lambda results: None)  # 2 s of `pip list`
+    return _ScriptedLM
+
+
+def test_suites_sharing_tasks_run_together_and_caps_only_lower(scripted_lm):
+    # control_llm_zh and swallow_en share cl_mmlu and cl_bbh_cot_3shot: lm-eval refuses the two groups together.
+    names = ["control_llm_zh", "swallow_en", "cl_jcommonsenseqa"]
+    results = evaluate(torch.nn.Linear(1, 1), None, names, FIXTURES, limit=1, max_gen_tokens=300)
+    assert results["aggregates"].keys() == {"control_llm", "swallow_en"}
+    assert len(results["aggregates"]["swallow_en"]["columns"]) == 9
+    assert len(results["n_samples"]) == 7 + 9 - 2 + 1  # each shared task scored once
+    # max_gen_tokens caps each task's own limit: 512 -> 300, but 1 (JCommonsenseQA) and 32 (SQuAD2) stay.
+    caps = scripted_lm.caps
+    assert caps["cl_bbh_cot_3shot"] == caps["cl_mmlu_pro"] == 300
+    assert caps["cl_jcommonsenseqa"] == 1 and caps["cl_squadv2"] == 32
