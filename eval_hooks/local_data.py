@@ -174,8 +174,9 @@ def load(
     every doc the exemplars of that split sharing its `shots_by` value (a dotted path), in file order (never the doc
     itself), at most `max_shots` of them (required when `shots_from` is the only split); with
     `headers_from_lm_eval` or `headers_dir`, a per-subject `header` column for the task's description; `columns`
-    names the fields of headerless CSV files; `interleave_by` ({split: dotted path}) reorders a split round-robin
-    over its groups (see `interleave`) once the exemplars are chosen."""
+    names the fields of headerless CSV files; `interleave_by` ({split: dotted path}) reorders an eval split
+    round-robin over its groups (see `interleave`) once the exemplars are attached (never name a split that
+    lm-eval's own samplers draw exemplars from)."""
     if not data_dir:
         raise ValueError(
             "no data_dir: pass metadata={'data_dir': ...} to the TaskManager (or lm_eval --metadata)"
