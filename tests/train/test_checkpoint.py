@@ -60,3 +60,15 @@ def test_pruning_keeps_the_new_checkpoint_and_never_deletes_newer_ones(tmp_path)
         _fake_checkpoint(tmp_path, step)
     _prune(tmp_path, 6, keep_last=2)  # resumed from step 4 of a run that had reached step 8
     assert sorted(p.name for p in tmp_path.iterdir()) == ["step-00000004", "step-00000006", "step-00000008"]
+
+
+def test_resume_with_another_world_size_is_refused(tmp_path):
+    from tests.conftest import SMOKE
+    from train.checkpoint import check_compatible
+    from train.config import config_hash, load_config
+
+    cfg = load_config(SMOKE)
+    state = {"world_size": 2, "config_hash": config_hash(cfg), "config": cfg.model_dump(mode="json")}
+    with pytest.raises(UserError, match="saved with 2 ranks, this run has 1"):
+        check_compatible(cfg, state, tmp_path, force=True)  # not even --allow-config-change
+    check_compatible(cfg, dict(state, world_size=1), tmp_path, force=False)

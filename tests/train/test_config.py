@@ -79,6 +79,20 @@ def test_missing_required_key(tmp_path):
         ),
         (["schedule.name=wsd"], "needs schedule.decay_steps"),
         (["deepspeed.offload_optimizer=true"], "use optim.name 'cpu_adam'"),
+        (
+            ["peft={r: 8, alpha: 16, target_modules: [q_proj]}", "expansion={type: concat, num_exp_layers: 2}"],
+            "peft and expansion cannot be combined",
+        ),
+        (["model.add_tokens=new.txt", "expansion={type: concat, num_exp_layers: 2}"], "needs trainable embeddings"),
+        (["schedule.decay_steps=10"], "decay_steps only applies to schedule.name 'wsd'"),
+        (["data.sources=[{path: a.jsonl, hub_id: x/y}]"], "takes 'path' or 'hub_id', not both"),
+        (["data.sources=[{label: x}]"], "needs a registry 'name', a 'path' or a 'hub_id'"),
+        (["eval.suites=[control_llm_zh]", "eval.every_steps=10"], "eval.suites needs eval.data_dir"),
+        (
+            ["data.stages=[{weights: {a: 1}}]", "data.sources=[{path: a.jsonl, label: a, weight: 2}]"],
+            "give the weights per stage, not data.sources[].weight",
+        ),
+        (["optim.lr"], "--set expects key=value"),
         (["schedule.min_lr=1.0"], "min_lr is larger than optim.lr"),
         (["eval.suites=[control_llm_zh]"], "never runs"),
         (["data.sources=[{path: corpus, data_files: '*.parquet'}]"], "put the glob in the path"),
@@ -95,6 +109,13 @@ def test_extends_and_set_overrides(tmp_path):
     assert cfg.optim.lr == 1e-3 and cfg.data.seq_len == 64 and cfg.optim.betas == (0.9, 0.95)
     assert cfg.optim.name == "adamw_torch"  # inherited
     assert cfg.tracking.backend == "none"
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"), [("model: [unclosed\n", "not valid YAML"), ("- a list\n", "must hold a mapping at the top level, found list")]
+)
+def test_unreadable_recipe_files(tmp_path, text, fragment):
+    assert fragment in _error(_write(tmp_path, text))
 
 
 def test_extends_cycle_is_reported(tmp_path):

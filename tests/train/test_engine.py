@@ -8,7 +8,7 @@ import pytest
 
 from tests.conftest import SMOKE
 from train.config import load_config
-from train.engine import deepspeed_config, lr_lambda
+from train.engine import deepspeed_config, lr_lambda, param_groups
 from train.errors import UserError
 
 
@@ -59,3 +59,15 @@ def test_deepspeed_json_from_config():
     assert ds["zero_optimization"]["offload_param"]["device"] == "cpu"
     assert ds["bf16"] == {"enabled": True} and ds["gradient_clipping"] == 1.0
     assert "auto" not in str(ds)
+
+
+def test_no_weight_decay_on_norms_and_biases():
+    from train.model import build_for_training
+
+    model = build_for_training(_cfg())
+    decay, no_decay = param_groups(model, 0.1)
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0  # apply_optim_settings' order
+    assert decay["params"] and all(p.ndim == 2 for p in decay["params"])
+    assert no_decay["params"] and all(p.ndim == 1 for p in no_decay["params"])
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    assert len(decay["params"]) + len(no_decay["params"]) == len(trainable)

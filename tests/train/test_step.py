@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from data_prep.sampler import RowSampler
 from data_prep.shards import prepare
@@ -22,8 +23,8 @@ def world_of_one():
     dist.init()
 
 
-def _one_step(data_cache, *overrides):
-    cfg = load_config(SMOKE, ["tracking=none", f"data.cache_dir={data_cache}", *overrides])
+def _one_step(data_cache, *overrides, recipe=SMOKE):
+    cfg = load_config(recipe, ["tracking=none", f"data.cache_dir={data_cache}", *overrides])
     seed_everything(cfg.seed)
     data = prepare(cfg.data, build_tokenizer(cfg.model))
     engine = build_engine(cfg, build_for_training(cfg), 1, cfg.total_steps())
@@ -35,6 +36,22 @@ def _one_step(data_cache, *overrides):
     else:
         params = {n: p.detach().clone() for n, p in engine.module.named_parameters()}
     return metrics, params, engine
+
+
+@pytest.mark.parametrize("recipe", [SMOKE, SMOKE.with_name("sft_tiny.yaml")], ids=["cpt", "sft"])
+def test_step_loss_is_the_next_token_cross_entropy_over_the_targets(data_cache, recipe):
+    cfg = load_config(recipe, ["tracking=none", f"data.cache_dir={data_cache}"])
+    seed_everything(cfg.seed)
+    reference = build_for_training(cfg).eval()  # the same initial weights as the engine's
+    metrics, _, _ = _one_step(data_cache, recipe=recipe)
+    data = prepare(cfg.data, build_tokenizer(cfg.model))
+    batch = data.batch(RowSampler(len(data), cfg.seed).rows(0, cfg.rows_per_step))
+    with torch.no_grad():
+        logits = reference(input_ids=batch["input_ids"], position_ids=batch["position_ids"]).logits
+    targets = batch["labels"][:, 1:]  # position t predicts token t + 1; -100 at prompts and document starts
+    assert 0 < int((targets != -100).sum()) == metrics["target_tokens"]
+    expected = F.cross_entropy(logits[:, :-1].flatten(0, 1), targets.flatten(), reduction="sum")
+    assert metrics["loss"] == pytest.approx(expected.item() / metrics["target_tokens"], rel=1e-5)
 
 
 @pytest.mark.parametrize("stage", [1, 3])
@@ -52,14 +69,15 @@ def test_same_update_for_any_accumulation_split(data_cache, stage):
 
 
 def test_weight_decay_follows_lr_ratio_rule(data_cache):
-    common = ["schedule.name=constant", "schedule.warmup_steps=0", "schedule.min_lr=0", "optim.lr=0.01"]
+    # the first step of a 4-step warmup runs at lr 0.01 / 4: the rule uses the current lr, not the peak
+    common = ["schedule.name=constant", "schedule.warmup_steps=4", "schedule.min_lr=0", "optim.lr=0.01"]
     _, p_rule, engine = _one_step(
         data_cache, *common, "optim.weight_decay=0.5", "optim.weight_decay_mode=lr_ratio"
     )
-    _, p_fixed, _ = _one_step(data_cache, *common, "optim.weight_decay=0.005")  # 0.5 x lr
+    _, p_fixed, _ = _one_step(data_cache, *common, "optim.weight_decay=0.00125")  # 0.5 x 0.0025
     _, p_none, _ = _one_step(data_cache, *common, "optim.weight_decay=0")
     decayed = [g for g in engine.optimizer.param_groups if g["weight_decay"] > 0]
-    assert decayed and all(g["weight_decay"] == pytest.approx(0.005) for g in decayed)
+    assert decayed and all(g["weight_decay"] == pytest.approx(0.00125) for g in decayed)
     name = "model.layers.0.mlp.up_proj.weight"
     torch.testing.assert_close(p_rule[name], p_fixed[name], rtol=0, atol=0)
     assert not torch.equal(p_rule[name], p_none[name])
