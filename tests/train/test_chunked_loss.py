@@ -100,5 +100,8 @@ def test_two_rank_zero3_chunked_steps_equal_the_plain_ones(data_cache, tmp_path)
     runs = torch.load(tmp_path / "out.pt")
     plain, chunked = runs["plain"], runs["chunked"]
     assert chunked["losses"] == pytest.approx(plain["losses"], rel=1e-6)
+    # 2 ranks x micro-batches x accumulation give the one-process gradient of the whole step's batch
+    assert plain["grad_norm"] == pytest.approx(runs["reference_grad_norm"], rel=1e-5)
+    assert chunked["grad_norm"] == pytest.approx(runs["reference_grad_norm"], rel=1e-5)
     for name, weight in plain["weights"].items():
         torch.testing.assert_close(chunked["weights"][name], weight, rtol=1e-5, atol=1e-6, msg=name)
