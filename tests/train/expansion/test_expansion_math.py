@@ -5,9 +5,15 @@ import torch
 import torch.nn.functional as F
 from conftest import perturb, tiny_llama
 
-from train.expansion import ControlLLMForCausalLM, ExpansionConfig, expand_model, expanded_config
-from train.expansion.divergence import cosine_divergence, mse_divergence
-from train.expansion.interpolation import get_interpolator
+from train.expansion import (
+    ControlLLMForCausalLM,
+    ExpansionConfig,
+    apply_freeze_policy,
+    expand_model,
+    expanded_config,
+)
+from train.expansion.divergence import cosine_divergence, get_divergence, mse_divergence
+from train.expansion.interpolation import get_interpolator, interpolate
 
 
 def _expected_alpha(method: str, pair, x, h_pre, h_exp) -> torch.Tensor:
@@ -16,6 +22,25 @@ def _expected_alpha(method: str, pair, x, h_pre, h_exp) -> torch.Tensor:
     fc = pair.interp_weight.fc
     features = torch.cat([h_pre, h_exp], dim=-1) if method == "dlerp" else x
     return torch.sigmoid(features @ fc.weight.T + fc.bias)
+
+
+def _branches(model, pair, x) -> tuple[torch.Tensor, torch.Tensor]:
+    """The pair's (h_pre, h_exp) recomputed from its input x (attention_mask=None: SDPA masks causally itself)."""
+    position_ids = torch.arange(x.shape[1])[None]
+    kwargs = dict(
+        attention_mask=None,
+        position_embeddings=model.model.rotary_emb(x, position_ids),
+        position_ids=position_ids,
+    )
+    return pair.pretrained_layer(x, **kwargs), pair.expanded_layer(x, **kwargs)
+
+
+def _record_pair_inputs(model) -> dict[int, torch.Tensor]:
+    """Filled by the next forward: each pair's input hidden state, by its top-level layer index."""
+    seen = {}
+    for j in model.config.pair_layers:
+        model.model.layers[j].register_forward_pre_hook(lambda mod, args, j=j: seen.__setitem__(j, args[0]))
+    return seen
 
 
 @pytest.mark.parametrize("method", ["lerp", "dlerp", "dlerpin"])
@@ -55,6 +80,57 @@ def test_pair_output_and_divergence_match_formula(method, divergence, input_ids)
     torch.testing.assert_close(outputs.divergence_loss, 0.7 * per_token.mean(), atol=1e-7, rtol=1e-4)
 
 
+@pytest.mark.parametrize("divergence", ["cosine", "mse"])
+@torch.no_grad()
+def test_divergence_loss_is_the_weighted_mean_over_the_pairs(divergence, input_ids):
+    cfg = ExpansionConfig(
+        type="concat", method="dlerp", num_exp_layers=2, divergence={"type": divergence, "weight": 0.7}
+    )
+    model = expand_model(tiny_llama(num_layers=4), cfg)
+    perturb(model)
+    inputs = _record_pair_inputs(model)
+    outputs = model(input_ids)
+
+    assert sorted(inputs) == model.config.pair_layers == [1, 3]
+    per_pair = [
+        get_divergence(divergence)(*_branches(model, model.model.layers[j], inputs[j])) for j in (1, 3)
+    ]
+    # Pairs that diverge by different amounts, so the mean is told apart from either pair alone.
+    assert abs(per_pair[0] - per_pair[1]) > 0.2 * max(per_pair)
+    expected = 0.7 * (per_pair[0] + per_pair[1]) / 2
+    torch.testing.assert_close(outputs.divergence_loss, expected, atol=1e-7, rtol=1e-5)
+
+
+@pytest.mark.parametrize("detach", [False, True])
+def test_detach_pretrained_decides_whether_divergence_flows_back_through_the_frozen_block(detach, input_ids):
+    """The last pair's divergence reaches its input (so earlier trainable blocks) through the trainable copy
+    always, and through the frozen pretrained block only when detach_pretrained is false."""
+    divergence = {"type": "mse", "weight": 1.0, "detach_pretrained": detach}
+    model = expand_model(tiny_llama(num_layers=4), ExpansionConfig(num_exp_layers=2, divergence=divergence))
+    perturb(model)
+    apply_freeze_policy(model)
+    last = model.model.layers[3]
+    seen = _record_pair_inputs(model)
+    last.pretrained_layer.register_forward_hook(lambda mod, args, out: seen.update(h_pre=out))
+    outputs = model(input_ids)
+    assert seen[3].requires_grad  # it depends on the first pair's copy
+
+    grad_h_pre, grad_x = torch.autograd.grad(
+        outputs.divergence_loss, [seen["h_pre"], seen[3]], allow_unused=True
+    )
+    # The last pair's h_pre enters the divergence as the reference only (its mixed output feeds no pair).
+    assert (grad_h_pre is None) == detach
+    assert detach or grad_h_pre.abs().sum() > 0
+
+    x = seen[3].detach().requires_grad_()
+    h_pre, h_exp = _branches(model, last, x)
+    # weight 1, mean over 2 pairs; the first pair's divergence does not depend on x
+    (through_copy,) = torch.autograd.grad(mse_divergence(h_pre.detach(), h_exp) / 2, x, retain_graph=True)
+    (through_both,) = torch.autograd.grad(mse_divergence(h_pre, h_exp) / 2, x)
+    assert (through_both - through_copy).norm() > 0.1 * through_copy.norm()
+    torch.testing.assert_close(grad_x, through_copy if detach else through_both, atol=1e-7, rtol=1e-4)
+
+
 def test_divergence_weight_zero_gives_none(input_ids):
     cfg = ExpansionConfig(type="concat", num_exp_layers=2, divergence={"weight": 0.0})
     assert expand_model(tiny_llama(), cfg)(input_ids).divergence_loss is None
@@ -72,10 +148,19 @@ def test_divergences_average_over_real_tokens_only():
     torch.testing.assert_close(mse_divergence(h_pre, h_exp, mask), expected_mse)
 
 
-def test_identical_branches_have_zero_divergence_and_exact_interpolation():
+@pytest.mark.parametrize("method", ["lerp", "dlerp", "dlerpin"])
+def test_identical_branches_have_zero_divergence_and_exact_interpolation(method):
+    torch.manual_seed(0)
     h = torch.randn(2, 3, 8)
     assert mse_divergence(h, h.clone()) == 0
     assert cosine_divergence(h, h.clone()) < 1e-12
+    interpolator = get_interpolator(method)
+    gate = interpolator.build(8, 0.3)
+    with torch.no_grad():
+        alpha = interpolator.alpha(gate, h, h, h.clone())
+    assert ((0.05 < alpha) & (alpha < 0.95)).all()  # a real mix, not an end point
+    # Bit for bit (a Control-LLM model equals its base at init), which (1 - a) h + a h is not.
+    assert torch.equal(interpolate(h, h.clone(), alpha), h)
 
 
 def test_unknown_names_suggest_the_closest():
