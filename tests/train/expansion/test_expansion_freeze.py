@@ -1,5 +1,7 @@
 """What trains: only the copies and (unless frozen) the interpolators; and the partial / full baselines."""
 
+from collections import Counter
+
 import pytest
 import torch
 from conftest import perturb, tiny_llama
@@ -32,8 +34,12 @@ def test_one_step_changes_only_copies_and_interpolators(expansion_type, method, 
 
     changed = {name for name, p in model.named_parameters() if not torch.equal(p, before[name])}
     assert changed and changed <= names
-    # Every pair's copy and interpolator moved; frozen parameters got no gradient at all.
-    assert all(any(part in name for name in changed) for part in ("expanded_layer", "interp"))
+    # Every pair's copy and interpolator and every stacked copy moved; frozen parameters got no gradient.
+    pairs = model.config.pair_layers
+    gate = model.model.layers[pairs[0]].interpolator.attr
+    parts = [f"model.layers.{j}.{part}." for j in pairs for part in ("expanded_layer", gate)]
+    parts += [f"model.layers.{j}." for j in stacked]
+    assert [part for part in parts if not any(f"{name}.".startswith(part) for name in changed)] == []
     assert all(p.grad is None for p in model.parameters() if not p.requires_grad)
 
 
@@ -74,21 +80,50 @@ def test_partial_and_full_baselines():
         apply_freeze_policy(model, "parital")
 
 
+def _count_branch_runs(model) -> Counter:
+    """Counts, by (pair index, branch), how often each branch's MLP runs, a backward's recompute included.
+
+    The MLP's own forward is wrapped: transformers checkpoints a block's forward inside the block's hooks,
+    and a non-reentrant recompute fires no module hooks, so a hook would not see the recompute.
+    """
+    runs = Counter()
+
+    def counted(forward, key):
+        def run(*args, **kwargs):
+            runs[key] += 1
+            return forward(*args, **kwargs)
+
+        return run
+
+    for j in model.config.pair_layers:
+        for branch in ("pretrained_layer", "expanded_layer"):
+            mlp = getattr(model.model.layers[j], branch).mlp
+            mlp.forward = counted(mlp.forward, (j, branch))
+    return runs
+
+
 @pytest.mark.parametrize("use_reentrant", [False, True])
 def test_gradient_checkpointing_covers_both_branches(use_reentrant, input_ids):
-    def loss_and_grads(checkpointing: bool):
-        model = expand_model(tiny_llama(), ExpansionConfig(type="hybrid", method="dlerp", num_exp_layers=2))
+    def loss_grads_and_runs(checkpointing: bool):
+        model = expand_model(tiny_llama(), ExpansionConfig(type="hybrid", method="dlerp", num_exp_layers=4))
         perturb(model)
         apply_freeze_policy(model)
         model.train()
         if checkpointing:
             model.activation_checkpointing_enable({"use_reentrant": use_reentrant})
+        runs = _count_branch_runs(model)
         outputs = model(input_ids, labels=input_ids)
         (outputs.loss + outputs.divergence_loss).backward()
-        return outputs.loss, [p.grad for p in model.parameters() if p.requires_grad]
+        grads = [p.grad for p in model.parameters() if p.requires_grad]
+        return outputs.loss, grads, dict(runs), model.config.pair_layers
 
-    loss, grads = loss_and_grads(False)
-    loss_ckpt, grads_ckpt = loss_and_grads(True)
+    loss, grads, runs, pairs = loss_grads_and_runs(False)
+    loss_ckpt, grads_ckpt, runs_ckpt, _ = loss_grads_and_runs(True)
+    # Each branch of every pair, the frozen one too, runs once more: recomputed in the backward.
+    branches = [(j, branch) for j in pairs for branch in ("pretrained_layer", "expanded_layer")]
+    assert len(branches) == 4
+    assert runs == dict.fromkeys(branches, 1)
+    assert runs_ckpt == dict.fromkeys(branches, 2)
     torch.testing.assert_close(loss_ckpt, loss)
     for g, g_ckpt in zip(grads, grads_ckpt, strict=True):
         torch.testing.assert_close(g_ckpt, g, atol=1e-6, rtol=1e-5)
