@@ -83,7 +83,7 @@ def preset_config(cfg: ModelConfig) -> LlamaConfig:
         close = difflib.get_close_matches(str(cfg.preset), PRESETS, n=1)
         hint = f" Did you mean '{close[0]}'?" if close else ""
         raise UserError(f"unknown model.preset '{cfg.preset}'.{hint} Known presets: {', '.join(PRESETS)}.")
-    return LlamaConfig(**PRESETS[cfg.preset], **_checked_overrides(cfg))
+    return LlamaConfig(**{**PRESETS[cfg.preset], **_checked_overrides(cfg)})
 
 
 def _checked_overrides(cfg: ModelConfig) -> dict:
