@@ -1,29 +1,40 @@
 import json
 import os
+import random
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from lm_eval.api.model import LM
 
 from eval_hooks import runner
 from eval_hooks.runner import evaluate, scalars, write_results
+from tests.conftest import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 FIXTURES = REPO / "tests" / "fixtures" / "eval"
 
 
 def test_suite_end_to_end_restores_rng_and_train_mode(tiny_model, tiny_tokenizer, tmp_path):
+    def reseed() -> None:
+        random.seed(123)
+        np.random.seed(123)
+        torch.manual_seed(123)
+
+    def draws() -> tuple:
+        return random.random(), np.random.rand(4).tolist(), torch.rand(4).tolist()
+
     tiny_model.train()
-    torch.manual_seed(123)
-    expected = torch.rand(4)
-    torch.manual_seed(123)
+    reseed()
+    expected = draws()
+    reseed()  # lm-eval reseeds Python's, numpy's and torch's generators with its own seeds
     results = evaluate(
         tiny_model, tiny_tokenizer, ["control_llm_zh"], FIXTURES, batch_size=4, max_gen_tokens=4
     )
-    assert torch.equal(torch.rand(4), expected)  # the training trajectory does not see the eval
+    assert draws() == expected  # the training trajectory does not see the eval
     assert tiny_model.training
     tiny_model.eval()
 
@@ -62,7 +73,8 @@ def test_unknown_suite_suggests_a_name(tiny_model, tiny_tokenizer):
 
 def test_two_ranks_stay_in_lockstep(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517"]
+    port = free_port()
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}"]
     cmd += [str(REPO / "tests" / "eval_hooks" / "dist_worker.py"), str(tmp_path)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
