@@ -23,7 +23,7 @@ def released(argv: list[str]) -> int:
 
     try:
         out = convert_released(args.model, args.out, args.base_model, overwrite=args.overwrite)
-    except (ReleasedFormatError, FileNotFoundError) as e:
+    except (ReleasedFormatError, OSError, ValueError) as e:  # ValueError: a config.json that is not JSON
         print(f"continualm: error: {e}", file=sys.stderr)
         return 2
     print(f"converted {args.model} to {out}")

@@ -139,9 +139,17 @@ def check_complete(folder: Path) -> dict:
 
 
 def latest_complete(root: Path) -> Path | None:
-    """The newest complete checkpoint under `root`, skipping (and reporting) incomplete ones."""
+    """The checkpoint `latest` names when it is complete (a run resumed from an earlier checkpoint leaves
+    newer, abandoned ones behind), else the newest complete one, skipping (and reporting) incomplete ones."""
     if not root.is_dir():
         return None
+    pointer = root / "latest"
+    if pointer.is_file() and TAG_RE.match(tag := pointer.read_text().strip()) and (root / tag).is_dir():
+        try:
+            check_complete(root / tag)
+            return root / tag
+        except UserError as e:
+            log.warning("skipping checkpoint %s (named by latest): %s", tag, e)
     for folder in sorted((p for p in root.iterdir() if TAG_RE.match(p.name)), reverse=True):
         try:
             check_complete(folder)

@@ -418,6 +418,10 @@ NON_TRAINING_KEYS = (
 )
 
 
+# Source keys added after checkpoints existed: left out of the hash while unset, so those runs still resume.
+UNHASHED_WHEN_UNSET = ("revision",)
+
+
 def config_hash(cfg: RunConfig) -> str:
     """Hash of the keys that change training (a resume with a different hash is refused)."""
     data = cfg.model_dump(mode="json")
@@ -427,6 +431,10 @@ def config_hash(cfg: RunConfig) -> str:
         for p in parents:
             node = node[p]
         node.pop(leaf, None)
+    for source in data["data"]["sources"]:
+        for key in UNHASHED_WHEN_UNSET:
+            if source.get(key) is None:
+                source.pop(key, None)
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -440,6 +448,12 @@ def training_diff(a: dict, b: dict, prefix: str = "") -> list[str]:
         va, vb = a.get(key), b.get(key)
         if isinstance(va, dict) and isinstance(vb, dict):
             out += training_diff(va, vb, path + ".")
+        elif isinstance(va, list) and isinstance(vb, list) and len(va) == len(vb):  # e.g. data.sources
+            for i, (ia, ib) in enumerate(zip(va, vb, strict=True)):
+                if isinstance(ia, dict) and isinstance(ib, dict):
+                    out += training_diff(ia, ib, f"{path}[{i}].")
+                elif ia != ib:
+                    out.append(f"{path}[{i}]: {ia!r} -> {ib!r}")
         elif va != vb:
             out.append(f"{path}: {va!r} -> {vb!r}")
     return out

@@ -74,7 +74,11 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
             (no_decay if p.ndim < 2 else decay).append(p)
     if not decay and not no_decay:
         raise UserError("the model has no trainable parameters: check the freeze / expansion settings")
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    # "_decays" tags the groups: DeepSpeed drops empty ones, so their position says nothing
+    return [
+        {"params": decay, "weight_decay": weight_decay, "_decays": True},
+        {"params": no_decay, "weight_decay": 0.0, "_decays": False},
+    ]
 
 
 def build_optimizer(cfg: RunConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
@@ -116,10 +120,11 @@ def apply_optim_settings(cfg: RunConfig, engine) -> None:
     o, scheduler = cfg.optim, engine.lr_scheduler
     scheduler.base_lrs = [o.lr] * len(scheduler.base_lrs)
     lr = o.lr * scheduler.lr_lambdas[0](scheduler.last_epoch)
-    for i, group in enumerate(engine.optimizer.param_groups):  # param_groups' order: decay, no decay
+    for i, group in enumerate(engine.optimizer.param_groups):
         group.update(lr=lr, initial_lr=o.lr, betas=o.betas, eps=o.eps)
+        decays = group.setdefault("_decays", i == 0)  # untagged: a checkpoint of before the tags
         if o.weight_decay_mode != "lr_ratio":
-            group["weight_decay"] = o.weight_decay if i == 0 else 0.0
+            group["weight_decay"] = o.weight_decay if decays else 0.0
     scheduler._last_lr = [lr] * len(scheduler.base_lrs)
 
 
@@ -128,6 +133,5 @@ def apply_weight_decay_rule(cfg: RunConfig, engine) -> None:
     if cfg.optim.weight_decay_mode != "lr_ratio":
         return
     for group in engine.optimizer.param_groups:
-        if group.get("weight_decay", 0.0) > 0.0 or group.get("_decays", False):
-            group["_decays"] = True
+        if group.setdefault("_decays", group.get("weight_decay", 0.0) > 0.0):
             group["weight_decay"] = cfg.optim.weight_decay * group["lr"]

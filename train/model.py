@@ -6,6 +6,7 @@ Knows nothing of DeepSpeed; the engine wraps whatever this returns.
 from __future__ import annotations
 
 import contextlib
+import inspect
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -91,7 +92,9 @@ def _checked_overrides(cfg: ModelConfig) -> dict:
     change nothing)."""
     import difflib
 
-    fields = LlamaConfig().to_dict()
+    fields = set(LlamaConfig().to_dict()) | set(inspect.signature(LlamaConfig.__init__).parameters)
+    fields |= {"rope_theta", "rope_scaling"}  # taken as keywords, folded into rope_parameters (transformers 5)
+    fields -= {"self", "kwargs", "dtype", "torch_dtype"}  # the dtype is model.dtype's
     for key in cfg.overrides:
         if key not in fields:
             close = difflib.get_close_matches(key, fields, n=1)

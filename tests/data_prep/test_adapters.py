@@ -134,6 +134,8 @@ def test_data_files_select_files_of_the_hub_repo_or_of_a_local_snapshot():
     assert resolve(SimpleNamespace(name="syne_web_cn", path=str(snapshot))).path == str(snapshot / web_cn)
     folder = str(snapshot / "data" / "book-cn")
     assert resolve(SimpleNamespace(name="syne_web_cn", path=folder)).path == folder
+    with pytest.raises(DataError, match="the snapshot has no data/math-en/\\*.parquet for 'syne_math_en'"):
+        resolve(SimpleNamespace(name="syne_math_en", path=str(snapshot)))  # the fixture lacks that folder
 
 
 @pytest.mark.parametrize(

@@ -72,3 +72,12 @@ def test_resume_with_another_world_size_is_refused(tmp_path):
     with pytest.raises(UserError, match="saved with 2 ranks, this run has 1"):
         check_compatible(cfg, state, tmp_path, force=True)  # not even --allow-config-change
     check_compatible(cfg, dict(state, world_size=1), tmp_path, force=False)
+
+
+def test_latest_pointer_wins_over_newer_abandoned_checkpoints(tmp_path):
+    for step in (6, 7, 8):  # 8 is of a run that was resumed from 6 and saved 7
+        _fake_checkpoint(tmp_path, step)
+    (tmp_path / "latest").write_text(tag_for(7))
+    assert latest_complete(tmp_path).name == "step-00000007"
+    (tmp_path / tag_for(7) / STATE_FILE).unlink()  # broken: the newest complete one
+    assert latest_complete(tmp_path).name == "step-00000008"

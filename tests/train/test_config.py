@@ -149,3 +149,15 @@ def test_epochs_budget_counts_whole_steps_over_the_packed_rows(tmp_path):
     assert cfg.total_steps(100) == 38  # ceil(1.5 * 100 / 4): the last step is not dropped
     with pytest.raises(ValueError, match="needs the packed row count"):
         cfg.total_steps()
+
+
+def test_runs_of_before_a_new_key_keep_their_hash():
+    # A key added with its default must not change existing runs' hashes, or their resumes are refused.
+    # Hashes of these recipes before data.sources[].revision existed:
+    assert config_hash(load_config(ROOT / "configs/smoke/cpt_tiny.yaml")) == "0e0e77a0b8800e97"
+    assert config_hash(load_config(ROOT / "configs/synE_concat16.yaml")) == "6142d93ff1293a05"
+    pinned = load_config(ROOT / "configs/smoke/cpt_tiny.yaml", ["data.sources=[{hub_id: a/b, revision: v1}]"])
+    unpinned = load_config(ROOT / "configs/smoke/cpt_tiny.yaml", ["data.sources=[{hub_id: a/b}]"])
+    assert config_hash(pinned) != config_hash(unpinned)
+    diff = training_diff(unpinned.model_dump(mode="json"), pinned.model_dump(mode="json"))
+    assert diff == ["data.sources[0].revision: None -> 'v1'"]

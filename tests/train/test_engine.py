@@ -66,7 +66,8 @@ def test_no_weight_decay_on_norms_and_biases():
 
     model = build_for_training(_cfg())
     decay, no_decay = param_groups(model, 0.1)
-    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0  # apply_optim_settings' order
+    assert (decay["weight_decay"], decay["_decays"]) == (0.1, True)
+    assert (no_decay["weight_decay"], no_decay["_decays"]) == (0.0, False)
     assert decay["params"] and all(p.ndim == 2 for p in decay["params"])
     assert no_decay["params"] and all(p.ndim == 1 for p in no_decay["params"])
     trainable = [p for p in model.parameters() if p.requires_grad]
