@@ -14,6 +14,8 @@ from pathlib import Path
 # launch/ is first on sys.path when a script here runs; make the repo's packages win.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import train.expansion  # noqa: E402,F401  (registers controlllm_llama, so Control-LLM exports load)
+
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(

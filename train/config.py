@@ -420,6 +420,9 @@ NON_TRAINING_KEYS = (
 
 # Source keys added after checkpoints existed: left out of the hash while unset, so those runs still resume.
 UNHASHED_WHEN_UNSET = ("revision",)
+# Speed switches that were hashed once: hashed at their default whatever their value, so old runs' hashes
+# hold and switching them (same computation, other kernels) keeps a run resumable.
+HASHED_AT_DEFAULT = {"model.attn_implementation": "sdpa", "deepspeed.overlap_comm": True}
 
 
 def config_hash(cfg: RunConfig) -> str:
@@ -431,6 +434,9 @@ def config_hash(cfg: RunConfig) -> str:
         for p in parents:
             node = node[p]
         node.pop(leaf, None)
+    for key, default in HASHED_AT_DEFAULT.items():
+        section, leaf = key.split(".")
+        data[section][leaf] = default
     for source in data["data"]["sources"]:
         for key in UNHASHED_WHEN_UNSET:
             if source.get(key) is None:
@@ -443,7 +449,7 @@ def training_diff(a: dict, b: dict, prefix: str = "") -> list[str]:
     out = []
     for key in sorted(set(a) | set(b)):
         path = f"{prefix}{key}"
-        if path in NON_TRAINING_KEYS:
+        if path in NON_TRAINING_KEYS or path in HASHED_AT_DEFAULT:
             continue
         va, vb = a.get(key), b.get(key)
         if isinstance(va, dict) and isinstance(vb, dict):

@@ -14,6 +14,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, PreTrainedModel
 
 import data_prep
+import train.expansion  # noqa: F401  (registers controlllm_llama: a Control-LLM export loads as a base)
 from train.config import ModelConfig
 from train.errors import UserError
 
