@@ -25,7 +25,8 @@ class Section(BaseModel):
 
 class ModelConfig(Section):
     preset: str | None = None
-    """Architecture preset (llama3_tiny, llama3_2_1b, llama3_1_8b): random init, or the shape for --dry-run."""
+    """Architecture preset (llama3_tiny, llama3_2_1b, llama3_8b, llama3_1_8b): random init, or the shape for
+    --dry-run."""
     name_or_path: str | None = None
     """Hub id or local folder of pretrained weights (from_pretrained)."""
     tokenizer: str | None = None
