@@ -20,6 +20,7 @@ import torch
 
 from train import distributed as dist
 from train.config import RunConfig
+from train.peer import PEERS
 
 EXPANSION = re.compile(r"(concat|stack|hybrid|partial)(\d+)(?:_(lerp|dlerp|dlerpin))?")
 COLUMNS = (
@@ -59,7 +60,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="variants, one row each: none (full tuning), lora (r 8, q/v), concat16, concat16_dlerp, stack16, ...",
     )
     p.add_argument("--data", default="full", choices=("full", "sft", "cpt"))
-    p.add_argument("--peer", nargs="*", default=[], choices=("hf", "hf_flat"), help="HF Trainer peers to run")
+    p.add_argument("--peer", nargs="*", default=[], choices=PEERS, help="HF Trainer peers to run")
     p.add_argument("--dtype", choices=("bf16", "fp32"), help="default: bf16 on GPU, fp32 on CPU")
     p.add_argument("--attn", default="sdpa", choices=("sdpa", "flash_attention_2", "flex_attention", "eager"))
     p.add_argument("--liger", action="store_true", help="model.liger (and the peer's use_liger_kernel)")
