@@ -161,8 +161,8 @@ def latest_complete(root: Path) -> Path | None:
 
 def find_resume(cfg: RunConfig, resume: str | None) -> Path | None:
     """The checkpoint to resume from. None (a fresh run) is refused in an output_dir that has checkpoints:
-    its saves would replace and prune them. `auto`: the newest complete checkpoint under output_dir
-    (None if there is none; an error if there are only broken ones); else that path."""
+    its saves would replace and prune them. `auto`: `latest_complete` under output_dir (None if there is
+    no checkpoint; an error if there are only broken ones); else that path."""
     root = Path(cfg.output_dir) / "checkpoints"
     existing = sorted(p for p in root.iterdir() if TAG_RE.match(p.name)) if root.is_dir() else []
     if resume is None:
