@@ -15,12 +15,26 @@ from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from train.errors import UserError
 
 
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_for_numbers(cls, value: Any, info) -> Any:
+        # pydantic's lax mode reads `max_steps: true` as 1; a boolean where a number belongs is a mistake.
+        if isinstance(value, bool) and _numbers_only(cls.model_fields[info.field_name].annotation):
+            raise PydanticCustomError("bool_for_number", "expects a number, not true/false")
+        return value
+
+
+def _numbers_only(annotation: Any) -> bool:
+    kinds = [a for a in getattr(annotation, "__args__", (annotation,)) if a is not type(None)]
+    return bool(kinds) and all(k in (int, float) for k in kinds)
 
 
 class ModelConfig(Section):
@@ -508,23 +522,32 @@ def load_yaml_tree(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict:
 
 
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
-    """Apply `key.sub=value` strings; values are parsed as YAML (so 3e-5, true, [a, b] keep their types)."""
+    """Apply `key.sub=value` strings (a number indexes a list: `data.sources.0.weight=2`); values are parsed
+    as YAML (so 3e-5, true, [a, b] keep their types)."""
     data = json.loads(json.dumps(data))
     for item in overrides:
         if "=" not in item:
-            raise UserError(f"--set expects key=value, got {item!r} (example: --set optim.lr=3e-5)")
+            raise UserError(f"--set expects key=value (dotted key, YAML value), got {item!r}")
         key, raw = item.split("=", 1)
         try:
             value = yaml.safe_load(raw)
         except yaml.YAMLError:
             value = raw
         *parents, leaf = key.strip().split(".")
-        node = data
-        for p in parents:
-            if not isinstance(node.get(p), dict):
-                node[p] = {}
-            node = node[p]
-        node[leaf] = value
+        node: Any = data
+        try:
+            for p in parents:
+                if isinstance(node, list):
+                    node = node[int(p)]
+                else:
+                    if node.get(p) is None:  # a section the recipe leaves out
+                        node[p] = {}
+                    node = node[p]
+            node[int(leaf) if isinstance(node, list) else leaf] = value
+        except (AttributeError, IndexError, TypeError, ValueError):  # a scalar or a list taken as a section
+            raise UserError(
+                f"--set {item!r}: '{key}' does not name a settable key (list items are numbered from 0)"
+            ) from None
     return data
 
 
@@ -551,20 +574,26 @@ def _field_names(model: type[BaseModel], loc: tuple) -> list[str]:
     return list(model.model_fields)
 
 
-def _describe(err: dict) -> str:
+def _describe(err: dict, root: type[BaseModel]) -> str:
     loc = tuple(err["loc"])
     key = ".".join(str(p) for p in loc) or "<top level>"
     if err["type"] == "extra_forbidden":
-        names = _field_names(RunConfig, loc)
+        names = _field_names(root, loc)
         close = difflib.get_close_matches(str(loc[-1]), names, n=1)
         hint = f" Did you mean '{'.'.join(str(p) for p in loc[:-1] + (close[0],))}'?" if close else ""
         return f"unknown key '{key}'.{hint} Valid keys here: {', '.join(names)}."
     if err["type"] == "missing":
         return f"missing required key '{key}'."
     if err["type"] == "value_error":
-        return str(err["msg"]).removeprefix("Value error, ") + "."
+        msg = str(err["msg"]).removeprefix("Value error, ")
+        return f"'{key}': {msg}." if loc and key not in msg else f"{msg}."
     got = err.get("input")
     return f"'{key}': {err['msg']} (got {got!r} of type {type(got).__name__})."
+
+
+def describe_errors(err: ValidationError, root: type[BaseModel]) -> str:
+    """Pydantic's errors as one readable paragraph: each names its dotted key and, for typos, the nearest."""
+    return " ".join(_describe(e, root) for e in err.errors())
 
 
 def validate(data: dict, source: str = "config") -> RunConfig:
@@ -572,8 +601,7 @@ def validate(data: dict, source: str = "config") -> RunConfig:
     try:
         return RunConfig.model_validate(data)
     except ValidationError as e:
-        problems = " ".join(_describe(err) for err in e.errors())
-        raise UserError(f"invalid {source}: {problems}") from None
+        raise UserError(f"invalid {source}: {describe_errors(e, RunConfig)}") from None
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:

@@ -53,6 +53,13 @@ def test_wrong_type_names_key_and_value(tmp_path):
     assert "'data.seq_len'" in msg and "'long'" in msg
 
 
+@pytest.mark.parametrize("override", ["train.max_steps=true", "optim.lr=false", "seed=true"])
+def test_boolean_is_not_a_number(tmp_path, override):
+    # pydantic alone would read `true` as 1 and run one step.
+    key = override.split("=")[0]
+    assert f"'{key}': expects a number, not true/false" in _error(_child(tmp_path, ""), [override])
+
+
 def test_missing_required_key(tmp_path):
     msg = _error(_write(tmp_path, "output_dir: x\n"))
     assert "missing required key 'model'" in msg
@@ -80,10 +87,16 @@ def test_missing_required_key(tmp_path):
         (["schedule.name=wsd"], "needs schedule.decay_steps"),
         (["deepspeed.offload_optimizer=true"], "use optim.name 'cpu_adam'"),
         (
-            ["peft={r: 8, alpha: 16, target_modules: [q_proj]}", "expansion={type: concat, num_exp_layers: 2}"],
+            [
+                "peft={r: 8, alpha: 16, target_modules: [q_proj]}",
+                "expansion={type: concat, num_exp_layers: 2}",
+            ],
             "peft and expansion cannot be combined",
         ),
-        (["model.add_tokens=new.txt", "expansion={type: concat, num_exp_layers: 2}"], "needs trainable embeddings"),
+        (
+            ["model.add_tokens=new.txt", "expansion={type: concat, num_exp_layers: 2}"],
+            "needs trainable embeddings",
+        ),
         (["schedule.decay_steps=10"], "decay_steps only applies to schedule.name 'wsd'"),
         (["data.sources=[{path: a.jsonl, hub_id: x/y}]"], "takes 'path' or 'hub_id', not both"),
         (["data.sources=[{label: x}]"], "needs a registry 'name', a 'path' or a 'hub_id'"),
@@ -93,6 +106,8 @@ def test_missing_required_key(tmp_path):
             "give the weights per stage, not data.sources[].weight",
         ),
         (["optim.lr"], "--set expects key=value"),
+        (["data.sources.5.weight=2"], "'data.sources.5.weight' does not name a settable key"),
+        (["optim.lr.x=3"], "'optim.lr.x' does not name a settable key"),
         (["schedule.min_lr=1.0"], "min_lr is larger than optim.lr"),
         (["eval.suites=[control_llm_zh]"], "never runs"),
         (["data.sources=[{path: corpus, data_files: '*.parquet'}]"], "put the glob in the path"),
@@ -111,8 +126,17 @@ def test_extends_and_set_overrides(tmp_path):
     assert cfg.tracking.backend == "none"
 
 
+def test_set_indexes_lists(tmp_path):
+    cfg = load_config(ROOT / "configs/smoke/sft_tiny.yaml", ["data.sources.1.weight=5"])
+    assert [s.weight for s in cfg.data.sources] == [3, 5]
+
+
 @pytest.mark.parametrize(
-    ("text", "fragment"), [("model: [unclosed\n", "not valid YAML"), ("- a list\n", "must hold a mapping at the top level, found list")]
+    ("text", "fragment"),
+    [
+        ("model: [unclosed\n", "not valid YAML"),
+        ("- a list\n", "must hold a mapping at the top level, found list"),
+    ],
 )
 def test_unreadable_recipe_files(tmp_path, text, fragment):
     assert fragment in _error(_write(tmp_path, text))
