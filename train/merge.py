@@ -6,22 +6,30 @@ while streaming safetensors shards, so peak memory is about one shard per input 
 
 from __future__ import annotations
 
-import copy
 import difflib
 import json
 import logging
-import re
 import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import ValidationError
 from transformers import AutoConfig
 
+from train.config import apply_overrides, describe_errors
+from train.errors import UserError
+from train.merge_config import (
+    ChatVectorConfig,
+    ExpoConfig,
+    MergeConfig,
+    MergeConfigError,
+    MergeError,
+    TaskArithmeticConfig,
+)
 from train.merge_io import ShardReader, ShardWriter, atomic_dir, tokenizer_ids
 
 log = logging.getLogger(__name__)
@@ -48,179 +56,6 @@ TOKENIZER_FILES = (
 )
 TEMPLATE_FILES = ("chat_template.jinja", "generation_config.json")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-_UNITS = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
-
-
-class MergeError(ValueError):
-    """Inputs or options that cannot be merged; the message says what and how to fix it."""
-
-
-class MergeConfigError(MergeError):
-    """A merge YAML or flag set that does not validate."""
-
-
-# ---------------------------------------------------------------------------------------------- config
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class TaskModel(_Strict):
-    path: str
-    weight: float = 1.0
-
-
-class TaskArithmeticModels(_Strict):
-    base: str
-    tasks: list[TaskModel] = Field(min_length=1)
-
-
-class ChatVector(_Strict):
-    chat: str
-    base: str
-    ratio: float = 1.0
-
-
-class ChatVectorModels(_Strict):
-    cpt: str
-    vectors: list[ChatVector] = Field(min_length=1)
-
-
-class ExpoModels(_Strict):
-    dpo: str
-    sft: str
-
-
-class MergeConfig(_Strict):
-    """Options shared by every method."""
-
-    method: str
-    output: Path
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: each tensor keeps its dtype
-    max_shard_size: int = 5 * 10**9  # bytes; YAML may say 5GB, 500MB, 4MiB
-    overwrite: bool = False
-
-    @field_validator("max_shard_size", mode="before")
-    @classmethod
-    def _parse_size(cls, value: int | str) -> int:
-        return parse_size(value)
-
-
-class TaskArithmeticConfig(MergeConfig):
-    """``base + sum_i w_i (model_i - base)``."""
-
-    method: Literal["task_arithmetic"] = "task_arithmetic"
-    models: TaskArithmeticModels
-
-
-class ChatVectorConfig(MergeConfig):
-    """``cpt + sum_i r_i (chat_i - base_i)`` with an explicit policy for embeddings and lm_head."""
-
-    method: Literal["chat_vector"] = "chat_vector"
-    models: ChatVectorModels
-    vocab_policy: Literal["error", "skip", "shared_rows"] = "error"
-    copy_rows: list[int] = []  # token ids whose embed/lm_head rows come from the first chat model
-    tokenizer_from: Literal["chat", "cpt"] = "chat"  # cpt: keep an expanded CPT tokenizer
-
-    @model_validator(mode="after")
-    def _copy_rows_need_shared_rows(self) -> ChatVectorConfig:
-        if self.copy_rows and self.vocab_policy != "shared_rows":
-            raise ValueError("copy_rows only applies with vocab_policy: shared_rows")
-        return self
-
-
-class ExpoConfig(MergeConfig):
-    """``dpo + alpha (dpo - sft)`` (ExPO model extrapolation)."""
-
-    method: Literal["expo"] = "expo"
-    models: ExpoModels
-    alpha: float = 0.3
-
-
-def parse_size(value: int | str) -> int:
-    """Bytes from an int or a string such as '5GB' or '4MiB'."""
-    if isinstance(value, int):
-        size = value
-    else:
-        match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMG]i?B|B)?\s*", value, flags=re.IGNORECASE)
-        if not match:
-            raise ValueError(f"cannot read size {value!r}; write e.g. 5GB, 500MB or 4MiB")
-        size = int(float(match[1]) * _UNITS[(match[2] or "B").upper()])
-    if size <= 0:
-        raise ValueError("must be positive")
-    return size
-
-
-def _format_errors(err: ValidationError, cls: type[BaseModel]) -> str:
-    """One paragraph per pydantic error, naming the key and suggesting the fix."""
-    lines = []
-    for e in err.errors():
-        key = ".".join(str(p) for p in e["loc"]) or "config"
-        if e["type"] == "extra_forbidden":
-            known = _known_keys(cls, e["loc"][:-1])
-            hint = difflib.get_close_matches(str(e["loc"][-1]), known, n=1)
-            fix = f"did you mean '{hint[0]}'?" if hint else "remove it"
-            lines.append(f"unknown key '{key}': {fix} (allowed here: {', '.join(known)})")
-        elif e["type"] == "missing":
-            lines.append(f"missing required key '{key}'")
-        else:
-            lines.append(f"'{key}': {e['msg']} (got {e.get('input')!r})")
-    return f"invalid {cls.__name__}: " + "; ".join(lines)
-
-
-def _known_keys(cls: type[BaseModel], loc: tuple) -> list[str]:
-    """Field names of the (nested) model at ``loc``, for did-you-mean hints."""
-    for part in loc:
-        if isinstance(part, int):
-            continue
-        ann = cls.model_fields[part].annotation
-        ann = getattr(ann, "__args__", (ann,))[0]  # list[X] -> X
-        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
-            return []
-        cls = ann
-    return list(cls.model_fields)
-
-
-def apply_overrides(raw: dict, overrides: Sequence[str]) -> dict:
-    """A copy of ``raw`` with dotted ``key=value`` pairs set (values parsed as YAML; list items by index)."""
-    raw = copy.deepcopy(raw)
-    for item in overrides:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise MergeConfigError(f"--set {item!r} is not key=value; write e.g. --set alpha=0.5")
-        *parents, last = key.split(".")
-        try:
-            node: Any = raw
-            for part in parents:
-                node = node[int(part)] if isinstance(node, list) else node.setdefault(part, {})
-            node[int(last) if isinstance(node, list) else last] = yaml.safe_load(value)
-        except (AttributeError, IndexError, TypeError, ValueError):
-            raise MergeConfigError(f"--set {item!r}: '{key}' does not name a settable key") from None
-    return raw
-
-
-def load_config(source: str | Path | dict, overrides: Sequence[str] = ()) -> MergeConfig:
-    """Validate a merge config from a YAML path or a dict, after ``--set`` overrides."""
-    if isinstance(source, dict):
-        raw = source
-    elif not Path(source).is_file():
-        raise MergeConfigError(f"merge config {source} does not exist")
-    else:
-        try:
-            raw = yaml.safe_load(Path(source).read_text())
-        except yaml.YAMLError as err:
-            raise MergeConfigError(f"{source} is not valid YAML: {err}") from None
-    if not isinstance(raw, dict):
-        raise MergeConfigError(f"{source}: a merge config is a YAML mapping")
-    raw = apply_overrides(raw, overrides)
-    if "method" not in raw:
-        raise MergeConfigError(f"missing required key 'method' (one of: {', '.join(MERGE_METHODS)})")
-    method = get_method(str(raw["method"]))
-    try:
-        return method.config_cls.model_validate(raw)
-    except ValidationError as err:
-        raise MergeConfigError(_format_errors(err, method.config_cls)) from None
 
 
 # ---------------------------------------------------------------------------------------------- plans
@@ -274,6 +109,34 @@ def get_method(name: str) -> MergeMethod:
         fix = f"did you mean '{hint[0]}'? " if hint else ""
         raise MergeConfigError(f"unknown merge method '{name}': {fix}known: {', '.join(MERGE_METHODS)}")
     return MERGE_METHODS[name]
+
+
+def load_config(source: str | Path | dict, overrides: Sequence[str] = ()) -> MergeConfig:
+    """Validate a merge config from a YAML path or a dict, after ``--set`` overrides."""
+    if isinstance(source, dict):
+        raw = source
+    elif not Path(source).is_file():
+        raise MergeConfigError(f"merge config {source} does not exist")
+    else:
+        try:
+            raw = yaml.safe_load(Path(source).read_text())
+        except yaml.YAMLError as err:
+            raise MergeConfigError(f"{source} is not valid YAML: {err}") from None
+    if not isinstance(raw, dict):
+        raise MergeConfigError(f"{source}: a merge config is a YAML mapping")
+    try:
+        raw = apply_overrides(raw, list(overrides))
+    except UserError as err:
+        raise MergeConfigError(str(err)) from None
+    if "method" not in raw:
+        raise MergeConfigError(f"missing required key 'method' (one of: {', '.join(MERGE_METHODS)})")
+    method = get_method(str(raw["method"]))
+    try:
+        return method.config_cls.model_validate(raw)
+    except ValidationError as err:
+        raise MergeConfigError(
+            f"invalid {method.config_cls.__name__}: {describe_errors(err, method.config_cls)}"
+        ) from None
 
 
 def resolve_model(ref: str) -> Path:
