@@ -2,7 +2,8 @@
 
 metrics.jsonl gets one JSON object per logged step, always, so runs can be compared and
 plotted without wandb. After a resume, steps past the checkpoint are logged again; readers
-take the last line of each step (`read_metrics`).
+take the last line of each step (`read_metrics`). wandb plots against our `step` metric rather
+than its own `_step`, which only increases: a resumed run's re-logged steps would otherwise be dropped.
 """
 
 from __future__ import annotations
@@ -65,6 +66,8 @@ class Tracker:
             config=dict(cfg.model_dump(mode="json"), **(extra_config or {})),
             settings=wandb.Settings(console="off", silent=True, x_disable_stats=True),
         )
+        self.wandb.define_metric("step")
+        self.wandb.define_metric("*", step_metric="step")
 
     def _append(self, record: dict) -> None:
         with open(self.metrics_path, "a", encoding="utf-8") as f:
@@ -75,7 +78,7 @@ class Tracker:
             return
         self._append({"step": step, **metrics})
         if self.wandb is not None:
-            self.wandb.log({k: v for k, v in metrics.items() if v is not None}, step=step)
+            self.wandb.log({**{k: v for k, v in metrics.items() if v is not None}, "step": step})
 
     def log_eval(self, step: int, scalars: dict, tasks: dict[str, dict]) -> None:
         """Eval scalars (an `eval` event in metrics.jsonl) and a per-task table in wandb."""
@@ -92,7 +95,7 @@ class Tracker:
                 if isinstance(value, int | float)
             ]
             table = wandb.Table(columns=["task", "metric", "value"], data=rows)
-            self.wandb.log({**scalars, "eval/table": table}, step=step)
+            self.wandb.log({**scalars, "eval/table": table, "step": step})
 
     def event(self, name: str, **data) -> None:
         """A non-metric record in metrics.jsonl (resume, stop, checkpoint), e.g. {"event": "resume", ...}."""

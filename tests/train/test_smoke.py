@@ -67,7 +67,7 @@ def test_metrics_log_and_offline_wandb_agree(smoke_run):
     ):
         assert key in metrics[1]
     (run_file,) = glob.glob(str(out / "wandb" / "offline-run-*" / "run-*.wandb"))
-    logged = {row["_step"]: row for row in history(run_file)}
+    logged = {row["step"]: row for row in history(run_file)}
     assert sorted(logged) == sorted(metrics)
     for step, m in metrics.items():
         assert logged[step]["loss"] == pytest.approx(m["loss"])
