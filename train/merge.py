@@ -16,11 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from pydantic import ValidationError
 from transformers import AutoConfig
 
-from train.config import apply_overrides, describe_errors
 from train.errors import UserError
 from train.merge_config import (
     ChatVectorConfig,
@@ -31,6 +29,7 @@ from train.merge_config import (
     TaskArithmeticConfig,
 )
 from train.merge_io import ShardReader, ShardWriter, atomic_dir, tokenizer_ids
+from train.yaml_config import apply_overrides, describe_errors, load_yaml_tree
 
 log = logging.getLogger(__name__)
 
@@ -113,18 +112,8 @@ def get_method(name: str) -> MergeMethod:
 
 def load_config(source: str | Path | dict, overrides: Sequence[str] = ()) -> MergeConfig:
     """Validate a merge config from a YAML path or a dict, after ``--set`` overrides."""
-    if isinstance(source, dict):
-        raw = source
-    elif not Path(source).is_file():
-        raise MergeConfigError(f"merge config {source} does not exist")
-    else:
-        try:
-            raw = yaml.safe_load(Path(source).read_text())
-        except yaml.YAMLError as err:
-            raise MergeConfigError(f"{source} is not valid YAML: {err}") from None
-    if not isinstance(raw, dict):
-        raise MergeConfigError(f"{source}: a merge config is a YAML mapping")
-    try:
+    try:  # a file may `extends:` another, as recipes do
+        raw = source if isinstance(source, dict) else load_yaml_tree(source)
         raw = apply_overrides(raw, list(overrides))
     except UserError as err:
         raise MergeConfigError(str(err)) from None

@@ -383,6 +383,18 @@ def test_config_errors_name_key_and_suggest_fix(tmp_path):
     assert cfg.alpha == 0.5 and cfg.max_shard_size == 4 * 2**20
 
 
+def test_config_files_extend_and_fail_readably(tmp_path):
+    (tmp_path / "base.yaml").write_text("method: expo\nmodels: {dpo: a/b, sft: c/d}\noutput: out\n")
+    (tmp_path / "child.yaml").write_text("extends: base.yaml\nalpha: 0.5\n")
+    cfg = load_config(tmp_path / "child.yaml")
+    assert (cfg.alpha, cfg.models.sft) == (0.5, "c/d")
+    (tmp_path / "list.yaml").write_text("- method: expo\n")
+    with pytest.raises(MergeConfigError, match="list.yaml must hold a mapping at the top level"):
+        load_config(tmp_path / "list.yaml")
+    with pytest.raises(MergeConfigError, match="config file not found"):
+        load_config(tmp_path / "missing.yaml")
+
+
 def test_set_overrides_reject_bad_keys(tmp_path):
     good = {"method": "expo", "models": {"dpo": "a/b", "sft": "c/d"}, "output": "out"}
     with pytest.raises(MergeConfigError, match="--set expects key=value"):
