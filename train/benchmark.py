@@ -95,11 +95,15 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         p.error("--peer-liger needs --peer and the liger-kernel package (a CUDA GPU)")
     # what the peer cannot do the same way would make the comparison unfair
     if args.peer and args.offload_optimizer:
-        p.error("--offload-optimizer is not passed to the peer (HF Trainer builds its own optimizer): drop --peer")
+        p.error(
+            "--offload-optimizer is not passed to the peer (HF Trainer builds its own optimizer): drop --peer"
+        )
     if args.peer and any(v.startswith(("concat", "hybrid")) for v in args.expansion):
         p.error("--peer has no Control-LLM divergence loss: run concat / hybrid variants without --peer")
     if "hf_flat" in args.peer and args.data == "cpt":
-        p.error("--peer hf_flat renumbers positions per packed row, joining CPT documents: use --data sft or full")
+        p.error(
+            "--peer hf_flat renumbers positions per packed row, joining CPT documents: use --data sft or full"
+        )
     for v in args.expansion:
         if v not in ("none", "lora") and not EXPANSION.fullmatch(v):
             p.error(

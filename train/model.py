@@ -94,7 +94,8 @@ def _checked_overrides(cfg: ModelConfig) -> dict:
     import difflib
 
     fields = set(LlamaConfig().to_dict()) | set(inspect.signature(LlamaConfig.__init__).parameters)
-    fields |= {"rope_theta", "rope_scaling"}  # taken as keywords, folded into rope_parameters (transformers 5)
+    # taken as keywords, folded into rope_parameters (transformers 5)
+    fields |= {"rope_theta", "rope_scaling"}
     fields -= {"self", "kwargs", "dtype", "torch_dtype"}  # the dtype is model.dtype's
     for key in cfg.overrides:
         if key not in fields:

@@ -69,7 +69,9 @@ def test_a_datasetdict_folder_gives_only_the_configured_split(tmp_path):
     assert _docs(folder, split="train+validation") == ["t1", "t2", "v1"]
     ids = [r["id"] for r in iter_records(resolve(Spec(path=str(folder), split="test")))]
     assert ids == [f"{folder / 'test'}:1"]
-    identity = {split: source_identity(resolve(Spec(path=str(folder), split=split))) for split in ("test", "train")}
+    identity = {
+        split: source_identity(resolve(Spec(path=str(folder), split=split))) for split in ("test", "train")
+    }
     assert identity["test"] != identity["train"]
     with pytest.raises(
         DataError, match=rf"{folder}: no split 'dev' .*its splits are: train, test, validation"
@@ -101,7 +103,10 @@ def test_invalid_utf8_is_a_bad_row_in_jsonl_and_a_file_error_in_json_and_csv(tmp
     skips = Skips()
     assert [r["text"] for r in iter_records(resolve(Spec(path=str(f))), "skip", skips)] == ["ok", "after"]
     assert skips.count == 1
-    for name, body in (("bytes.json", b'[{"text": "ok"},\n{"text": "\xff"}]'), ("bytes.csv", b"text\n\xff\n")):
+    for name, body in (
+        ("bytes.json", b'[{"text": "ok"},\n{"text": "\xff"}]'),
+        ("bytes.csv", b"text\n\xff\n"),
+    ):
         (tmp_path / name).write_bytes(body)
         with pytest.raises(DataError, match=rf"{tmp_path / name}.*not valid UTF-8"):
             _docs(tmp_path / name)

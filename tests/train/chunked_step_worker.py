@@ -31,9 +31,14 @@ data = prepare(cfg.data, build_tokenizer(cfg.model))
 batch = data.batch(RowSampler(len(data), cfg.seed).rows(0, cfg.rows_per_step))
 logits = reference(input_ids=batch["input_ids"], position_ids=batch["position_ids"]).logits
 targets = batch["labels"][:, 1:]
-loss = F.cross_entropy(logits[:, :-1].flatten(0, 1), targets.flatten(), reduction="sum") / (targets != -100).sum()
+loss = (
+    F.cross_entropy(logits[:, :-1].flatten(0, 1), targets.flatten(), reduction="sum")
+    / (targets != -100).sum()
+)
 loss.backward()
-results["reference_grad_norm"] = torch.nn.utils.get_total_norm([p.grad for p in reference.parameters()]).item()
+results["reference_grad_norm"] = torch.nn.utils.get_total_norm(
+    [p.grad for p in reference.parameters()]
+).item()
 for name, extra in (("plain", []), ("chunked", ["train.loss_chunk_tokens=100"])):
     cfg = load_config(SMOKE, common + extra)
     seed_everything(cfg.seed)

@@ -122,4 +122,8 @@ def test_resume_refuses_changed_training_config(tmp_path, capsys, monkeypatch):
     # every checkpoint broken: refused with the reasons, not a silent start from step 0
     for state in (tmp_path / "run" / "checkpoints").glob("step-*/trainer_state.json"):
         state.unlink()
-    _check(_train_here(tmp_path, capsys, monkeypatch, resume="auto"), "no complete checkpoint", "no trainer_state")
+    _check(
+        _train_here(tmp_path, capsys, monkeypatch, resume="auto"),
+        "no complete checkpoint",
+        "no trainer_state",
+    )

@@ -60,10 +60,14 @@ def test_the_weights_config_wins_over_the_preset_and_overrides_are_checked(tmp_p
     assert arch.eos_token_id == [2043, 2046] and arch.num_hidden_layers == 1
     remote = cfg.model_copy(update={"name_or_path": "not-downloaded/model"})  # offline: the preset
     assert architecture(remote).eos_token_id == architecture(cfg).eos_token_id
-    rope = cfg.model_copy(update={"overrides": {"rope_theta": 1e6}})  # a LlamaConfig argument, not a to_dict key
+    rope = cfg.model_copy(
+        update={"overrides": {"rope_theta": 1e6}}
+    )  # a LlamaConfig argument, not a to_dict key
     assert architecture(rope).rope_parameters["rope_theta"] == 1e6
     with pytest.raises(UserError, match="'dtype' is not a Llama config field"):
         architecture(cfg.model_copy(update={"overrides": {"dtype": "bfloat16"}}))  # model.dtype's job
     typo = cfg.model_copy(update={"overrides": {"num_hiden_layers": 1}})
-    with pytest.raises(UserError, match="'num_hiden_layers' is not a Llama config field. Did you mean 'num_hidden_layers'"):
+    with pytest.raises(
+        UserError, match="'num_hiden_layers' is not a Llama config field. Did you mean 'num_hidden_layers'"
+    ):
         architecture(typo)

@@ -32,7 +32,9 @@ def test_wsd_is_flat_then_decays_linearly():
 
 
 def test_wsd_whose_decay_would_start_inside_the_warmup_is_refused():
-    with pytest.raises(UserError, match=r"warmup_steps \(50\) \+ schedule.decay_steps \(80\) exceed the run's 100"):
+    with pytest.raises(
+        UserError, match=r"warmup_steps \(50\) \+ schedule.decay_steps \(80\) exceed the run's 100"
+    ):
         lr_lambda(_cfg("schedule.name=wsd", "schedule.warmup_steps=50", "schedule.decay_steps=80"), 100)
 
 
