@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     fold.add_argument(
         "--metrics",
         type=Path,
-        help="dlerp/dlerpin without --alpha-data: alphas logged (one training step's batches) at the export's "
+        help="dlerp/dlerpin without --alpha-data: alphas logged (mean over the logged record's steps) at the export's "
         "step in this metrics.jsonl (default: <model>/../metrics.jsonl)",
     )
     for p in (cv, ex, fold):

@@ -222,8 +222,9 @@ class TrainConfig(Section):
     epochs: float | None = Field(default=None, gt=0)
     """Passes over the packed rows (natural proportions only); steps = ceil(epochs x rows / rows per step)."""
     log_every: int = Field(default=1, gt=0)
-    """Log every N steps (and the last); each record holds that step's metrics, as torchtitan's, not means
-    over the interval (`tokens_seen` and `source_tokens/*` are cumulative)."""
+    """Log every N steps (and the last, and at a stop): each record covers the steps since the previous one
+    (`steps`): loss their token-weighted mean, divergence and alpha/* their step means, tokens_per_s and MFU
+    over their time, lr and grad_norm the last step's; `tokens_seen` and `source_tokens/*` are cumulative."""
     peak_tflops: float | None = None
     """Per-device peak bf16 TFLOP/s for MFU; detected for known GPUs when unset."""
     compile: bool = False

@@ -159,6 +159,49 @@ def train_step(engine, data: MixedRows, rows: np.ndarray, cfg: RunConfig) -> dic
     return metrics
 
 
+class LogWindow:
+    """The steps since the last record, so a record with `log_every: N` covers all N of them: the loss is
+    their token-weighted mean, divergence and alphas their step means, tokens/s their total over their time;
+    lr and grad_norm are the last step's."""
+
+    def __init__(self):
+        self._reset()
+
+    def _reset(self) -> None:
+        self.steps, self.targets, self.loss_sum, self.tokens, self.seconds = 0, 0, 0.0, 0, 0.0
+        self.sums: dict[str, float] = {}
+        self.last: dict = {}
+
+    def add(self, metrics: dict, seconds: float) -> None:
+        self.steps += 1
+        self.targets += metrics["target_tokens"]
+        self.loss_sum += metrics["loss"] * metrics["target_tokens"]
+        self.tokens += metrics["tokens"]
+        self.seconds += seconds
+        for k, v in metrics.items():
+            if k == "divergence" or k.startswith("alpha/"):
+                self.sums[k] = self.sums.get(k, 0.0) + v
+        self.last = metrics
+
+    def flush(self) -> dict:
+        """The record of the window's steps; the window starts empty again."""
+        record = {
+            **self.last,
+            **{k: v / self.steps for k, v in self.sums.items()},
+            # one step: its own loss, not (loss x n) / n rounded
+            "loss": self.loss_sum / max(self.targets, 1) if self.steps > 1 else self.last["loss"],
+            "target_tokens": self.targets,
+            "tokens": self.tokens,
+            "steps": self.steps,
+            "tokens_per_s": self.tokens / self.seconds,
+            "step_seconds": self.seconds / self.steps,
+        }
+        if "divergence" in record:
+            record["loss_total"] = record["loss"] + record["divergence"]
+        self._reset()
+        return record
+
+
 def peak_memory_gb() -> float:
     if torch.cuda.is_available():
         return torch.cuda.max_memory_allocated() / 2**30
@@ -217,9 +260,11 @@ def train(cfg: RunConfig, resume: str | None = None, allow_config_change: bool =
         tracker.event("resume", step=state["step"], checkpoint=str(folder))
     stop = StopRequest()
     every = cfg.checkpoint.every_steps
-    rows_per_step = cfg.train.micro_batch_size * cfg.train.grad_accum_steps * dist.world_size()
+    world = dist.world_size()
+    rows_per_step = cfg.train.micro_batch_size * cfg.train.grad_accum_steps * world
     peak = cfg.train.peak_tflops or peak_tflops()
     saved_step = state["step"] if folder is not None else None
+    window = LogWindow()
     engine.train()
     while state["step"] < total_steps:
         t0 = time.perf_counter()
@@ -234,31 +279,30 @@ def train(cfg: RunConfig, resume: str | None = None, allow_config_change: bool =
         for label, n in zip(labels, metrics.pop("source_targets"), strict=True):
             state["source_target_tokens"][label] += n
         step = state["step"]
-        tokens_per_s = metrics["tokens"] / seconds
-        metrics.update(
-            tokens_seen=state["tokens"],
-            tokens_per_s=tokens_per_s,
-            step_seconds=seconds,
-            peak_mem_gb=peak_memory_gb(),
-            mfu=tokens_per_s * flops_token / (peak * 1e12 * dist.world_size()) if peak else None,
-        )
-        if step % cfg.train.log_every == 0 or step == total_steps:
+        window.add(metrics, seconds)
+        maybe_fault("sigkill", step, dist.rank())
+        maybe_fault("sigterm", step, dist.rank())
+        stopping = stop.agreed()
+        if step % cfg.train.log_every == 0 or step == total_steps or stopping:
+            record = window.flush()
+            record.update(
+                tokens_seen=state["tokens"],
+                peak_mem_gb=peak_memory_gb(),
+                mfu=record["tokens_per_s"] * flops_token / (peak * 1e12 * world) if peak else None,
+            )
             if len(labels) > 1:  # the mixture as trained: cumulative target tokens per source
-                metrics.update({f"source_tokens/{k}": v for k, v in state["source_target_tokens"].items()})
-            tracker.log(step, metrics)
+                record.update({f"source_tokens/{k}": v for k, v in state["source_target_tokens"].items()})
+            tracker.log(step, record)
             if dist.is_main():
                 log.info(
                     "step %d/%d loss %.4f lr %.3g grad_norm %s tok/s %.0f",
                     step,
                     total_steps,
-                    metrics["loss"],
-                    metrics["lr"],
-                    "n/a" if metrics["grad_norm"] is None else f"{metrics['grad_norm']:.3f}",  # ZeRO-0 fp32
-                    tokens_per_s,
+                    record["loss"],
+                    record["lr"],
+                    "n/a" if record["grad_norm"] is None else f"{record['grad_norm']:.3f}",  # ZeRO-0 fp32
+                    record["tokens_per_s"],
                 )
-        maybe_fault("sigkill", step, dist.rank())
-        maybe_fault("sigterm", step, dist.rank())
-        stopping = stop.agreed()
         if stopping or step == total_steps or (every and step % every == 0):
             checkpoint.save(engine, cfg, step, state)
             saved_step = step
