@@ -83,7 +83,18 @@ def test_batched_packer_equals_per_token_packing(boundaries):
     assert packer.stats.rows == len(want_ids) > 100
 
 
-def test_packed_documents_do_not_attend_to_each_other():
+@pytest.mark.parametrize("attn", ["sdpa", "eager", "flex_attention"])
+@torch.no_grad()
+def test_packed_documents_do_not_attend_to_each_other(attn, monkeypatch):
+    if attn == "flex_attention":
+        # CPU: forward only, traced without inductor (its compilation costs ~30 s); the block mask built
+        # from the position ids is the one the GPU trains with
+        from transformers.integrations.flex_attention import WrappedFlexAttention
+
+        compile_ = torch.compile
+        monkeypatch.setattr(torch, "compile", lambda fn, **kw: compile_(fn, **{**kw, "backend": "eager"}))
+        monkeypatch.setattr(WrappedFlexAttention, "_instance", None)
+        monkeypatch.setattr(WrappedFlexAttention, "_is_flex_compiled", False)
     torch.manual_seed(0)
     cfg = LlamaConfig(
         vocab_size=128,
@@ -97,20 +108,17 @@ def test_packed_documents_do_not_attend_to_each_other():
     model = LlamaForCausalLM(cfg).eval()
     docs = [[5, 6, 7, 8, 9], [10, 11, 12], [13, 14, 15, 16]]
     ids, pos, _ = pack_all(docs, seq_len=16, bos_id=1, eos_id=2)  # 7 + 5 + 6 = 18 -> one row of 16
-    packed = model(
-        input_ids=torch.from_numpy(ids.astype(np.int64)),
-        position_ids=torch.from_numpy(pos.astype(np.int64)),
-        use_cache=False,
-    ).logits[0]
-    start = 0
-    for doc in docs:
-        alone = torch.tensor([[1, *doc, 2]])
-        n = min(alone.shape[1], 16 - start)
-        ref = model(input_ids=alone[:, :n], use_cache=False).logits[0]
-        torch.testing.assert_close(packed[start : start + n], ref, atol=1e-5, rtol=1e-5)
+    ids, pos = torch.from_numpy(ids.astype(np.int64)), torch.from_numpy(pos.astype(np.int64))
+    alone, start = [], 0
+    for doc in docs:  # each document by itself (sdpa; one flex shape keeps its compilation to one)
+        n = min(len(doc) + 2, 16 - start)
+        alone.append(model(input_ids=torch.tensor([[1, *doc, 2]])[:, :n], use_cache=False).logits[0])
         start += n
-    # and without restarting positions the documents would leak into each other
-    leaky = model(input_ids=torch.from_numpy(ids.astype(np.int64)), use_cache=False).logits[0]
+    leaky = model(input_ids=ids, use_cache=False).logits[0]  # positions that never restart
+    model.set_attn_implementation(attn)
+    assert model.config._attn_implementation == attn  # no silent fallback
+    packed = model(input_ids=ids, position_ids=pos, use_cache=False).logits[0]
+    torch.testing.assert_close(packed, torch.cat(alone), atol=1e-5, rtol=1e-5)
     assert not torch.allclose(leaky[7:12], packed[7:12], atol=1e-3)
 
 
