@@ -84,19 +84,24 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
             value = raw
         *parents, leaf = key.strip().split(".")
         node: Any = data
-        try:
-            for p in parents:
-                if isinstance(node, list):
-                    node = node[int(p)]
-                else:
-                    if node.get(p) is None:  # a section the recipe leaves out
-                        node[p] = {}
-                    node = node[p]
-            node[int(leaf) if isinstance(node, list) else leaf] = value
-        except (AttributeError, IndexError, TypeError, ValueError):  # a scalar or a list taken as a section
-            raise UserError(
-                f"--set {item!r}: '{key}' does not name a settable key (list items are numbered from 0)"
-            ) from None
+        for depth, part in enumerate([*parents, leaf]):
+            where = ".".join([*parents, leaf][:depth]) or "the top level"
+            if isinstance(node, list):
+                if not part.isdigit() or int(part) >= len(node):
+                    raise UserError(
+                        f"--set {item!r}: '{where}' is a list of {len(node)}; index it from 0 (got '{part}')"
+                    )
+                part = int(part)
+            elif not isinstance(node, dict):
+                raise UserError(
+                    f"--set {item!r}: '{where}' holds {node!r}, not a section; set '{where}' itself"
+                )
+            if depth == len(parents):
+                node[part] = value
+            else:
+                if isinstance(node, dict) and node.get(part) is None:  # a section the recipe leaves out
+                    node[part] = {}
+                node = node[part]
     return data
 
 

@@ -399,7 +399,7 @@ def test_set_overrides_reject_bad_keys(tmp_path):
     good = {"method": "expo", "models": {"dpo": "a/b", "sft": "c/d"}, "output": "out"}
     with pytest.raises(MergeConfigError, match="--set expects key=value"):
         load_config(good, ["alpha"])
-    with pytest.raises(MergeConfigError, match="'output.x' does not name a settable key"):
+    with pytest.raises(MergeConfigError, match="'output' holds 'out', not a section"):
         load_config(good, ["output.x=1"])
     assert good["models"] == {"dpo": "a/b", "sft": "c/d"}  # the caller's dict is not modified
     assert load_config(good, ["models.sft=e/f"]).models.sft == "e/f"
