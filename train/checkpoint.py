@@ -139,18 +139,23 @@ def check_complete(folder: Path) -> dict:
 
 
 def latest_complete(root: Path) -> Path | None:
-    """The checkpoint `latest` names when it is complete (a run resumed from an earlier checkpoint leaves
-    newer, abandoned ones behind), else the newest complete one, skipping (and reporting) incomplete ones."""
+    """The checkpoint `latest` names when it is complete, else the newest complete one before it, skipping
+    (and reporting) incomplete ones. Checkpoints newer than the one `latest` names are left by an earlier
+    attempt that this run was resumed before (resuming them would undo that choice); without a `latest`,
+    the newest complete one."""
     if not root.is_dir():
         return None
-    pointer = root / "latest"
+    pointer, named = root / "latest", None
     if pointer.is_file() and TAG_RE.match(tag := pointer.read_text().strip()) and (root / tag).is_dir():
+        named = tag
         try:
             check_complete(root / tag)
             return root / tag
         except UserError as e:
             log.warning("skipping checkpoint %s (named by latest): %s", tag, e)
     for folder in sorted((p for p in root.iterdir() if TAG_RE.match(p.name)), reverse=True):
+        if named is not None and folder.name >= named:  # the broken one, reported above, or abandoned
+            continue
         try:
             check_complete(folder)
             return folder
@@ -181,6 +186,9 @@ def find_resume(cfg: RunConfig, resume: str | None) -> Path | None:
         for p in existing:
             try:
                 check_complete(p)
+                reasons.append(
+                    f"{p.name} is newer than the one `latest` names (an abandoned attempt's; --resume {p} takes it)"
+                )
             except UserError as e:
                 reasons.append(str(e))
         raise UserError(

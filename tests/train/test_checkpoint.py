@@ -79,5 +79,27 @@ def test_latest_pointer_wins_over_newer_abandoned_checkpoints(tmp_path):
         _fake_checkpoint(tmp_path, step)
     (tmp_path / "latest").write_text(tag_for(7))
     assert latest_complete(tmp_path).name == "step-00000007"
-    (tmp_path / tag_for(7) / STATE_FILE).unlink()  # broken: the newest complete one
-    assert latest_complete(tmp_path).name == "step-00000008"
+    (tmp_path / tag_for(7) / STATE_FILE).unlink()  # broken: the one before it, not the abandoned 8
+    assert latest_complete(tmp_path).name == "step-00000006"
+    (tmp_path / tag_for(6) / STATE_FILE).unlink()
+    assert latest_complete(tmp_path) is None
+
+
+def test_resume_auto_names_what_it_cannot_take(tmp_path):
+    from tests.conftest import SMOKE
+    from train.checkpoint import find_resume
+    from train.config import load_config
+
+    root = tmp_path / "checkpoints"
+    for step in (7, 8):
+        _fake_checkpoint(root, step)
+    (root / "latest").write_text(tag_for(7))
+    (root / tag_for(7) / "rng_rank0.pt").write_bytes(b"")
+    cfg = load_config(SMOKE, [f"output_dir={tmp_path}"])
+    with pytest.raises(UserError) as e:
+        find_resume(cfg, "auto")
+    assert "rng_rank0.pt has 0 bytes" in str(e.value)
+    assert (
+        f"step-00000008 is newer than the one `latest` names (an abandoned attempt's; --resume {root / tag_for(8)}"
+        in str(e.value)
+    )
