@@ -125,12 +125,18 @@ def generate_answers(
     return answers
 
 
-def write_jsonl(path: str | Path, rows: list[dict]) -> Path:
-    """Rows as JSON lines, written to a temp file first so an earlier file is never half overwritten."""
+def write_rows(path: str | Path, rows: list[dict]) -> Path:
+    """Rows as one JSON array when `path` ends in .json (AlpacaEval's `model_outputs.json` is read that way),
+    else as JSON lines (FastChat's answer files); written to a temp file first so an earlier file is never
+    half overwritten."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix == ".json":
+        text = json.dumps(rows, ensure_ascii=False, indent=1) + "\n"
+    else:
+        text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
     return path
 
@@ -151,7 +157,7 @@ def answers_for_hf_dir(
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).to("cuda" if cuda else "cpu").eval()
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model_id = model_id or Path(model_dir).name
-    return write_jsonl(out, generate_answers(model, tokenizer, kind, rows, model_id, max_new_tokens))
+    return write_rows(out, generate_answers(model, tokenizer, kind, rows, model_id, max_new_tokens))
 
 
 # --- judging through an OpenAI-compatible endpoint -------------------------------------------------------------

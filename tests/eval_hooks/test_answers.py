@@ -43,13 +43,14 @@ def test_mt_bench_answers_are_multi_turn_in_fastchat_format(tiny_model, tiny_tok
     assert rows[1]["choices"][0]["turns"] == [first, _greedy(tiny_model, tiny_tokenizer, history, 4)]
 
 
-def test_alpaca_eval_answers_through_the_cli(tiny_model, tiny_tokenizer, tmp_path):
+@pytest.mark.parametrize("name", ["answers.jsonl", "model_outputs.json"])
+def test_alpaca_eval_answers_through_the_cli(tiny_model, tiny_tokenizer, tmp_path, name):
     from launch.eval import main
 
     model_dir = tmp_path / "tiny-chat"
     tiny_model.save_pretrained(model_dir)
     tiny_tokenizer.save_pretrained(model_dir)
-    out = tmp_path / "answers.jsonl"
+    out = tmp_path / name
     main(
         [
             "answers",
@@ -63,7 +64,9 @@ def test_alpaca_eval_answers_through_the_cli(tiny_model, tiny_tokenizer, tmp_pat
             "3",
         ]
     )
-    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    text = out.read_text()
+    # AlpacaEval reads a .json file as one array (pandas.read_json); FastChat-style tools read lines
+    rows = json.loads(text) if name.endswith(".json") else [json.loads(line) for line in text.splitlines()]
     assert [r["dataset"] for r in rows] == ["helpful_base", "helpful_base", "koala"]
     assert {r["generator"] for r in rows} == {"tiny-chat"} and all(isinstance(r["output"], str) for r in rows)
     first = _greedy(tiny_model, tiny_tokenizer, [{"role": "user", "content": rows[0]["instruction"]}], 3)
