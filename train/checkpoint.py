@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import pickle
 import random
 import re
 import shutil
@@ -28,7 +29,11 @@ from train.faults import maybe_fault
 
 log = logging.getLogger(__name__)
 STATE_FILE = "trainer_state.json"
+EXPORT_MARKER = "continualm_export.json"
+STATE_KEYS = ("step", "consumed_rows", "tokens", "config_hash", "config", "world_size", "files")
 TAG_RE = re.compile(r"^step-(\d{8})$")
+# What torch.load raises on a file of the right size holding the wrong bytes.
+UNREADABLE = (pickle.UnpicklingError, EOFError, RuntimeError, ValueError)
 
 
 def tag_for(step: int) -> str:
@@ -93,13 +98,14 @@ def save(engine, cfg: RunConfig, step: int, state: dict) -> Path:
         (tmp / STATE_FILE).write_text(json.dumps(full_state, indent=2))
         _fsync_tree(tmp)
         final = root / tag
-        replaced = root / f".old-{tag}"
-        if final.exists():  # re-saving a step after a resume: moved aside until the new one is in place
-            shutil.rmtree(replaced, ignore_errors=True)
-            os.replace(final, replaced)
+        if final.exists():  # a step saved again after a resume from an earlier one: the old one is kept
+            kept = root / f"{tag}.replaced-{time.strftime('%Y%m%d-%H%M%S')}"
+            os.replace(final, kept)
+            log.warning(
+                "checkpoint %s saved again; the earlier one is kept as %s (delete it if unneeded)", tag, kept
+            )
         os.replace(tmp, final)
         _write_atomic(root / "latest", tag)
-        shutil.rmtree(replaced, ignore_errors=True)
         _prune(root, step, cfg.checkpoint.keep_last)
         log.info("saved checkpoint %s", final)
     dist.barrier()
@@ -126,10 +132,15 @@ def check_complete(folder: Path) -> dict:
     if not state_file.exists():
         raise UserError(f"{folder}: no {STATE_FILE} (an interrupted save?)")
     try:
-        state = json.loads(state_file.read_text())
-    except json.JSONDecodeError as e:
+        state = json.loads(state_file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise UserError(f"{state_file}: unreadable ({e})") from None
-    for name, size in state.get("files", {}).items():
+    missing = [k for k in STATE_KEYS if k not in state] if isinstance(state, dict) else list(STATE_KEYS)
+    if missing or not isinstance(state["files"], dict) or not state["files"]:
+        raise UserError(
+            f"{state_file}: not a checkpoint state (missing or empty: {', '.join(missing or ['files'])})"
+        )
+    for name, size in state["files"].items():
         f = folder / name
         if not f.is_file():
             raise UserError(f"{folder}: file {name} is missing")
@@ -169,6 +180,8 @@ def find_resume(cfg: RunConfig, resume: str | None) -> Path | None:
     its saves would replace and prune them. `auto`: `latest_complete` under output_dir (None if there is
     no checkpoint; an error if there are only broken ones); else that path."""
     root = Path(cfg.output_dir) / "checkpoints"
+    if root.exists() and not root.is_dir():
+        raise UserError(f"{root} is a file, not the checkpoints folder: move it, or set another output_dir")
     existing = sorted(p for p in root.iterdir() if TAG_RE.match(p.name)) if root.is_dir() else []
     if resume is None:
         if existing:
@@ -216,10 +229,14 @@ def check_compatible(cfg: RunConfig, state: dict, folder: Path, force: bool) -> 
 def load(engine, folder: Path) -> dict:
     """Restore engine, optimizer, scheduler and RNG from a complete checkpoint; return its state."""
     state = check_complete(folder)
-    path, _ = engine.load_checkpoint(str(folder.parent), tag=folder.name)
+    try:
+        path, _ = engine.load_checkpoint(str(folder.parent), tag=folder.name)
+        rng = torch.load(folder / f"rng_rank{dist.rank()}.pt", weights_only=False)
+    except UNREADABLE as e:  # right sizes, wrong bytes
+        raise UserError(f"{folder}: a file cannot be read ({type(e).__name__}: {e})") from None
     if path is None:
         raise UserError(f"DeepSpeed could not load the checkpoint {folder}")
-    set_rng_state(torch.load(folder / f"rng_rank{dist.rank()}.pt", weights_only=False))
+    set_rng_state(rng)
     return state
 
 
@@ -241,6 +258,23 @@ def consolidated_state_dict(folder: Path, zero_stage: int) -> dict[str, torch.Te
     return {**module, **trained} if zero_stage == 1 else trained
 
 
+def _check_export_target(checkpoint: Path, out: Path, overwrite: bool) -> None:
+    """`out` may be replaced only when it is empty or an earlier export, and never holds the checkpoint."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"export folder {out} is a file; choose another --out")
+    ckpt, target = checkpoint.resolve(), out.resolve()
+    if ckpt.is_relative_to(target) or target.is_relative_to(ckpt):
+        raise UserError(f"export folder {out} and the checkpoint {checkpoint} overlap; choose another --out")
+    if not out.exists() or not any(out.iterdir()):
+        return
+    if not (out / EXPORT_MARKER).is_file():
+        raise UserError(
+            f"{out} holds files that are not an export of ours: move them or choose another --out"
+        )
+    if not overwrite:
+        raise UserError(f"export folder {out} is not empty; pass --overwrite or choose another --out")
+
+
 def export_hf(checkpoint: Path, out: Path, overwrite: bool = False) -> Path:
     """Write a Hugging Face folder (safetensors, config, tokenizer) from a training checkpoint.
 
@@ -252,9 +286,11 @@ def export_hf(checkpoint: Path, out: Path, overwrite: bool = False) -> Path:
     state = check_complete(checkpoint)
     cfg = validate(state["config"], source=f"{checkpoint}/{STATE_FILE}")
     out = Path(out)
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise UserError(f"export folder {out} is not empty; pass --overwrite or choose another --out")
-    weights = consolidated_state_dict(checkpoint, cfg.deepspeed.zero_stage)
+    _check_export_target(checkpoint, out, overwrite)
+    try:
+        weights = consolidated_state_dict(checkpoint, cfg.deepspeed.zero_stage)
+    except UNREADABLE as e:
+        raise UserError(f"{checkpoint}: the weights cannot be read ({type(e).__name__}: {e})") from None
     cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"activation_checkpointing": "none"})})
     model = build_for_training(cfg, meta=True)
     dtype = DTYPES[cfg.model.dtype]
@@ -276,7 +312,7 @@ def export_hf(checkpoint: Path, out: Path, overwrite: bool = False) -> Path:
         model.config.use_cache = True
         model.save_pretrained(tmp, safe_serialization=True)
         build_tokenizer(cfg.model).save_pretrained(tmp)
-    (tmp / "continualm_export.json").write_text(
+    (tmp / EXPORT_MARKER).write_text(
         json.dumps(
             {"checkpoint": str(checkpoint), "step": state["step"], "config_hash": state["config_hash"]}
         )

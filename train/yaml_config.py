@@ -39,6 +39,8 @@ def read_yaml(path: Path) -> dict:
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as e:
         raise UserError(f"{path} is not valid YAML: {e}") from None
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path} is not UTF-8 text ({e})") from None
     if not isinstance(data, dict):
         raise UserError(f"{path} must hold a mapping at the top level, found {type(data).__name__}")
     return data
@@ -64,8 +66,11 @@ def load_yaml_tree(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict:
     parents = data.pop("extends", None)
     if parents is None:
         return data
+    parents = [parents] if isinstance(parents, str) else parents
+    if not isinstance(parents, list) or not all(isinstance(p, str) for p in parents):
+        raise UserError(f"{path}: 'extends' takes a file name or a list of them, got {parents!r}")
     merged: dict = {}
-    for parent in [parents] if isinstance(parents, str) else parents:
+    for parent in parents:
         merged = _deep_merge(merged, load_yaml_tree(path.parent / parent, (*_seen, path)))
     return _deep_merge(merged, data)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 
 import pytest
 
@@ -18,7 +19,8 @@ def _fake_checkpoint(root, step, files=None):
     for name, blob in files.items():
         (folder / name).write_bytes(blob)
     manifest = {name: len(blob) for name, blob in files.items()}
-    (folder / STATE_FILE).write_text(json.dumps({"step": step, "files": manifest}))
+    state = {"step": step, "consumed_rows": 0, "tokens": 0, "config_hash": "x", "config": {}, "world_size": 1}
+    (folder / STATE_FILE).write_text(json.dumps({**state, "files": manifest}))
     return folder
 
 
@@ -103,3 +105,56 @@ def test_resume_auto_names_what_it_cannot_take(tmp_path):
         f"step-00000008 is newer than the one `latest` names (an abandoned attempt's; --resume {root / tag_for(8)}"
         in str(e.value)
     )
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        ("{}", "not a checkpoint state (missing or empty: step, consumed_rows"),
+        ("[]", "not a checkpoint state"),
+        (
+            '{"step": 1, "consumed_rows": 0, "tokens": 0, "config_hash": "x", "config": {}, "world_size": 1, '
+            '"files": {}}',
+            "missing or empty: files",
+        ),
+        (b"\xff\xfe{", "unreadable"),
+    ],
+)
+def test_a_malformed_state_file_is_incomplete(tmp_path, text, fragment):
+    folder = _fake_checkpoint(tmp_path, 3)
+    state = folder / STATE_FILE
+    state.write_bytes(text) if isinstance(text, bytes) else state.write_text(text)
+    with pytest.raises(UserError, match=re.escape(fragment)):
+        check_complete(folder)
+
+
+def test_checkpoints_path_that_is_a_file_is_refused(tmp_path):
+    from tests.conftest import SMOKE
+    from train.checkpoint import find_resume
+    from train.config import load_config
+
+    (tmp_path / "checkpoints").write_text("")
+    cfg = load_config(SMOKE, [f"output_dir={tmp_path}"])
+    with pytest.raises(UserError, match="is a file, not the checkpoints folder"):
+        find_resume(cfg, "auto")
+
+
+def test_export_never_replaces_the_checkpoint_or_foreign_files(tmp_path):
+    from train.checkpoint import EXPORT_MARKER, _check_export_target
+
+    ckpt = _fake_checkpoint(tmp_path / "run" / "checkpoints", 2)
+    for out in (tmp_path / "run", ckpt / "hf"):
+        with pytest.raises(UserError, match="overlap"):
+            _check_export_target(ckpt, out, overwrite=True)
+    (tmp_path / "file").write_text("")
+    with pytest.raises(UserError, match="is a file"):
+        _check_export_target(ckpt, tmp_path / "file", overwrite=True)
+    notes = tmp_path / "export"
+    notes.mkdir()
+    (notes / "MYNOTES.txt").write_text("mine")
+    with pytest.raises(UserError, match="not an export of ours"):
+        _check_export_target(ckpt, notes, overwrite=True)
+    (notes / EXPORT_MARKER).write_text("{}")  # an earlier export: replaced only when asked
+    with pytest.raises(UserError, match="pass --overwrite"):
+        _check_export_target(ckpt, notes, overwrite=False)
+    _check_export_target(ckpt, notes, overwrite=True)

@@ -136,10 +136,15 @@ def test_set_indexes_lists(tmp_path):
     [
         ("model: [unclosed\n", "not valid YAML"),
         ("- a list\n", "must hold a mapping at the top level, found list"),
+        ("extends: 5\n", "'extends' takes a file name or a list of them, got 5"),
+        ("extends: [a.yaml, 5]\n", "'extends' takes a file name or a list of them"),
+        (b"model: \xff\n", "is not UTF-8 text"),
     ],
 )
 def test_unreadable_recipe_files(tmp_path, text, fragment):
-    assert fragment in _error(_write(tmp_path, text))
+    path = tmp_path / "c.yaml"
+    path.write_bytes(text) if isinstance(text, bytes) else path.write_text(text)
+    assert fragment in _error(path)
 
 
 def test_extends_cycle_is_reported(tmp_path):

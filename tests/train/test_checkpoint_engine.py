@@ -1,0 +1,48 @@
+"""Checkpoints of a real engine (one in-process rank): a step saved again keeps the earlier one, and files
+with the right sizes but the wrong bytes stop the resume with the folder named."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from tests.conftest import SMOKE
+from train import checkpoint
+from train import distributed as dist
+from train.config import load_config
+from train.engine import build_engine
+from train.errors import UserError
+from train.model import build_for_training
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    dist.init()
+    out = tmp_path_factory.mktemp("run")
+    cfg = load_config(SMOKE, ["tracking=none", f"output_dir={out}"])
+    engine = build_engine(cfg, build_for_training(cfg), 1, cfg.total_steps())
+    state = {"step": 2, "consumed_rows": 8, "tokens": 1024, "source_rows": {}, "source_target_tokens": {}}
+    first = checkpoint.save(engine, cfg, 2, state)
+    checkpoint.save(engine, cfg, 2, state)  # e.g. a run resumed from an earlier step reaches step 2 again
+    return engine, first
+
+
+def test_a_step_saved_again_keeps_the_earlier_one(saved):
+    _, folder = saved
+    (kept,) = folder.parent.glob("step-00000002.replaced-*")
+    assert checkpoint.check_complete(kept)["step"] == checkpoint.check_complete(folder)["step"] == 2
+    assert checkpoint.latest_complete(folder.parent) == folder
+
+
+@pytest.mark.parametrize("name", ["rng_rank0.pt", "mp_rank_00_model_states.pt"])
+def test_garbage_of_the_right_size_is_refused(saved, name, tmp_path):
+    engine, folder = saved
+    broken = tmp_path / "checkpoints" / folder.name
+    broken.parent.mkdir()
+    shutil.copytree(folder, broken)
+    size = (broken / name).stat().st_size
+    (broken / name).write_bytes(b"\x07" * size)
+    assert checkpoint.check_complete(broken)  # the manifest cannot tell
+    with pytest.raises(UserError, match=f"{broken}: a file cannot be read"):
+        checkpoint.load(engine, broken)
