@@ -260,11 +260,17 @@ def consolidated_state_dict(folder: Path, zero_stage: int) -> dict[str, torch.Te
 
 def _check_export_target(checkpoint: Path, out: Path, overwrite: bool) -> None:
     """`out` may be replaced only when it is empty or an earlier export, and never holds the checkpoint."""
-    if out.exists() and not out.is_dir():
-        raise UserError(f"export folder {out} is a file; choose another --out")
     ckpt, target = checkpoint.resolve(), out.resolve()
     if ckpt.is_relative_to(target) or target.is_relative_to(ckpt):
         raise UserError(f"export folder {out} and the checkpoint {checkpoint} overlap; choose another --out")
+    check_export_folder(out, overwrite)
+
+
+def check_export_folder(out: Path, overwrite: bool) -> None:
+    """Refuse an export folder that is a file, holds files not written by an export, or (without
+    `overwrite`) an earlier export."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"export folder {out} is a file; choose another --out")
     if not out.exists() or not any(out.iterdir()):
         return
     if not (out / EXPORT_MARKER).is_file():

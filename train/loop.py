@@ -218,6 +218,8 @@ def write_run_files(cfg: RunConfig) -> None:
 def train(cfg: RunConfig, resume: str | None = None, allow_config_change: bool = False) -> None:
     """Run (or resume) the training described by `cfg`."""
     folder = checkpoint.find_resume(cfg, resume)  # before any collective: a refusal stops every rank alike
+    if cfg.checkpoint.export_at_end:  # fail now, not after the training
+        checkpoint.check_export_folder(Path(cfg.output_dir) / "export", overwrite=True)
     dist.init()
     seed_everything(cfg.seed)
     tokenizer = build_tokenizer(cfg.model)

@@ -158,3 +158,16 @@ def test_export_never_replaces_the_checkpoint_or_foreign_files(tmp_path):
     with pytest.raises(UserError, match="pass --overwrite"):
         _check_export_target(ckpt, notes, overwrite=False)
     _check_export_target(ckpt, notes, overwrite=True)
+
+
+def test_a_run_that_would_replace_foreign_files_at_its_end_stops_at_start(tmp_path):
+    from tests.conftest import SMOKE
+    from train.config import load_config
+    from train.loop import train
+
+    (tmp_path / "export").mkdir()
+    (tmp_path / "export" / "MYNOTES.txt").write_text("mine")
+    cfg = load_config(SMOKE, [f"output_dir={tmp_path}", "checkpoint.export_at_end=true", "tracking=none"])
+    with pytest.raises(UserError, match="not an export of ours"):
+        train(cfg)
+    assert (tmp_path / "export" / "MYNOTES.txt").read_text() == "mine"
