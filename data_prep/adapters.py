@@ -163,6 +163,10 @@ def _oasst_node(row: object) -> dict:
             raise BadRow(f"oasst field '{key}' is missing")
     if row["role"] not in ("prompter", "assistant"):
         raise BadRow(f"role '{row['role']}' is not prompter or assistant")
+    if not isinstance(row["text"], str):
+        raise BadRow(f"field 'text' must be a string, found {type(row['text']).__name__}")
+    if row.get("rank") is not None and not isinstance(row["rank"], int | float):  # compared in keep()
+        raise BadRow(f"field 'rank' must be a number, found {type(row['rank']).__name__}")
     return row
 
 

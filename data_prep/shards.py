@@ -99,12 +99,25 @@ class PackedRows:
 
     def __init__(self, folder: Path):
         self.folder = folder
-        self.manifest = json.loads((folder / "manifest.json").read_text())
-        shape = (self.manifest["rows"], self.manifest["seq_len"])
+        fix = "delete the folder to rebuild it"
+        try:
+            self.manifest = json.loads((folder / "manifest.json").read_text())
+            shape = (int(self.manifest["rows"]), int(self.manifest["seq_len"]))
+            sft = self.manifest["key"]["kind"] == "sft"
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise DataError(f"{folder}: cannot read manifest.json ({e}); {fix}") from None
+        # a cached shard is reused as is: a damaged one must not be read as (wrong) rows
+        for name in ("input_ids.bin", "position_ids.bin", *(["labels.bin"] if sft else [])):
+            f, size = folder / name, shape[0] * shape[1] * 4  # uint32 / int32
+            if not f.is_file():
+                raise DataError(f"{folder}: file {name} is missing; {fix}")
+            if f.stat().st_size != size:
+                raise DataError(
+                    f"{folder}: file {name} has {f.stat().st_size} bytes, the manifest implies {size}; {fix}"
+                )
         self.input_ids = np.memmap(folder / "input_ids.bin", dtype=np.uint32, mode="r", shape=shape)
         self.position_ids = np.memmap(folder / "position_ids.bin", dtype=np.uint32, mode="r", shape=shape)
-        labels = folder / "labels.bin"
-        self.labels = np.memmap(labels, dtype=np.int32, mode="r", shape=shape) if labels.exists() else None
+        self.labels = np.memmap(folder / "labels.bin", dtype=np.int32, mode="r", shape=shape) if sft else None
 
     def __len__(self) -> int:
         return self.manifest["rows"]

@@ -15,6 +15,7 @@ from pathlib import Path
 from data_prep.errors import BadRow, DataError
 
 SUFFIXES = {".jsonl", ".json", ".parquet", ".csv", ".arrow"}
+csv.field_size_limit(2**31 - 1)  # long documents are legitimate (default limit 128 KiB); fits any C long
 
 
 def _split_folders(folder: Path, split: str) -> list[Path]:
@@ -41,11 +42,17 @@ def resolve_files(pattern: str, split: str = "train") -> list[Path]:
             return _split_folders(p, split)
         if (p / "dataset_info.json").exists() or (p / "state.json").exists():
             return [p]
-        files = sorted(f for f in p.rglob("*") if f.suffix in SUFFIXES)
+        files = sorted(f for f in p.rglob("*") if f.suffix in SUFFIXES and f.is_file())
     elif p.is_file():
+        if p.suffix not in SUFFIXES:
+            raise DataError(f"{p}: unsupported file type; data files end in {', '.join(sorted(SUFFIXES))}")
         files = [p]
     else:
-        files = sorted(Path(f) for f in glob.glob(pattern, recursive=True) if Path(f).suffix in SUFFIXES)
+        files = sorted(
+            Path(f)
+            for f in glob.glob(pattern, recursive=True)
+            if Path(f).suffix in SUFFIXES and Path(f).is_file()
+        )
     if not files:
         raise DataError(f"data source '{pattern}' matches no data file ({', '.join(sorted(SUFFIXES))})")
     return files
@@ -67,27 +74,43 @@ def _rows_jsonl(path: Path) -> Iterator[tuple[int, object]]:
                 yield lineno, BadRow(f"line is not valid JSON ({e.msg} at column {e.colno})")
 
 
+def _not_utf8(path: Path) -> DataError:
+    """The error for a file that is not UTF-8, naming the line of its first bad byte."""
+    with path.open("rb") as f:  # decoded per line: a newline byte is never inside a character
+        for lineno, raw in enumerate(f, 1):
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError:
+                return DataError(f"{path}:{lineno}: not valid UTF-8; re-encode the file as UTF-8")
+    return DataError(f"{path}: not valid UTF-8; re-encode the file as UTF-8")  # rewritten since it failed
+
+
 def _read_text(path: Path) -> str:
     try:
         return path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        line = path.read_bytes()[: e.start].count(b"\n") + 1
-        raise DataError(f"{path}:{line}: not valid UTF-8; re-encode the file as UTF-8") from None
+    except UnicodeDecodeError:
+        raise _not_utf8(path) from None
 
 
 def _rows_json(path: Path) -> Iterator[tuple[int, object]]:
+    text = _read_text(path)
     try:
-        data = json.loads(_read_text(path))
+        data = json.loads(text)
     except json.JSONDecodeError as e:
-        if e.lineno > 1 or "Extra data" in e.msg:  # probably JSON lines with a .json name
+        # probably JSON lines with a .json name; an array is one document, so its error is where it is
+        if not text.lstrip().startswith("[") and (e.lineno > 1 or "Extra data" in e.msg):
             yield from _rows_jsonl(path)
             return
-        raise DataError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
+        raise DataError(f"{path}:{e.lineno}: not valid JSON ({e.msg} at column {e.colno})") from None
     if isinstance(data, dict):  # {"data": [...]} style wrappers
         lists = [v for v in data.values() if isinstance(v, list)]
         if len(lists) != 1:
             raise DataError(f"{path}: expected a JSON array of rows (or an object holding one array)")
         data = lists[0]
+    if not isinstance(data, list):
+        raise DataError(
+            f"{path}: a JSON file must hold an array of objects (or be JSON lines), found {type(data).__name__}"
+        )
     yield from enumerate(data, 1)
 
 
@@ -116,16 +139,19 @@ def _rows_csv(path: Path) -> Iterator[tuple[int, object]]:
         reader = csv.DictReader(f)
         try:
             yield from enumerate(reader, 2)
-        except UnicodeDecodeError:  # text is decoded in blocks: the line is where the block starts
-            raise DataError(
-                f"{path}: not valid UTF-8 after line {reader.line_num}; re-encode the file as UTF-8"
-            ) from None
+        except UnicodeDecodeError:  # text is decoded in blocks: the reader's line is not the bad byte's
+            raise _not_utf8(path) from None
+        except csv.Error as e:  # the DictReader's line_num lags a failed row; its reader's does not
+            raise DataError(f"{path}:{reader.reader.line_num}: not valid CSV ({e})") from None
 
 
 def _rows_arrow(path: Path) -> Iterator[tuple[int, object]]:
     import datasets
 
-    ds = datasets.load_from_disk(str(path)) if path.is_dir() else datasets.Dataset.from_file(str(path))
+    try:
+        ds = datasets.load_from_disk(str(path)) if path.is_dir() else datasets.Dataset.from_file(str(path))
+    except Exception as e:  # datasets and pyarrow raise several types for broken folders and files
+        raise DataError(f"{path}: cannot read the dataset ({e})") from None
     yield from enumerate(ds, 1)  # a Dataset: resolve_files gives a DatasetDict's split folders
 
 

@@ -3,6 +3,7 @@ bad rows raise with file and row, or are counted with on_error: skip."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -114,6 +115,25 @@ def test_oasst2_top1_threads_and_language_filter():
     assert len(everything) == 3  # the German tree too; not-ready and synthetic trees never
     with pytest.raises(DataError, match="source 'oasst2_en_top1' has no usable rows"):
         records(name="oasst2_en_top1", path=str(FIX / "oasst2_messages.jsonl"), langs=["fr"])
+
+
+@pytest.mark.parametrize(
+    "field, value, reason",
+    [
+        ("text", 5, "field 'text' must be a string, found int"),
+        ("rank", "0", "field 'rank' must be a number, found str"),
+    ],
+)
+def test_bad_oasst_field_types_name_file_and_row(tmp_path, field, value, reason):
+    rows = [json.loads(line) for line in (FIX / "oasst2_messages.jsonl").read_text().splitlines()]
+    rows[1][field] = value
+    f = tmp_path / "o.jsonl"
+    f.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(DataError, match=rf"o.jsonl:2: {reason}"):
+        records(adapter="oasst_top1", path=str(f))
+    skips = Skips()
+    assert len(records("skip", skips, adapter="oasst_top1", path=str(f))) == 2  # of 3: its thread is lost
+    assert skips.count == 1
 
 
 def test_every_named_dataset_has_a_known_adapter():

@@ -159,6 +159,28 @@ def test_chat_check_failures_are_bad_rows_skipped_and_counted_or_stopping_with_f
         shards.prepare(load_config(SFT, sets).data, tok)
 
 
+def test_a_damaged_cached_shard_is_an_error_naming_its_folder(tmp_path):
+    cfg = load_config(SFT, [f"data.cache_dir={tmp_path}"])
+    tok = build_tokenizer(cfg.model)
+    folder = shards.prepare(cfg.data, tok).shards[0].folder
+    fix = "; delete the folder to rebuild it"
+    (folder / "labels.bin").unlink()
+    with pytest.raises(DataError, match=rf"{folder}: file labels.bin is missing{fix}"):
+        shards.prepare(cfg.data, tok)
+    ids = folder / "input_ids.bin"
+    size = ids.stat().st_size
+    ids.write_bytes(ids.read_bytes()[:-4])
+    with pytest.raises(
+        DataError,
+        match=rf"{folder}: file input_ids.bin has {size - 4} bytes, the manifest implies {size}{fix}",
+    ):
+        shards.prepare(cfg.data, tok)
+    (folder / "manifest.json").write_text('{"rows": ')
+    with pytest.raises(DataError, match=rf"{folder}: cannot read manifest.json \(.*\){fix}"):
+        shards.prepare(cfg.data, tok)
+    assert ids.exists()  # nothing is deleted behind the user's back
+
+
 def test_sft_smoke_recipe_trains_epochs_through_the_launcher(tmp_path):
     # Natural proportions (epochs need them): the smoke data packs into 4 rows (3 + 1 per source) and a
     # step takes 4 rows, so 1.5 epochs round up to 2 steps.

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import csv
 import json
 from dataclasses import dataclass
+from pathlib import Path
 from types import SimpleNamespace
 
 import datasets
@@ -110,6 +112,84 @@ def test_invalid_utf8_is_a_bad_row_in_jsonl_and_a_file_error_in_json_and_csv(tmp
         (tmp_path / name).write_bytes(body)
         with pytest.raises(DataError, match=rf"{tmp_path / name}.*not valid UTF-8"):
             _docs(tmp_path / name)
+
+
+def test_a_bad_byte_in_csv_names_its_line(tmp_path):
+    f = tmp_path / "bytes.csv"
+    f.write_bytes(b"text\ncaf\xff\n")
+    with pytest.raises(DataError, match=rf"{f}:2: not valid UTF-8"):
+        _docs(f)
+    f.write_bytes(b"text\n" + b"ok\n" * 10_000 + b"caf\xff\n")  # past the first decoded block
+    with pytest.raises(DataError, match=rf"{f}:10002: not valid UTF-8"):
+        _docs(f)
+
+
+@pytest.mark.parametrize("body", ["5", "null", '"a string"'])
+def test_json_that_is_not_an_array_is_an_error(tmp_path, body):
+    f = tmp_path / "rows.json"
+    f.write_text(body)
+    with pytest.raises(
+        DataError, match=rf"{f}: a JSON file must hold an array of objects \(or be JSON lines\)"
+    ):
+        _docs(f)
+
+
+def test_a_broken_json_array_names_its_line_and_is_never_read_as_json_lines(tmp_path):
+    f = tmp_path / "rows.json"
+    lines = json.dumps([{"text": f"row {i}"} for i in range(50)], indent=2).splitlines()
+    lines[92] = lines[92].replace(":", "", 1)  # line 93: '"text" "row 30"'
+    f.write_text("\n".join(lines))
+    for on_error in ("raise", "skip"):
+        with pytest.raises(DataError, match=rf"{f}:93: not valid JSON \(Expecting ':' delimiter"):
+            list(iter_records(resolve(Spec(path=str(f))), on_error))
+    f.write_text('{"text": "one"}\n{"text": "two"}\n')  # JSON lines named .json still read
+    assert _docs(f) == ["one", "two"]
+
+
+def test_unsupported_file_extension_lists_the_supported_ones(tmp_path):
+    f = tmp_path / "data.txt"
+    f.write_text("some text\n")
+    with pytest.raises(
+        DataError, match=rf"{f}: unsupported file type; .*\.arrow, \.csv, \.json, \.jsonl, \.parquet"
+    ):
+        _docs(f)
+
+
+def test_long_csv_fields_are_read_and_csv_errors_name_the_line(tmp_path):
+    f = tmp_path / "long.csv"
+    f.write_text("text,lang\nshort,en\n" + "x" * 200_000 + ",en\n")
+    assert [len(d) for d in _docs(f)] == [5, 200_000]
+    old = csv.field_size_limit(1000)  # any other csv.Error is a DataError with file and line too
+    try:
+        with pytest.raises(DataError, match=rf"{f}:3: not valid CSV \(field larger than field limit"):
+            _docs(f)
+    finally:
+        csv.field_size_limit(old)
+
+
+def test_folders_named_like_data_files_are_not_data_files(tmp_path):
+    (tmp_path / "d" / "sub.jsonl").mkdir(parents=True)
+    with pytest.raises(DataError, match="matches no data file"):
+        source_identity(resolve(Spec(path=str(tmp_path / "d"))))
+    with pytest.raises(DataError, match="matches no data file"):
+        _docs(tmp_path / "d" / "*.jsonl")
+    (tmp_path / "d" / "a.jsonl").write_text('{"text": "one"}\n')
+    assert [
+        Path(f).name for f, _, _ in source_identity(resolve(Spec(path=str(tmp_path / "d"))))["files"]
+    ] == ["a.jsonl"]
+    assert _docs(tmp_path / "d") == _docs(tmp_path / "d" / "*.jsonl") == ["one"]
+
+
+def test_a_broken_dataset_folder_or_arrow_file_names_the_path(tmp_path):
+    folder = tmp_path / "ds"
+    folder.mkdir()
+    (folder / "state.json").write_text('{"bogus": true}')
+    with pytest.raises(DataError, match=rf"{folder}: cannot read the dataset"):
+        _docs(folder)
+    f = tmp_path / "garbage.arrow"
+    f.write_bytes(b"not an arrow file at all")
+    with pytest.raises(DataError, match=rf"{f}: cannot read the dataset"):
+        _docs(f)
 
 
 def test_missing_text_field_lists_existing_fields(tmp_path):
