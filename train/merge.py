@@ -28,7 +28,7 @@ from train.merge_config import (
     MergeError,
     TaskArithmeticConfig,
 )
-from train.merge_io import ShardReader, ShardWriter, atomic_dir, tokenizer_ids
+from train.merge_io import ShardReader, ShardWriter, atomic_dir, read_json, tokenizer_ids
 from train.yaml_config import apply_overrides, describe_errors, load_yaml_tree
 
 log = logging.getLogger(__name__)
@@ -188,7 +188,7 @@ def _read_config(model: Path) -> dict:
     path = model / "config.json"
     if not path.is_file():
         raise MergeError(f"{model} has no config.json")
-    return json.loads(path.read_text())
+    return read_json(path)
 
 
 def _is_vocab(name: str) -> bool:
@@ -325,7 +325,7 @@ def _copy_files(plan: MergePlan, cfg: MergeConfig, tmp: Path) -> None:
     template_src = plan.file_sources["chat_template.jinja"]
     tok_config = template_src / "tokenizer_config.json"
     if not (tmp / "chat_template.jinja").exists() and tok_config.is_file():
-        inline = json.loads(tok_config.read_text()).get("chat_template")
+        inline = read_json(tok_config).get("chat_template")
         if isinstance(inline, str):
             (tmp / "chat_template.jinja").write_text(inline)
     # Custom architectures and tokenizers (`auto_map`) need their code for trust_remote_code; the

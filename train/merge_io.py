@@ -12,21 +12,42 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
+
+from train.merge_config import MergeError
+
+
+def read_json(path: Path) -> Any:
+    """A model folder's JSON file; a damaged or hand-broken one is a MergeError naming it."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as err:  # JSONDecodeError, or bytes that are not UTF-8 text
+        raise MergeError(f"{path} is not valid JSON: {err}") from None
+
+
+def open_shard(file: Path) -> Any:
+    """safe_open, with a truncated or garbage safetensors file reported as a MergeError naming it."""
+    try:
+        return safe_open(file, framework="pt")
+    except (SafetensorError, OSError) as err:  # OSError: a shard the index names but the folder lacks
+        raise MergeError(f"cannot read weights file {file}: {err}") from None
 
 
 def weight_map(model: Path) -> dict[str, Path]:
     """Tensor name -> shard file, from the index or a single model.safetensors."""
     index = model / "model.safetensors.index.json"
     if index.is_file():
-        return {k: model / v for k, v in json.loads(index.read_text())["weight_map"].items()}
+        entries = read_json(index)
+        if not isinstance(entries, dict) or not isinstance(entries.get("weight_map"), dict):
+            raise MergeError(f"{index} has no 'weight_map' object (tensor name -> shard file)")
+        return {k: model / v for k, v in entries["weight_map"].items()}
     single = model / "model.safetensors"
     if not single.is_file():
         raise FileNotFoundError(
             f"{model} has no model.safetensors(.index.json); only safetensors can be merged"
         )
-    with safe_open(single, framework="pt") as f:
+    with open_shard(single) as f:
         return dict.fromkeys(f.keys(), single)
 
 
@@ -38,7 +59,7 @@ def tokenizer_ids(model: Path) -> int | None:
     path = model / "tokenizer.json"
     if not path.is_file():
         return None
-    spec = json.loads(path.read_text(encoding="utf-8"))
+    spec = read_json(path)
     vocab = spec.get("model", {}).get("vocab") or {}
     ids = list(vocab.values()) if isinstance(vocab, dict) else list(range(len(vocab)))  # Unigram: a list
     ids += [t["id"] for t in spec.get("added_tokens", [])]
@@ -56,7 +77,7 @@ class ShardReader:
         """Shape of every tensor, read from the shard headers only."""
         out = {}
         for file in sorted(set(self.maps[model].values())):
-            with safe_open(file, framework="pt") as f:
+            with open_shard(file) as f:
                 out.update({name: list(f.get_slice(name).get_shape()) for name in f.keys()})
         return out
 
@@ -66,7 +87,7 @@ class ShardReader:
         if current is None or current[0] != file:
             # Dropping the old handle unmaps its shard, so its pages leave our resident set.
             self._open.pop(model, None)
-            self._open[model] = (file, safe_open(file, framework="pt"))
+            self._open[model] = (file, open_shard(file))
         return self._open[model][1].get_tensor(name)
 
     def ordered_names(self, model: Path) -> Iterator[str]:

@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -434,6 +435,32 @@ def test_launch_flag_form_and_clean_error(trio, tmp_path, capsys):
     assert main(argv) == 2  # existing output
     err = capsys.readouterr().err
     assert err.startswith("merge error: output") and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("damaged", "message"),
+    [
+        ("config.json", "is not valid JSON"),
+        ("model.safetensors.index.json", "is not valid JSON"),
+        ("model-00001-of-*.safetensors", "cannot read weights file .*: Error while deserializing header"),
+        ("model.safetensors", "cannot read weights file .*: Error while deserializing header"),
+    ],
+)
+def test_damaged_input_file_is_one_line_naming_it(trio, tmp_path, capsys, damaged, message):
+    root, _ = trio
+    sft = tmp_path / "sft"
+    if damaged == "model.safetensors":
+        make_model(sft, 5, shard="100MB")  # one unsharded file
+    else:
+        shutil.copytree(root / "base", sft)
+    path = next(sft.glob(damaged))
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])  # as an interrupted copy leaves it
+    argv = ["expo", "--dpo", str(root / "chat"), "--sft", str(sft), "--out", str(tmp_path / "o")]
+    capsys.readouterr()  # not save_pretrained's progress bar
+    assert _launch()(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("merge error: ") and str(path) in err and len(err.splitlines()) == 1
+    assert re.search(message, err) and not (tmp_path / "o").exists()
 
 
 RSS_PROBE = """

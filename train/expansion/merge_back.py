@@ -12,9 +12,10 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import torch
-from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+from transformers import AutoConfig, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from .build import llama_fields
+from .configuration import ControlLLMConfig
 from .modeling import ConcatPair, ControlLLMForCausalLM
 
 _PAIR_KEY = re.compile(r"model\.layers\.(\d+)\.(.+)")
@@ -144,7 +145,14 @@ def merge_back(
     w: `weight` if given; else lerp's sigmoid(theta); else (dlerp / dlerpin) the mean alpha over the rows of
     `alpha_data` (JSONL, "text"); else the alphas `metrics` (metrics.jsonl) logged at the export's step.
     """
-    model = ControlLLMForCausalLM.from_pretrained(model_dir, dtype="auto")
+    config = AutoConfig.from_pretrained(model_dir)
+    if not isinstance(config, ControlLLMConfig) or not config.expansion:
+        # A plain Llama (or a stack-only expansion, already one) has no pairs to fold.
+        raise ValueError(
+            f"{model_dir} is not a Control-LLM export: its config.json has model_type {config.model_type!r}, "
+            f"expected {ControlLLMConfig.model_type!r} with an 'expansion' section listing the concat pairs"
+        )
+    model = ControlLLMForCausalLM.from_pretrained(model_dir, config=config, dtype="auto")
     if weight is None and model.config.expansion["method"] != "lerp":
         weight = _dynamic_weight(model, Path(model_dir), alpha_data, metrics, max_tokens)
     out = Path(out_dir)

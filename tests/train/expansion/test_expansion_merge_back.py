@@ -108,3 +108,16 @@ def test_bad_alpha_data_is_a_clean_error(main, tmp_path, row, message, capsys):
     assert main(argv + ["--alpha-data", str(tmp_path / "eval.jsonl")]) == 2
     err = capsys.readouterr().err
     assert f"merge error: {tmp_path / 'eval.jsonl'}:1: " in err and message in err
+
+
+def test_plain_llama_folder_is_refused_saying_what_an_export_has(main, tmp_path, capsys):
+    tiny_llama().save_pretrained(tmp_path / "llama")
+    capsys.readouterr()  # not save_pretrained's progress bar
+    assert main(["expansion", "--model", str(tmp_path / "llama"), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert (
+        err.startswith(f"merge error: {tmp_path / 'llama'} is not a Control-LLM export")
+        and "Traceback" not in err
+    )
+    assert "model_type 'llama', expected 'controlllm_llama' with an 'expansion' section" in err
+    assert not (tmp_path / "o").exists()
