@@ -18,6 +18,8 @@ from typing import Any
 import datasets
 from lm_eval.api.samplers import ContextSampler
 
+from eval_hooks.prompts import LETTERS
+
 SHOTS_FIELD = "fewshot"  # per-doc list of its few-shot exemplars, filled by `load`
 HEADER_FIELD = "header"  # per-doc task description (subject header or BBH CoT exemplars), filled by `load`
 _SUFFIXES = (".jsonl", ".json", ".csv", ".xml", ".parquet")
@@ -47,6 +49,20 @@ def _niilc_rows(path: Path) -> list[dict[str, Any]]:
     ]
 
 
+def _json_lines(path: Path, text: str) -> list[dict[str, Any]]:
+    rows = []
+    for i, line in enumerate(text.splitlines()):
+        if line.strip():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path} line {i + 1}: not JSON ({e.msg})") from e
+            if not isinstance(row, dict):
+                raise ValueError(f"{path} line {i + 1}: not a JSON object")
+            rows.append(row)
+    return rows
+
+
 def read_rows(path: Path, columns: list[str] | None = None) -> list[dict[str, Any]]:
     """Rows of a benchmark file: .jsonl; .json (array, BBH {"examples"}, SQuAD nesting, or JSON lines as in
     JGLUE); .csv with a header, or headerless when `columns` names them (JMMLU); NIILC .xml; .parquet."""
@@ -56,12 +72,14 @@ def read_rows(path: Path, columns: list[str] | None = None) -> list[dict[str, An
         return pq.read_table(path).to_pylist()
     text = path.read_text(encoding="utf-8") if path.suffix != ".xml" else ""
     if path.suffix == ".jsonl":
-        return [json.loads(line) for line in text.splitlines() if line.strip()]
+        return _json_lines(path, text)
     if path.suffix == ".json":
         try:
             data = json.loads(text)
-        except json.JSONDecodeError:  # JGLUE ships JSON lines under a .json name
-            return [json.loads(line) for line in text.splitlines() if line.strip()]
+        except json.JSONDecodeError as e:
+            if e.msg != "Extra data":  # not JGLUE's JSON lines under a .json name (a second value follows)
+                raise ValueError(f"{path} line {e.lineno}: not JSON ({e.msg})") from e
+            return _json_lines(path, text)
         if isinstance(data, dict):
             return _squad_rows(data) if "data" in data else data["examples"]
         return data
@@ -86,14 +104,61 @@ def _existing(path: Path) -> Path:
     raise FileNotFoundError(f"benchmark data not found: {path}[/|.jsonl|.json|.csv] (see docs/eval.md)")
 
 
-def read_split(path: Path, split: str, subject_field: str, columns: list[str] | None = None) -> list[dict]:
-    """One split from a file, or from a folder of per-subject files (the subject is taken from the name)."""
+# Multiple-choice rows by benchmark folder (docs/eval.md, "Data layout"): the fields the prompt reads as is
+# (a per-subject file's name gives its subject); the choices, a field holding their list or one column per
+# option; the answer field and its form; how many choices the prompt shows (None: any number).
+_CHOICE_ROWS = {
+    "mmlu": (["question", "subject"], "choices", "answer", "index", 4),
+    "mmlu_pro": (["question", "category"], "options", "answer", "letter", None),
+    "ceval": (["question"], list("ABCD"), "answer", "letter", None),
+    "cmmlu": (["Question"], list("ABCD"), "Answer", "letter", None),
+    "jmmlu": (["question"], list("ABCD"), "answer", "letter", None),
+    "jcommonsenseqa": (["question"], [f"choice{i}" for i in range(5)], "label", "index", None),
+}
+
+
+def check_choice_rows(rows: list[dict], benchmark: str, path: Path) -> list[dict]:
+    """`rows` of `path`, refused naming the row and field where a multiple-choice benchmark's prompt would not
+    render or its answer would silently score as wrong (out of range, choices given as one string)."""
+    if benchmark not in _CHOICE_ROWS:
+        return rows
+    text, options, answer, form, count = _CHOICE_ROWS[benchmark]
+    listed = isinstance(options, str)
+    fields = [*text, *([options] if listed else options), answer]
+    for i, row in enumerate(rows):
+        where = f"{path} row {i}"
+        missing = [k for k in fields if row.get(k) is None]
+        if missing:
+            raise ValueError(f"{where}: missing field(s) {missing} ({benchmark} rows need {fields})")
+        choices = row[options] if listed else [row[k] for k in options]
+        if listed and (
+            not isinstance(choices, list)
+            or not all(isinstance(c, str) for c in choices)
+            or count not in (None, len(choices))
+        ):
+            what = f"{count} strings" if count else "strings"
+            raise ValueError(f"{where}: field {options!r} must be a list of {what}, got {choices!r}")
+        valid = list(range(len(choices))) if form == "index" else list(LETTERS[: len(choices)])
+        gold = row[answer]
+        if gold not in valid or type(gold) is not type(valid[0]):  # True == 1 == 1.0, but only 1 is an index
+            raise ValueError(f"{where}: field {answer!r} is {gold!r}, expected one of {valid}")
+    return rows
+
+
+def read_split(
+    path: Path, split: str, subject_field: str, columns: list[str] | None = None, benchmark: str = ""
+) -> list[dict]:
+    """One split from a file, or from a folder of per-subject files (the subject is taken from the name); the
+    rows of a multiple-choice `benchmark` are checked (`check_choice_rows`)."""
     path = _existing(path)
     if path.is_file():
-        return read_rows(path, columns)
+        return check_choice_rows(read_rows(path, columns), benchmark, path)
     rows = []
     for file in sorted(p for p in path.iterdir() if p.suffix in _SUFFIXES):
-        rows += [{**row, subject_field: _subject(file.stem, split)} for row in read_rows(file, columns)]
+        subject = _subject(file.stem, split)
+        rows += check_choice_rows(
+            [{**row, subject_field: subject} for row in read_rows(file, columns)], benchmark, file
+        )
     return rows
 
 
@@ -187,7 +252,10 @@ def load(
         raise ValueError(
             "shots from the eval split itself need `max_shots` (each doc would carry its subject)"
         )
-    splits = {name: read_split(Path(data_dir) / rel, name, shots_by, columns) for name, rel in files.items()}
+    splits = {
+        name: read_split(Path(data_dir) / rel, name, shots_by, columns, benchmark=Path(rel).parts[0])
+        for name, rel in files.items()
+    }
     if shots_from is not None:
         _attach_shots(splits, shots_from, shots_by, max_shots)
     if headers_from_lm_eval or headers_dir:

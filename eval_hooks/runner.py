@@ -292,6 +292,7 @@ def evaluate_hf_dir(
     max_gen_tokens: int | None = None,
 ) -> dict | None:
     """Standalone run on an exported HF folder; data parallel when started by torchrun/deepspeed/accelerate."""
+    from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     cuda = torch.cuda.is_available()
@@ -301,7 +302,10 @@ def evaluate_hf_dir(
     if cuda:
         torch.cuda.set_device(device)
     dtype = torch.bfloat16 if cuda else torch.float32
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).to(device).eval()
+    try:
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).to(device).eval()
+    except SafetensorError as e:  # a truncated or damaged weights file: say which folder, not a traceback
+        raise ValueError(f"cannot load the model weights in {model_dir}: {e}") from e
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     results = evaluate(model, tokenizer, suites, data_dir, limit, batch_size, max_gen_tokens)
     if results is not None:

@@ -1,6 +1,8 @@
 """Our task YAMLs on the fixture data: prompts as documented, answer extraction, suites end to end."""
 
+import json
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -76,6 +78,75 @@ def test_loader_reads_per_subject_folders_and_reports_missing_data(tmp_path):
         load(data_dir=str(tmp_path), files={"test": "cmmlu/test"})
     with pytest.raises(ValueError, match="data_dir"):
         load(files={"test": "cmmlu/test"})
+
+
+# JGLUE ships JSON lines under a .json name.
+@pytest.mark.parametrize("rel", ["mmlu/test.jsonl", "jcommonsenseqa/valid-v1.1.json"])
+def test_a_bad_json_line_is_named_by_file_and_line(tmp_path, rel):
+    lines = (FIXTURES / rel).read_text(encoding="utf-8").splitlines()
+    lines[2] = lines[2][:40]  # line 3 cut short, as an interrupted write leaves it
+    path = tmp_path / rel
+    path.parent.mkdir()
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=rf"^{re.escape(str(path))} line 3: not JSON \("):
+        load(data_dir=str(tmp_path), files={"test": rel.rsplit(".", 1)[0]})
+
+
+MMLU_ROW = {"question": "2 + 2 = ?", "subject": "math", "choices": ["3", "4", "5", "6"], "answer": 1}
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"question": None}, r"missing field\(s\) \['question'\]"),
+        ({"answer": 9}, r"field 'answer' is 9, expected one of \[0, 1, 2, 3\]"),
+        ({"answer": True}, r"field 'answer' is True"),
+        ({"choices": "abcd"}, r"field 'choices' must be a list of 4 strings, got 'abcd'"),
+        ({"choices": ["3", "4", "5"]}, r"field 'choices' must be a list of 4 strings"),
+    ],
+)
+def test_mmlu_rows_the_prompt_cannot_use_are_named_by_file_row_and_field(tmp_path, change, message):
+    bad = {k: v for k, v in {**MMLU_ROW, **change}.items() if v is not None}
+    path = tmp_path / "mmlu" / "test.jsonl"
+    path.parent.mkdir()
+    path.write_text("".join(json.dumps(row) + "\n" for row in [MMLU_ROW] * 3 + [bad]))
+    with pytest.raises(ValueError, match=rf"^{re.escape(str(path))} row 3: {message}"):
+        load(data_dir=str(tmp_path), files={"test": "mmlu/test"})
+
+
+@pytest.mark.parametrize(
+    ("split", "name", "text", "message"),
+    [
+        (
+            "ceval/val",
+            "law_val.csv",
+            "id,question,A,B,C,D,answer\n0,q,a,b,c,d,E\n",
+            r"row 0: field 'answer' is 'E', expected one of \['A', 'B', 'C', 'D'\]",
+        ),
+        (
+            "cmmlu/test",
+            "law.csv",
+            "Question,A,B,C,D,Answer\nq,a,b,c\n",
+            r"row 0: missing field\(s\) \['D', 'Answer'\]",
+        ),
+        (
+            "mmlu_pro/test",
+            "law.jsonl",  # a per-category folder: the category comes from the file name
+            json.dumps({"question": "q", "options": ["a", "b"], "answer": "C"}),
+            r"row 0: field 'answer' is 'C', expected one of \['A', 'B'\]",
+        ),
+    ],
+)
+def test_other_multiple_choice_formats_are_checked_too(tmp_path, split, name, text, message):
+    path = tmp_path / split / name
+    path.parent.mkdir(parents=True)
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(ValueError, match=rf"^{re.escape(str(path))} {message}"):
+        load(
+            data_dir=str(tmp_path),
+            files={"test": split},
+            shots_by="category" if "pro" in split else "subject",
+        )
 
 
 @pytest.mark.parametrize(
