@@ -163,10 +163,16 @@ def _oasst_node(row: object) -> dict:
             raise BadRow(f"oasst field '{key}' is missing")
     if row["role"] not in ("prompter", "assistant"):
         raise BadRow(f"role '{row['role']}' is not prompter or assistant")
-    if not isinstance(row["text"], str):
-        raise BadRow(f"field 'text' must be a string, found {type(row['text']).__name__}")
-    if row.get("rank") is not None and not isinstance(row["rank"], int | float):  # compared in keep()
-        raise BadRow(f"field 'rank' must be a number, found {type(row['rank']).__name__}")
+    # ids key the tree, dates order the replies, ranks pick the top-1: each type is compared or hashed
+    for key, kinds, what in (
+        ("text", (str,), "a string"),
+        ("message_id", (str,), "a string"),
+        ("parent_id", (str, type(None)), "a string or null"),
+        ("created_date", (str, type(None)), "a string or null"),
+        ("rank", (int, float, type(None)), "a number or null"),
+    ):
+        if not isinstance(row.get(key), kinds) or isinstance(row.get(key), bool):
+            raise BadRow(f"field '{key}' must be {what}, found {type(row.get(key)).__name__}")
     return row
 
 

@@ -149,12 +149,13 @@ def answers_for_hf_dir(
     model_id: str = "",
 ) -> Path:
     """`launch/eval.py answers`: load an HF folder, answer every question, write the answers file."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
+
+    from eval_hooks.runner import load_model
 
     kind, rows = read_questions(questions)
     cuda = torch.cuda.is_available()
-    dtype = torch.bfloat16 if cuda else torch.float32
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).to("cuda" if cuda else "cpu").eval()
+    model = load_model(model_dir, torch.bfloat16 if cuda else torch.float32, "cuda" if cuda else "cpu")
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model_id = model_id or Path(model_dir).name
     return write_rows(out, generate_answers(model, tokenizer, kind, rows, model_id, max_new_tokens))

@@ -282,6 +282,17 @@ def write_results(
     return path
 
 
+def load_model(model_dir: str | Path, dtype: torch.dtype, device: torch.device | str):
+    """An HF folder's model in eval mode; damaged weights are an error naming the folder."""
+    from safetensors import SafetensorError
+    from transformers import AutoModelForCausalLM
+
+    try:
+        return AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).to(device).eval()
+    except SafetensorError as e:  # a truncated or damaged weights file: say which folder, not a traceback
+        raise ValueError(f"cannot load the model weights in {model_dir}: {e}") from e
+
+
 def evaluate_hf_dir(
     model_dir: str | Path,
     suites: list[str],
@@ -292,8 +303,7 @@ def evaluate_hf_dir(
     max_gen_tokens: int | None = None,
 ) -> dict | None:
     """Standalone run on an exported HF folder; data parallel when started by torchrun/deepspeed/accelerate."""
-    from safetensors import SafetensorError
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     cuda = torch.cuda.is_available()
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
@@ -302,10 +312,7 @@ def evaluate_hf_dir(
     if cuda:
         torch.cuda.set_device(device)
     dtype = torch.bfloat16 if cuda else torch.float32
-    try:
-        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).to(device).eval()
-    except SafetensorError as e:  # a truncated or damaged weights file: say which folder, not a traceback
-        raise ValueError(f"cannot load the model weights in {model_dir}: {e}") from e
+    model = load_model(model_dir, dtype, device)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     results = evaluate(model, tokenizer, suites, data_dir, limit, batch_size, max_gen_tokens)
     if results is not None:

@@ -121,7 +121,9 @@ def test_oasst2_top1_threads_and_language_filter():
     "field, value, reason",
     [
         ("text", 5, "field 'text' must be a string, found int"),
-        ("rank", "0", "field 'rank' must be a number, found str"),
+        ("rank", "0", "field 'rank' must be a number or null, found str"),
+        ("parent_id", ["a"], "field 'parent_id' must be a string or null, found list"),
+        ("created_date", 20230101, "field 'created_date' must be a string or null, found int"),
     ],
 )
 def test_bad_oasst_field_types_name_file_and_row(tmp_path, field, value, reason):

@@ -90,3 +90,14 @@ def test_damaged_rows_or_weights_are_one_error_line_naming_the_file(
     err = capsys.readouterr().err
     assert err.startswith(f"continualm: error: cannot load the model weights in {model_dir}: ")
     assert "Traceback" not in err and not (tmp_path / "r.json").exists()
+    answers = [
+        "answers",
+        "--model",
+        str(model_dir),
+        "--questions",
+        str(FIXTURES / "judge" / "alpaca_eval.json"),
+    ]
+    assert script.main([*answers, "--out", str(tmp_path / "a.json")]) == 2  # the answers command alike
+    assert capsys.readouterr().err.startswith(
+        f"continualm: error: cannot load the model weights in {model_dir}"
+    )
