@@ -32,7 +32,7 @@ def _numbers_only(annotation: Any) -> bool:
     return bool(kinds) and all(k in (int, float) for k in kinds)
 
 
-def read_yaml(path: Path) -> dict:
+def _read_yaml(path: Path) -> dict:
     if not path.is_file():
         raise UserError(f"config file not found: {path}")
     try:
@@ -62,7 +62,7 @@ def load_yaml_tree(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict:
     if path in _seen:
         chain = " -> ".join(str(p) for p in (*_seen, path))
         raise UserError(f"config 'extends:' forms a cycle: {chain}")
-    data = read_yaml(path)
+    data = _read_yaml(path)
     parents = data.pop("extends", None)
     if parents is None:
         return data
@@ -87,10 +87,10 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
             value = yaml.safe_load(raw)
         except yaml.YAMLError:
             value = raw
-        *parents, leaf = key.strip().split(".")
+        parts = key.strip().split(".")
         node: Any = data
-        for depth, part in enumerate([*parents, leaf]):
-            where = ".".join([*parents, leaf][:depth]) or "the top level"
+        for depth, part in enumerate(parts):
+            where = ".".join(parts[:depth]) or "the top level"
             if isinstance(node, list):
                 if not part.isdigit() or int(part) >= len(node):
                     raise UserError(
@@ -101,7 +101,7 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
                 raise UserError(
                     f"--set {item!r}: '{where}' holds {node!r}, not a section; set '{where}' itself"
                 )
-            if depth == len(parents):
+            if depth == len(parts) - 1:
                 node[part] = value
             else:
                 if isinstance(node, dict) and node.get(part) is None:  # a section the recipe leaves out
