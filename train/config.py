@@ -31,7 +31,8 @@ class ModelConfig(Section):
     dtype: Literal["bf16", "fp32"]
     attn_implementation: Literal["sdpa", "flash_attention_2", "flex_attention", "eager"] = "sdpa"
     """All keep packed documents apart (transformers reads the boundaries from position_ids): sdpa with a
-    dense per-document mask, flash_attention_2 varlen (needs flash-attn), flex_attention with a block mask
+    dense per-document mask, flash_attention_2 varlen (needs flash-attn; a micro-batch trains as one row of
+    micro_batch_size x seq_len tokens), flex_attention with a block mask
     that skips the masked blocks (compiled on first use)."""
     activation_checkpointing: Literal["none", "full", "selective"] = "none"
     """Recompute activations in the backward: none; full (each block keeps only its input); selective

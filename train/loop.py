@@ -77,6 +77,17 @@ def real_tokens(position_ids: torch.Tensor, labels: torch.Tensor) -> torch.Tenso
     return targets.gather(1, segment) > 0
 
 
+def as_one_row(batch: dict) -> dict:
+    """The micro-batch's rows laid end to end as one row, for flash attention: transformers reads document
+    boundaries from position_ids only in a single row (with several it attends across the documents of
+    each row). Every row starts at position 0, so rows stay apart as well; a row's first label, never a
+    target in its own row, is kept out of the targets of the row before it."""
+    labels = batch["labels"].clone()
+    labels[:, 0] = -100
+    flat = {k: batch[k].reshape(1, -1) for k in ("input_ids", "position_ids")}
+    return {**batch, **flat, "labels": labels.reshape(1, -1)}
+
+
 def train_step(engine, data: MixedRows, rows: np.ndarray, cfg: RunConfig) -> dict:
     """One optimizer step over the global `rows` (all ranks' micro-batches); returns step metrics.
 
@@ -107,7 +118,10 @@ def train_step(engine, data: MixedRows, rows: np.ndarray, cfg: RunConfig) -> dic
     device = engine.device
     head = chunked_head(engine.module)
     pairs = cfg.expansion is not None and cfg.expansion.type in ("concat", "hybrid")
+    one_row = cfg.model.attn_implementation == "flash_attention_2"
     for batch in batches:
+        if one_row:
+            batch = as_one_row(batch)
         labels = batch["labels"][:, 1:].to(device)
         inputs = dict(
             input_ids=batch["input_ids"].to(device),

@@ -15,7 +15,7 @@ from tests.conftest import SMOKE, bench_main
 from train import distributed as dist
 from train.config import load_config
 from train.engine import build_engine
-from train.loop import seed_everything, train_step
+from train.loop import as_one_row, seed_everything, train_step
 from train.model import build_for_training
 from train.synthetic import make_rows
 
@@ -125,9 +125,13 @@ def documents_alone(model, input_ids, position_ids) -> torch.Tensor:
 
 @torch.no_grad()
 def packed_and_alone(model, input_ids, position_ids) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits of the packed rows, and of their documents run alone."""
-    packed = model(input_ids=input_ids, position_ids=position_ids, use_cache=False).logits.float()
-    return packed, documents_alone(model, input_ids, position_ids)
+    """Logits of the packed rows (laid end to end for flash attention, as the loop does), and of their
+    documents run alone."""
+    inputs = {"input_ids": input_ids, "position_ids": position_ids}
+    if model.config._attn_implementation == "flash_attention_2":
+        inputs = as_one_row({**inputs, "labels": input_ids})
+    packed = model(input_ids=inputs["input_ids"], position_ids=inputs["position_ids"], use_cache=False).logits
+    return packed.float().view(*input_ids.shape, -1), documents_alone(model, input_ids, position_ids)
 
 
 @torch.no_grad()

@@ -14,7 +14,7 @@ from tests.conftest import SMOKE
 from train import distributed as dist
 from train.config import load_config
 from train.engine import build_engine
-from train.loop import seed_everything, train_step
+from train.loop import as_one_row, seed_everything, train_step
 from train.model import build_for_training, build_tokenizer
 
 
@@ -52,6 +52,30 @@ def test_step_loss_is_the_next_token_cross_entropy_over_the_targets(data_cache, 
     assert 0 < int((targets != -100).sum()) == metrics["target_tokens"]
     expected = F.cross_entropy(logits[:, :-1].flatten(0, 1), targets.flatten(), reduction="sum")
     assert metrics["loss"] == pytest.approx(expected.item() / metrics["target_tokens"], rel=1e-5)
+
+
+def _summed_loss(model, batch) -> tuple[float, int]:
+    with torch.no_grad():
+        logits = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"]).logits
+    targets = batch["labels"][:, 1:]
+    ce = F.cross_entropy(logits[:, :-1].flatten(0, 1), targets.flatten(), reduction="sum")
+    return ce.item(), int((targets != -100).sum())
+
+
+@pytest.mark.parametrize("recipe", [SMOKE, SMOKE.with_name("sft_tiny.yaml")], ids=["cpt", "sft"])
+def test_rows_laid_end_to_end_train_like_the_rows(data_cache, recipe):
+    # flash attention trains on one row per micro-batch; sdpa reads the same boundaries from the positions
+    cfg = load_config(recipe, ["tracking=none", f"data.cache_dir={data_cache}"])
+    seed_everything(cfg.seed)
+    model = build_for_training(cfg).eval()
+    data = prepare(cfg.data, build_tokenizer(cfg.model))
+    batch = data.batch(RowSampler(len(data), cfg.seed).rows(0, 4))
+    assert batch["input_ids"].shape[0] == 4
+    batch["labels"][:, 0] = batch["input_ids"][:, 0]  # a row's first label is never a target in its row
+    rows_loss, rows_targets = _summed_loss(model, batch)
+    one_loss, one_targets = _summed_loss(model, as_one_row(batch))
+    assert one_targets == rows_targets > 0  # no row's first token became the target of the row before
+    assert one_loss == pytest.approx(rows_loss, rel=1e-5)
 
 
 @pytest.mark.parametrize("stage", [1, 3])
