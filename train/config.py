@@ -86,6 +86,8 @@ class ExpansionSection(Section):
     type: Literal["concat", "stack", "hybrid", "partial"]
     method: Literal["lerp", "dlerp", "dlerpin"] = "lerp"
     num_exp_layers: int = Field(gt=0)
+    """Blocks to expand, every (layers / num_exp_layers)-th one: a divisor of the layer count, or at least the
+    count (every layer); checked when the model is built."""
     interpolation_factor: float = 0.0
     """Initial logit of alpha (0 -> alpha 0.5); for dlerp / dlerpin the initial gate bias."""
     freeze_interpolation: bool = False

@@ -2,12 +2,22 @@
 
 from dataclasses import dataclass
 
+from train.errors import UserError
+
 
 def placed_layers(num_layers: int, num_exp_layers: int) -> list[int]:
     """Original layer indices (0-based) to expand: every `split`-th layer, the last one always included."""
     if num_layers < 1 or num_exp_layers < 1:
         raise ValueError(
             f"need num_layers >= 1 and num_exp_layers >= 1, got {num_layers} and {num_exp_layers}"
+        )
+    if num_exp_layers < num_layers and num_layers % num_exp_layers:
+        # Every split-th layer would give more blocks than asked; the reference code caps them differently
+        # per layout, so a released checkpoint of that shape would not match ours.
+        divisors = [d for d in range(1, num_layers + 1) if num_layers % d == 0]
+        raise UserError(
+            f"expansion.num_exp_layers {num_exp_layers} does not divide the model's {num_layers} layers; "
+            f"choose one of {divisors} (or >= {num_layers} to expand every layer)"
         )
     split = max(num_layers // num_exp_layers, 1)
     return [i for i in range(num_layers) if (i + 1) % split == 0]

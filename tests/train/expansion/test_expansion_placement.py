@@ -1,3 +1,6 @@
+import pytest
+
+from train.errors import UserError
 from train.expansion.placement import placed_layers, plan_expansion
 
 
@@ -8,6 +11,15 @@ def test_concat16_and_8_on_32_layers():
 
 def test_more_expansions_than_layers_expands_every_layer():
     assert placed_layers(4, 16) == [0, 1, 2, 3]
+
+
+def test_a_count_that_does_not_divide_the_layers_is_refused():
+    # every 2nd of 32 layers would be 16 blocks, not the 12 asked for
+    with pytest.raises(
+        UserError,
+        match=r"num_exp_layers 12 does not divide the model's 32 layers; choose one of \[1, 2, 4, 8, 16, 32\]",
+    ):
+        placed_layers(32, 12)
 
 
 def test_hybrid16_on_32_layers():
