@@ -42,7 +42,7 @@ def _niilc_rows(path: Path) -> list[dict[str, Any]]:
     return [
         {
             "id": q.get("id"),
-            "text": q.findtext("text", ""),
+            "text": q.findtext("text"),
             "answers": [a.text or "" for a in q.iter("answer")],
         }
         for q in ET.parse(path).getroot().iter("question")
@@ -81,7 +81,12 @@ def read_rows(path: Path, columns: list[str] | None = None) -> list[dict[str, An
                 raise ValueError(f"{path} line {e.lineno}: not JSON ({e.msg})") from e
             return _json_lines(path, text)
         if isinstance(data, dict):
-            return _squad_rows(data) if "data" in data else data["examples"]
+            try:
+                return _squad_rows(data) if "data" in data else data["examples"]
+            except (KeyError, TypeError, AttributeError) as e:
+                raise ValueError(
+                    f"{path}: neither SQuAD's data[].paragraphs[].qas[] nor BBH's examples[] ({type(e).__name__}: {e})"
+                ) from None
         return data
     if path.suffix == ".csv":
         stream = io.StringIO(text, newline="")  # quoted fields (XL-Sum articles) may span lines
@@ -117,19 +122,79 @@ _CHOICE_ROWS = {
 }
 
 
-def check_choice_rows(rows: list[dict], benchmark: str, path: Path) -> list[dict]:
-    """`rows` of `path`, refused naming the row and field where a multiple-choice benchmark's prompt would not
-    render or its answer would silently score as wrong (out of range, choices given as one string)."""
+# The fields the other tasks' prompts and scorers read (dotted paths), by benchmark folder; per split where the
+# splits differ (MGSM's exemplars show the worked answer, its test rows are scored on the number).
+_FIELDS: dict[str, list[str] | dict[str, list[str]]] = {
+    "bbh": ["input", "target"],
+    "gsm8k": ["question", "answer"],
+    "squadv2": ["context", "question", "answers"],
+    "jsquad": ["context", "question", "answers"],
+    "triviaqa": ["question", "answer.value", "answer.aliases"],
+    "humaneval": ["prompt", "test", "entry_point"],
+    "jhumaneval": ["prompt", "test", "entry_point"],
+    "mgsm_ja": {"train": ["question", "answer"], "test": ["question", "answer_number"]},
+    "jemhopqa": ["question", "answer"],
+    "niilc": ["text", "answers"],
+    "xlsum_ja": ["text", "summary"],
+    "wmt20_en_ja": ["translation.en", "translation.ja"],
+    "wmt20_ja_en": ["translation.en", "translation.ja"],
+    "hellaswag": ["activity_label", "ctx_a", "ctx_b", "endings", "label"],
+    "openbookqa": ["question_stem", "choices.text", "choices.label", "answerKey"],
+    "xwinograd": ["sentence", "option1", "option2", "answer"],
+}
+# MERA records ({instruction, inputs, outputs, meta}), and what some tasks' scorers read besides.
+_MERA_FIELDS = ["instruction", "inputs", "outputs", "meta"]
+_MERA_EXTRA = {
+    "use": ["meta.id_task", "meta.type", "meta.variant"],
+    "rucodeeval": ["inputs.function", "inputs.tests", "meta.entry_point"],
+    "ruhumaneval": ["inputs.function", "inputs.tests", "meta.entry_point"],
+    "ruethics": ["meta.question"],
+}
+
+
+def required_fields(rel: str, split: str) -> list[str]:
+    """The fields every row of split `split`, read from `rel` under the data dir, must hold (not null)."""
+    parts = Path(rel).parts
+    if parts[0] == "mera":
+        return _MERA_FIELDS + _MERA_EXTRA.get(parts[1] if len(parts) > 2 else "", [])
+    if parts[0] in _CHOICE_ROWS:
+        text, options, answer, _, _ = _CHOICE_ROWS[parts[0]]
+        return [*text, *([options] if isinstance(options, str) else options), answer]
+    fields = _FIELDS.get(parts[0], [])
+    return fields.get(split, []) if isinstance(fields, dict) else fields
+
+
+def check_rows(rows: list[dict], rel: str, split: str, path: Path) -> list[dict]:
+    """`rows` of `path`, refused naming the row and field where one lacks a field its prompt or scorer reads
+    (it would render "None" or be scored against nothing), or where a multiple-choice answer would silently
+    score as wrong. Every rank reads all rows, so a bad one stops every rank alike, before any scoring."""
+    fields = required_fields(rel, split)
+    for i, row in enumerate(rows):
+        missing = [k for k in fields if _field(row, k) is None]
+        if missing:
+            raise ValueError(f"{path} row {i}: missing field(s) {missing} ({rel} rows need {fields})")
+    if Path(rel).parts[0] == "mera":
+        from eval_hooks.prompts import mera_prompt
+
+        for i, row in enumerate(rows):
+            try:
+                mera_prompt(row)
+            except (KeyError, IndexError, ValueError) as e:
+                raise ValueError(
+                    f"{path} row {i}: the instruction does not render with its inputs ({type(e).__name__}: {e})"
+                ) from None
+    return _check_choices(rows, Path(rel).parts[0], path)
+
+
+def _check_choices(rows: list[dict], benchmark: str, path: Path) -> list[dict]:
+    """Multiple-choice rows whose choices are given as one string, or whose answer is out of range, are
+    refused (they would render or score wrongly)."""
     if benchmark not in _CHOICE_ROWS:
         return rows
-    text, options, answer, form, count = _CHOICE_ROWS[benchmark]
+    _, options, answer, form, count = _CHOICE_ROWS[benchmark]
     listed = isinstance(options, str)
-    fields = [*text, *([options] if listed else options), answer]
     for i, row in enumerate(rows):
         where = f"{path} row {i}"
-        missing = [k for k in fields if row.get(k) is None]
-        if missing:
-            raise ValueError(f"{where}: missing field(s) {missing} ({benchmark} rows need {fields})")
         choices = row[options] if listed else [row[k] for k in options]
         if listed and (
             not isinstance(choices, list)
@@ -146,18 +211,18 @@ def check_choice_rows(rows: list[dict], benchmark: str, path: Path) -> list[dict
 
 
 def read_split(
-    path: Path, split: str, subject_field: str, columns: list[str] | None = None, benchmark: str = ""
+    data_dir: Path, rel: str, split: str, subject_field: str, columns: list[str] | None = None
 ) -> list[dict]:
-    """One split from a file, or from a folder of per-subject files (the subject is taken from the name); the
-    rows of a multiple-choice `benchmark` are checked (`check_choice_rows`)."""
-    path = _existing(path)
+    """Split `split` from `rel` under `data_dir`: a file, or a folder of per-subject files (the subject is
+    taken from the name); every file's rows are checked (`check_rows`)."""
+    path = _existing(data_dir / rel)
     if path.is_file():
-        return check_choice_rows(read_rows(path, columns), benchmark, path)
+        return check_rows(read_rows(path, columns), rel, split, path)
     rows = []
     for file in sorted(p for p in path.iterdir() if p.suffix in _SUFFIXES):
         subject = _subject(file.stem, split)
-        rows += check_choice_rows(
-            [{**row, subject_field: subject} for row in read_rows(file, columns)], benchmark, file
+        rows += check_rows(
+            [{**row, subject_field: subject} for row in read_rows(file, columns)], rel, split, file
         )
     return rows
 
@@ -252,10 +317,7 @@ def load(
         raise ValueError(
             "shots from the eval split itself need `max_shots` (each doc would carry its subject)"
         )
-    splits = {
-        name: read_split(Path(data_dir) / rel, name, shots_by, columns, benchmark=Path(rel).parts[0])
-        for name, rel in files.items()
-    }
+    splits = {name: read_split(Path(data_dir), rel, name, shots_by, columns) for name, rel in files.items()}
     if shots_from is not None:
         _attach_shots(splits, shots_from, shots_by, max_shots)
     if headers_from_lm_eval or headers_dir:

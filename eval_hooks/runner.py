@@ -182,6 +182,20 @@ def load_tasks(tm, names: list[str], max_gen_tokens: int | None = None, default_
     return tasks
 
 
+def _check_docs_per_rank(tasks: dict, limit: int | None, world: int) -> None:
+    # A rank without docs skips a request type entirely and the ranks fall out of step (a hang).
+    few = {}
+    for name, task in tasks.items():
+        n = len(task.eval_docs)
+        if min(n, limit or n) < world:
+            few[name] = min(n, limit or n)
+    if few:
+        raise ValueError(
+            f"every rank needs at least one doc of each task, but with {world} ranks these have fewer "
+            f"(limit={limit} applied): {few}; add rows, raise the limit or evaluate on fewer ranks"
+        )
+
+
 def evaluate(
     model: torch.nn.Module,
     tokenizer,
@@ -201,15 +215,14 @@ def evaluate(
     _check_names(suites, tm.all_tasks)
     HFLM, DistributedHFLM = _hflm_class()
     distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-    if distributed and limit is not None and limit < dist.get_world_size():
-        # A rank without docs skips a request type entirely and the ranks fall out of step.
-        raise ValueError(f"limit={limit} must be at least the world size ({dist.get_world_size()})")
     with _preserved_state(model), task_metrics.model_tokenizer(tokenizer):
         if distributed:
             lm = DistributedHFLM(model, tokenizer, batch_size)
         else:
             lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
         tasks = load_tasks(tm, suites, max_gen_tokens, lm.max_gen_toks)
+        if distributed:
+            _check_docs_per_rank(tasks, limit, dist.get_world_size())
         out = lm_eval.simple_evaluate(
             model=lm,
             tasks=list(tasks.values()),

@@ -84,6 +84,20 @@ def test_two_ranks_stay_in_lockstep(tmp_path):
     assert rank0["results"]["n_samples"] == {"cl_mmlu": 6, "cl_bbh_cot_3shot": 5}
 
 
+def test_every_rank_needs_a_doc_of_every_task():
+    tasks = runner.load_tasks(runner.task_manager(FIXTURES), ["cl_mmlu", "cl_mgsm_ja"])
+    docs = {name: len(task.eval_docs) for name, task in tasks.items()}
+    assert docs == {"cl_mmlu": 6, "cl_mgsm_ja": 3}
+    runner._check_docs_per_rank(tasks, None, 3)
+    runner._check_docs_per_rank(tasks, 2, 2)
+    with pytest.raises(
+        ValueError, match=r"with 4 ranks these have fewer \(limit=None applied\): \{'cl_mgsm_ja': 3\}"
+    ):
+        runner._check_docs_per_rank(tasks, None, 4)
+    with pytest.raises(ValueError, match=r"\(limit=1 applied\): \{'cl_mmlu': 1, 'cl_mgsm_ja': 1\}"):
+        runner._check_docs_per_rank(tasks, 1, 2)
+
+
 def test_swallow_ja_suite_end_to_end(tiny_model, tiny_tokenizer):
     results = evaluate(tiny_model, tiny_tokenizer, ["swallow_ja"], FIXTURES, batch_size=4, max_gen_tokens=4)
     board = results["aggregates"]["swallow_ja"]

@@ -9,7 +9,7 @@ import pytest
 from lm_eval.filters.extraction import RegexFilter
 
 from eval_hooks import TASKS_DIR
-from eval_hooks.local_data import load
+from eval_hooks.local_data import check_rows, load, read_split, required_fields
 from eval_hooks.runner import task_manager
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "eval"
@@ -147,6 +147,51 @@ def test_other_multiple_choice_formats_are_checked_too(tmp_path, split, name, te
             files={"test": split},
             shots_by="category" if "pro" in split else "subject",
         )
+
+
+def _local_task_files() -> list[tuple[str, str, str, list[str] | None]]:
+    """(task, split, rel, CSV columns) for every split our own loader reads."""
+    from lm_eval.tasks._yaml_loader import load_yaml
+
+    out = []
+    for yaml in sorted(TASKS_DIR.rglob("cl_*.yaml")):
+        config = load_yaml(yaml, resolve_func=False, recursive=True)
+        if str(config["custom_dataset"]).endswith("local_data.load"):
+            kwargs = config["dataset_kwargs"]
+            out += [(yaml.stem, split, rel, kwargs.get("columns")) for split, rel in kwargs["files"].items()]
+    return out
+
+
+def _without(row: dict, dotted: str) -> dict:
+    head, _, rest = dotted.partition(".")
+    return {k: (_without(v, rest) if rest and k == head else v) for k, v in row.items() if rest or k != head}
+
+
+def test_every_split_names_the_row_and_field_it_misses():
+    # a missing field rendered as "None" in the prompt or scored against nothing, on the rank holding the
+    # row (its peers then waited in lm-eval's gather); now every rank refuses it while loading
+    checked = 0
+    for task, split, rel, columns in _local_task_files():
+        fields = required_fields(rel, split)
+        assert fields, f"{task}: no field check for {rel}"
+        rows = read_split(FIXTURES, rel, split, "subject", columns)
+        for field in fields:
+            broken = [*rows[:-1], _without(rows[-1], field)]
+            with pytest.raises(
+                ValueError, match=rf"row {len(rows) - 1}: missing field\(s\) \[{re.escape(repr(field))}[,\]]"
+            ):
+                check_rows(broken, rel, split, Path(rel))
+            checked += 1
+    assert checked > 150
+
+
+def test_a_mera_instruction_its_inputs_cannot_fill_is_refused():
+    rows = read_split(FIXTURES, "mera/rcb/dev", "dev", "subject")
+    broken = [rows[0], {**rows[1], "inputs": {"premise": "p"}}]  # the instruction also names {hypothesis}
+    with pytest.raises(
+        ValueError, match=r"^rcb row 1: the instruction does not render with its inputs \(KeyError"
+    ):
+        check_rows(broken, "mera/rcb/dev", "dev", Path("rcb"))
 
 
 @pytest.mark.parametrize(
