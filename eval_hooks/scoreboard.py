@@ -113,7 +113,7 @@ SWALLOW_EN = Card(
         _col("XWINO", "cl_xwinograd_en"),
         _col("MMLU", "cl_mmlu"),
         _col("GSM8K", "cl_gsm8k", "exact_match,strict-match"),
-        _col("BBH", "cl_bbh_cot_3shot", "exact_match,get-answer"),
+        _col("BBH", "cl_bbh_cot_fewshot", "exact_match,get-answer"),
         _col("HumanEval", "cl_humaneval", "pass@1,all"),
     ),
     aggregates=(

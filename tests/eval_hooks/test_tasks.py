@@ -445,6 +445,29 @@ def test_bbh_scoring_keeps_punctuation_and_sign(tm, name):
     assert score("So the answer is (a).", "(A)") == 1.0 and score("So the answer is A.", "(A)") == 0.0
 
 
+def test_swallow_bbh_is_scored_as_lm_evals_bbh_cot_fewshot(tm):
+    import lm_eval
+    from lm_eval.tasks._yaml_loader import load_yaml
+
+    template = Path(lm_eval.__file__).parent / "tasks" / "bbh" / "cot_fewshot" / "_cot_fewshot_template_yaml"
+    theirs = load_yaml(template, resolve_func=False, recursive=False)
+    ours = tm.load("cl_bbh_cot_fewshot")["tasks"]["cl_bbh_cot_fewshot"]
+    assert ours.config.generation_kwargs == theirs["generation_kwargs"]
+    assert ours.config.filter_list == theirs["filter_list"]
+    assert [{k: v for k, v in m.items() if k != "aggregation"} for m in ours.config.metric_list] == [
+        {k: v for k, v in m.items() if k != "aggregation"} for m in theirs["metric_list"]
+    ]
+    assert _prompts(tm, "cl_bbh_cot_fewshot") == _prompts(tm, "cl_bbh_cot_3shot")
+    pattern = ours.config.filter_list[0]["filter"][0]["regex_pattern"]
+
+    def score(response: str, target: str) -> float:
+        [[answer]] = RegexFilter(regex_pattern=pattern).apply([[response]], [{}])
+        return ours.process_results({"target": target}, [answer])["exact_match"]
+
+    assert score("So the answer is ] ] ).", "] ] )") == 1.0 and score("So the answer is 25.", "-25") == 0.0
+    assert score("So the answer is Yes.", "Yes") == 1.0 and score("So the answer is yes.", "Yes") == 0.0
+
+
 def test_ruethics_metrics_survive_lm_evals_rank_gather():
     # lm-eval gathers per-doc metrics from all ranks by rank 0's keys. Two ranks run here in one process: under
     # limit=4 rank 0 scores the "correct" and "ethical" records, rank 1 "good" and "correct".
