@@ -45,7 +45,7 @@ def test_mt_bench_answers_are_multi_turn_in_fastchat_format(tiny_model, tiny_tok
 
 @pytest.mark.parametrize("name", ["answers.jsonl", "model_outputs.json"])
 def test_alpaca_eval_answers_through_the_cli(tiny_model, tiny_tokenizer, tmp_path, name):
-    from launch.eval import main
+    from eval_hooks.cli import main
 
     model_dir = tmp_path / "tiny-chat"
     tiny_model.save_pretrained(model_dir)

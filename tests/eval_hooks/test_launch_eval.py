@@ -1,10 +1,12 @@
-"""launch/eval.py end to end: a standalone run on an HF folder, the scoreboard and the plot commands."""
+"""launch/eval.py end to end (a standalone run on an HF folder, the scoreboard and the plot commands), and its
+errors in process."""
 
-import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
+
+from eval_hooks.cli import main
 
 REPO = Path(__file__).resolve().parents[2]
 FIXTURES = REPO / "tests" / "fixtures" / "eval"
@@ -46,28 +48,18 @@ def test_plot_command(tmp_path):
     assert png == tmp_path / "eval_aggregates.png" and png.read_bytes()[:4] == b"\x89PNG"
 
 
-def _in_process():
-    """launch/eval.py as a module, to call its main in this process."""
-    spec = importlib.util.spec_from_file_location("launch_eval", REPO / "launch" / "eval.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
-    return script
-
-
 def test_bad_input_is_one_error_line_and_exit_2(tmp_path, capsys):
-    script = _in_process()
     scores = tmp_path / "s.json"
     scores.write_text(json.dumps({"CEvalC": 34.84}))
-    assert script.main(["scoreboard", "--card", "control_lm", "--scores", str(scores)]) == 2
+    assert main(["scoreboard", "--card", "control_lm", "--scores", str(scores)]) == 2
     assert capsys.readouterr().err.startswith("continualm: error: unknown card 'control_lm'")
-    assert script.main(["scoreboard", "--card", "control_llm", "--scores", str(tmp_path / "none.json")]) == 2
+    assert main(["scoreboard", "--card", "control_llm", "--scores", str(tmp_path / "none.json")]) == 2
     assert "none.json" in capsys.readouterr().err
 
 
 def test_damaged_rows_or_weights_are_one_error_line_naming_the_file(
     tiny_model, tiny_tokenizer, tmp_path, capsys
 ):
-    script = _in_process()
     model_dir, data = tmp_path / "model", tmp_path / "data"
     tiny_model.save_pretrained(model_dir)
     tiny_tokenizer.save_pretrained(model_dir)
@@ -80,13 +72,13 @@ def test_damaged_rows_or_weights_are_one_error_line_naming_the_file(
     argv = ["--model", str(model_dir), "--suite", "cl_mmlu", "--data-dir", str(data)]
     argv += ["--out", str(tmp_path / "r.json")]
     capsys.readouterr()  # not save_pretrained's progress bar
-    assert script.main(argv) == 2
+    assert main(argv) == 2
     last = capsys.readouterr().err.splitlines()[-1]  # after lm-eval's own warnings
     assert last == f"continualm: error: {test_file} row 3: field 'answer' is 9, expected one of [0, 1, 2, 3]"
 
     weights = model_dir / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:1000])  # as an interrupted copy leaves it
-    assert script.main(argv) == 2
+    assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"continualm: error: cannot load the model weights in {model_dir}: ")
     assert "Traceback" not in err and not (tmp_path / "r.json").exists()
@@ -97,7 +89,7 @@ def test_damaged_rows_or_weights_are_one_error_line_naming_the_file(
         "--questions",
         str(FIXTURES / "judge" / "alpaca_eval.json"),
     ]
-    assert script.main([*answers, "--out", str(tmp_path / "a.json")]) == 2  # the answers command alike
+    assert main([*answers, "--out", str(tmp_path / "a.json")]) == 2  # the answers command alike
     assert capsys.readouterr().err.startswith(
         f"continualm: error: cannot load the model weights in {model_dir}"
     )

@@ -1,6 +1,5 @@
 """Weight arithmetic on tiny random Llama models: exact formulas, vocab policies, streaming memory, atomicity."""
 
-import importlib.util
 import json
 import re
 import shutil
@@ -419,10 +418,9 @@ def test_shipped_recipe_values():
 
 
 def _launch():
-    spec = importlib.util.spec_from_file_location("launch_merge", REPO / "launch/merge.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.main
+    from train.merge_cli import main
+
+    return main
 
 
 def test_launch_flag_form_and_clean_error(trio, tmp_path, capsys):

@@ -1,6 +1,5 @@
 """Merge-back through the launcher: which w each method folds with (lerp's theta, measured or logged alphas)."""
 
-import importlib.util
 import json
 import shutil
 from pathlib import Path
@@ -20,10 +19,9 @@ PAIRS = (1, 3)  # concat, num_exp_layers 2 on 4 layers
 @pytest.fixture(scope="module")
 def main():
     """launch/merge.py's main, called in-process."""
-    spec = importlib.util.spec_from_file_location("launch_merge", REPO / "launch/merge.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.main
+    from train.merge_cli import main
+
+    return main
 
 
 def export(root: Path, method: str, step: int, logged: dict[int, list[float]]) -> Path:
