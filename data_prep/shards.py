@@ -260,6 +260,11 @@ def _encoded(
 
 def _sft_rows(source: Source, tokenizer, opts: PackOptions, skips: Skips, stats: dict):
     """Yield (input_ids, position_ids, labels) rows; fill `stats` when done."""
+    if not tokenizer.chat_template:
+        raise DataError(
+            f"{source.label}: chat data needs a chat template and the tokenizer has none "
+            "(set model.chat_template: llama3)"
+        )
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     packer = SftPacker(opts.seq_len, pad, opts.sft_packing, opts.overlong)
     for ids, labels in _encoded(iter_records(source, opts.on_error, skips), tokenizer, opts, skips):

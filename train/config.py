@@ -28,6 +28,10 @@ class ModelConfig(Section):
     """Hub id or local folder of pretrained weights (from_pretrained)."""
     tokenizer: str | None = None
     """Tokenizer hub id or folder; defaults to name_or_path, or the bundled tiny one for llama3_tiny."""
+    chat_template: Literal["llama3", "tokenizer"] = "llama3"
+    """How SFT conversations (and exports) are rendered: llama3, the reference's Llama-3 format (BOS once, then
+    header, content, <|eot_id|> per turn; data_prep/assets/llama3_chat_template.jinja), whatever template the
+    tokenizer ships (a base Llama-3 has none; Llama-3.1's adds a dated system turn); tokenizer, its own."""
     dtype: Literal["bf16", "fp32"]
     attn_implementation: Literal["sdpa", "flash_attention_2", "flex_attention", "eager"] = "sdpa"
     """All keep packed documents apart (transformers reads the boundaries from position_ids): sdpa with a
@@ -425,6 +429,9 @@ UNHASHED_WHEN_UNSET = ("revision",)
 # Speed switches that were hashed once: hashed at their default whatever their value, so old runs' hashes
 # hold and switching them (same computation, other kernels) keeps a run resumable.
 HASHED_AT_DEFAULT = {"model.attn_implementation": "sdpa", "deepspeed.overlap_comm": True}
+# Keys added later whose default renders data differently for some runs from before them: left out of the hash
+# only at the value that reproduces those runs, so they resume with it set and are refused (naming it) without.
+UNHASHED_AT = {"model.chat_template": "tokenizer"}
 
 
 def config_hash(cfg: RunConfig) -> str:
@@ -439,6 +446,10 @@ def config_hash(cfg: RunConfig) -> str:
     for key, default in HASHED_AT_DEFAULT.items():
         section, leaf = key.split(".")
         data[section][leaf] = default
+    for key, old_value in UNHASHED_AT.items():
+        section, leaf = key.split(".")
+        if data[section][leaf] == old_value:
+            data[section].pop(leaf)
     for source in data["data"]["sources"]:
         for key in UNHASHED_WHEN_UNSET:
             if source.get(key) is None:

@@ -19,6 +19,8 @@ from train.config import ModelConfig
 from train.errors import UserError
 
 TINY_TOKENIZER = Path(data_prep.__file__).parent / "assets" / "llama3_tiny_tokenizer"
+LLAMA3_CHAT_TEMPLATE = Path(data_prep.__file__).parent / "assets" / "llama3_chat_template.jinja"
+_LLAMA3_CHAT_TOKENS = ("<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>")
 
 _LLAMA3_ROPE = {"rope_type": "llama3", "low_freq_factor": 1.0, "high_freq_factor": 4.0}
 _LLAMA3_COMMON = dict(
@@ -210,6 +212,14 @@ def build_tokenizer(cfg: ModelConfig):
         raise UserError(f"cannot load tokenizer '{source}': {e}") from None
     if tok.pad_token is None and "<|finetune_right_pad_id|>" in tok.get_vocab():
         tok.pad_token = "<|finetune_right_pad_id|>"  # Llama-3's reserved pad; never add a token
+    if cfg.chat_template == "llama3":
+        missing = [t for t in _LLAMA3_CHAT_TOKENS if t not in tok.get_vocab()]
+        if missing:
+            raise UserError(
+                f"model.chat_template 'llama3' needs the Llama-3 special tokens, and tokenizer '{source}' lacks "
+                f"{missing}: set model.chat_template: tokenizer to use its own template"
+            )
+        tok.chat_template = LLAMA3_CHAT_TEMPLATE.read_text(encoding="utf-8")
     if cfg.add_tokens:
         tok.add_tokens(new_tokens(cfg, tok))
     return tok

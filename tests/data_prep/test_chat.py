@@ -102,3 +102,79 @@ def test_special_token_strings_in_contents_are_refused(tok):
     msgs = [{"role": "user", "content": "What does <|eot_id|> mean?"}, {"role": "assistant", "content": "A"}]
     with pytest.raises(ValueError, match=r"turn 0 \(user\): content holds the special token '<\|eot_id\|>'"):
         encode_chat(tok, msgs)
+
+
+LLAMA31_LIKE = (  # a shipped template that adds a dated system turn, as Llama-3.1's does
+    "{{ bos_token }}<|start_header_id|>system<|end_header_id|>\n\nCutting Knowledge Date: December 2023<|eot_id|>"
+    "{% for m in messages %}<|start_header_id|>{{ m['role'] }}<|end_header_id|>\n\n{{ m['content'] | trim }}"
+    "<|eot_id|>{% endfor %}{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}"
+)
+
+
+def _tokenizer_folder(tmp_path: Path, template: str | None) -> Path:
+    import shutil
+
+    from train.model import TINY_TOKENIZER
+
+    folder = tmp_path / "tokenizer"
+    shutil.copytree(TINY_TOKENIZER, folder)
+    (folder / "chat_template.jinja").unlink()
+    if template is not None:
+        (folder / "chat_template.jinja").write_text(template)
+    return folder
+
+
+def test_the_llama3_format_is_pinned_unless_the_tokenizers_own_is_asked_for(tmp_path):
+    from train.config import ModelConfig
+    from train.model import LLAMA3_CHAT_TEMPLATE, TINY_TOKENIZER, build_tokenizer
+
+    assert (TINY_TOKENIZER / "chat_template.jinja").read_text() == LLAMA3_CHAT_TEMPLATE.read_text()
+    folder = _tokenizer_folder(tmp_path, LLAMA31_LIKE)
+    chat = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "2"}]
+    pinned = build_tokenizer(ModelConfig(preset="llama3_tiny", dtype="fp32", tokenizer=str(folder)))
+    assert encode_chat(pinned, chat) == expected(pinned, chat)
+    own = build_tokenizer(
+        ModelConfig(preset="llama3_tiny", dtype="fp32", tokenizer=str(folder), chat_template="tokenizer")
+    )
+    assert "Cutting Knowledge Date" in own.decode(encode_chat(own, chat)[0])
+
+
+def test_chat_data_without_a_template_names_the_source_and_the_fix(tmp_path):
+    from data_prep.errors import DataError
+    from data_prep.shards import prepare
+    from tests.conftest import SMOKE
+    from train.config import load_config
+    from train.model import build_tokenizer
+
+    folder = _tokenizer_folder(tmp_path, None)
+    overrides = [
+        f"data.cache_dir={tmp_path / 'cache'}",
+        f"model.tokenizer={folder}",
+        "model.chat_template=tokenizer",
+    ]
+    cfg = load_config(SMOKE.with_name("sft_tiny.yaml"), overrides)
+    with pytest.raises(
+        DataError, match=r"chat data needs a chat template .*\(set model.chat_template: llama3\)"
+    ):
+        prepare(cfg.data, build_tokenizer(cfg.model))
+
+
+def test_the_llama3_format_needs_the_llama3_special_tokens(tmp_path):
+    from tokenizers import Tokenizer
+    from tokenizers.models import WordLevel
+    from transformers import PreTrainedTokenizerFast
+
+    from train.config import ModelConfig
+    from train.errors import UserError
+    from train.model import build_tokenizer
+
+    vocab = {"<unk>": 0, "<s>": 1, "hi": 2}
+    plain = PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer(WordLevel(vocab, unk_token="<unk>")), bos_token="<s>"
+    )
+    plain.save_pretrained(tmp_path / "plain")
+    with pytest.raises(
+        UserError,
+        match=r"lacks \['<\|start_header_id\|>', '<\|end_header_id\|>', '<\|eot_id\|>'\]: set model.chat_template: tokenizer",
+    ):
+        build_tokenizer(ModelConfig(preset="llama3_tiny", dtype="fp32", tokenizer=str(tmp_path / "plain")))

@@ -182,13 +182,22 @@ def test_epochs_budget_counts_whole_steps_over_the_packed_rows(tmp_path):
 
 def test_runs_of_before_a_new_key_keep_their_hash():
     # A key added with its default must not change existing runs' hashes, or their resumes are refused.
-    # Hashes of these recipes before data.sources[].revision existed:
-    assert config_hash(load_config(ROOT / "configs/smoke/cpt_tiny.yaml")) == "0e0e77a0b8800e97"
-    assert config_hash(load_config(ROOT / "configs/synE_concat16.yaml")) == "6142d93ff1293a05"
+    # Hashes of these recipes before data.sources[].revision existed; model.chat_template's old behaviour is
+    # `tokenizer` (its default, llama3, renders chat data differently for some tokenizers: refused, naming it)
+    old = ["model.chat_template=tokenizer"]
+    assert config_hash(load_config(ROOT / "configs/smoke/cpt_tiny.yaml", old)) == "0e0e77a0b8800e97"
+    assert config_hash(load_config(ROOT / "configs/synE_concat16.yaml", old)) == "6142d93ff1293a05"
+    now = load_config(ROOT / "configs/smoke/cpt_tiny.yaml")
+    assert config_hash(now) != "0e0e77a0b8800e97"
+    before = load_config(ROOT / "configs/smoke/cpt_tiny.yaml", old).model_dump(mode="json")
+    del before["model"]["chat_template"]  # a checkpoint's config from before the key
+    assert training_diff(before, now.model_dump(mode="json")) == ["model.chat_template: None -> 'llama3'"]
     pinned = load_config(ROOT / "configs/smoke/cpt_tiny.yaml", ["data.sources=[{hub_id: a/b, revision: v1}]"])
     unpinned = load_config(ROOT / "configs/smoke/cpt_tiny.yaml", ["data.sources=[{hub_id: a/b}]"])
     assert config_hash(pinned) != config_hash(unpinned)
     diff = training_diff(unpinned.model_dump(mode="json"), pinned.model_dump(mode="json"))
     assert diff == ["data.sources[0].revision: None -> 'v1'"]
     switched = ["model.attn_implementation=eager", "deepspeed.overlap_comm=false"]  # speed switches
-    assert config_hash(load_config(ROOT / "configs/smoke/cpt_tiny.yaml", switched)) == "0e0e77a0b8800e97"
+    assert (
+        config_hash(load_config(ROOT / "configs/smoke/cpt_tiny.yaml", switched + old)) == "0e0e77a0b8800e97"
+    )
