@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable
 
 import torch
 
+from train import distributed as dist
 from train.config import RunConfig
 from train.errors import UserError
+
+log = logging.getLogger(__name__)
 
 
 def deepspeed_config(cfg: RunConfig, world_size: int) -> dict:
@@ -44,6 +48,15 @@ def lr_lambda(cfg: RunConfig, total_steps: int) -> Callable[[int], float]:
     """Multiplier of optim.lr after `step` optimizer steps (warmup, then cosine / wsd / constant)."""
     s, peak = cfg.schedule, cfg.optim.lr
     floor = s.min_lr / peak
+    if s.warmup_steps > total_steps and dist.is_main():  # fine in a smoke test, a mistake at scale
+        log.warning(
+            "schedule.warmup_steps (%d) exceeds the run's %d steps: the lr never reaches optim.lr (%g) and %s "
+            "never starts; the steps follow from train.* and the number of ranks",
+            s.warmup_steps,
+            total_steps,
+            peak,
+            "the decay" if s.name != "constant" else "the constant phase",
+        )
     if s.name == "wsd" and s.warmup_steps + s.decay_steps > total_steps:
         raise UserError(
             f"schedule.warmup_steps ({s.warmup_steps}) + schedule.decay_steps ({s.decay_steps}) exceed the "

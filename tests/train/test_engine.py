@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 
 import pytest
@@ -36,6 +37,17 @@ def test_wsd_whose_decay_would_start_inside_the_warmup_is_refused():
         UserError, match=r"warmup_steps \(50\) \+ schedule.decay_steps \(80\) exceed the run's 100"
     ):
         lr_lambda(_cfg("schedule.name=wsd", "schedule.warmup_steps=50", "schedule.decay_steps=80"), 100)
+
+
+def test_a_warmup_longer_than_the_run_is_reported(caplog):
+    # e.g. 1000 warmup steps when the token budget over 64 GPUs gives 795 steps: lr would never reach its peak
+    with caplog.at_level(logging.WARNING, logger="train.engine"):
+        f = lr_lambda(_cfg("schedule.warmup_steps=1000"), 795)
+        assert f(794) == pytest.approx(0.795)
+        lr_lambda(_cfg("schedule.warmup_steps=1000"), 1000)  # the last step reaches it
+    assert [r.getMessage()[:71] for r in caplog.records] == [
+        "schedule.warmup_steps (1000) exceeds the run's 795 steps: the lr never "
+    ]
 
 
 def test_constant_after_warmup():
