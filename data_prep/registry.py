@@ -49,7 +49,9 @@ DATASETS: dict[str, Entry] = {
     "stem_zh_instruction": Entry("hfl/stem_zh_instruction", "alpaca"),
     "alpaca_zh": Entry("llamafactory/alpaca_zh", "alpaca"),
     "alpaca_gpt4_zh": Entry("llamafactory/alpaca_gpt4_zh", "alpaca"),
-    "ruozhiba_gpt4": Entry("hfl/ruozhiba_gpt4", "alpaca"),
+    # The repo holds the same 2,449 questions twice (gpt-4o and gpt-4-turbo answers); the whole repo would train
+    # each question twice with different answers. The gpt-4o file is the current one.
+    "ruozhiba_gpt4": Entry("hfl/ruozhiba_gpt4", "alpaca", data_files="ruozhiba_qa2449_gpt4o.json"),
     # Schema unconfirmed (datasets.md section 6): messages-style rows, anything else fails by row.
     "llama3_8b_chat": Entry("codingsteven/Llama-3-8B-chat", "messages"),
     "oasst2_en_top1": Entry("OpenAssistant/oasst2", "oasst_top1", split="train+validation", langs=("en",)),

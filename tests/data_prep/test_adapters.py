@@ -150,6 +150,8 @@ def test_data_files_select_files_of_the_hub_repo_or_of_a_local_snapshot():
     glob = "20231101.ja/*.parquet"
     own = resolve(SimpleNamespace(hub_id="wikimedia/wikipedia", data_files=glob))
     assert (own.hub_id, own.data_files) == ("wikimedia/wikipedia", glob)
+    # the ruozhiba repo holds each question twice (two answer files): one file is read
+    assert resolve(SimpleNamespace(name="ruozhiba_gpt4")).data_files == "ruozhiba_qa2449_gpt4o.json"
     assert resolve(SimpleNamespace(name="ruozhiba_gpt4", data_files="x.json")).data_files == "x.json"
     # a local snapshot of the whole SynE repo reads only the entry's folder; a folder path stays as given
     snapshot = FIX / "syne"
