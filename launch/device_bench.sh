@@ -1,20 +1,22 @@
 #!/usr/bin/env bash
-# Issue 7's GPU measurements as one prepared run that fits a short device lease (~10 minutes on one H100/H200).
+# Issue 7's GPU measurements as two prepared device calls that fit one short lease (15 minutes on one
+# H100/H200, machine start included).
 #
 #   bash launch/device_bench.sh wheels   # here, with PyPI: the packages the device image lacks, into .whl/
 #   bash launch/device_bench.sh run [STEP...]   # there: the steps below, in order (default: all)
 #   SMOKE=1 bash launch/device_bench.sh run     # the same plumbing on CPU with the tiny shape (no wheels)
 #
-# Steps, most important first, with their caps: tests 150 s, full 120, sft 150, cpt 180, long 120, eval 150,
-# 8b 300. A device command may run 10 minutes, so a lease takes two: `run tests full sft cpt` (~7 min at
-# most), then `run long eval 8b`. `run` writes at most four files to $OUT (default ./device-out): log.txt
-# (everything), tables.md (one markdown table per command, with the command), results.json (all rows) and
-# gpu_tests.txt. Each command has its own time cap, so one that hangs or runs out of memory costs its cap,
+# Steps, most important first, with their caps: tests 120 s, full 75, sft 100, cpt 120, long 75, eval 120,
+# 8b 150, ratio 90. First call: `run tests full sft cpt long` (about 8.5 minutes of caps); at once after it,
+# while the machine is warm: `run eval 8b ratio` (6). `run` first checks that every import works, then writes
+# at most four files to $OUT (default ./device-out): log.txt (everything), tables.md (one markdown table per
+# command, with the command), results.json (all rows) and gpu_tests.txt. Each command has its own cap (SIGINT,
+# so a benchmark still writes the rows it measured), so one that hangs or runs out of memory costs its cap,
 # not the lease.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-python3}
-STEPS=(tests full sft cpt long eval 8b)
+STEPS=(tests full sft cpt long eval 8b ratio)
 
 wheels() {
     mkdir -p .whl
@@ -24,9 +26,9 @@ wheels() {
     local pkg spec
     # what the device image lacks or has in another version; the versions installed here, which CI tested
     for pkg in deepspeed transformers peft pydantic pydantic-core annotated-types typing-inspection hjson \
-        huggingface-hub tokenizers datasets dill multiprocess liger-kernel lm-eval evaluate more-itertools \
-        sqlitedict word2number rouge-score nltk pytablewriter dataproperty mbstrdecoder pathvalidate tabledata \
-        tcolorpy typepy chardet; do
+        huggingface-hub httpx2 httpcore2 truststore tokenizers datasets dill multiprocess liger-kernel lm-eval \
+        evaluate more-itertools sqlitedict word2number rouge-score nltk defusedxml pytablewriter dataproperty \
+        mbstrdecoder pathvalidate tabledata tcolorpy typepy chardet; do
         spec=$pkg
         version=$("$PY" -c "import importlib.metadata as m; print(m.version('$pkg'))" 2>/dev/null) &&
             spec="$pkg==$version"
@@ -49,19 +51,40 @@ run() {
         export PYTHONPATH=/tmp/site
         nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee -a "$out/log.txt"
     fi
-    local shape=llama3_2_1b big=llama3_1_8b seq=4096 long=8192 mb=8 steps=(--steps 10 --warmup 3) questions=200
-    [ -n "${SMOKE:-}" ] && shape=llama3_tiny big=llama3_tiny seq=256 long=512 mb=2 steps=(--steps 2 --warmup 1) \
+    # every import the steps reach, before any step spends its cap on a missing package
+    "$PY" - >>"$out/log.txt" 2>&1 <<'EOF' || { echo "imports failed: see log.txt" | tee -a "$out/log.txt"; tail -5 "$out/log.txt"; return 1; }
+import importlib.metadata as md
+import datasets, deepspeed, lm_eval, peft, pydantic, transformers  # noqa: F401
+import train.benchmark, train.eval_benchmark, train.peer  # noqa: F401
+from transformers import AutoModelForCausalLM, Trainer  # noqa: F401
+names = ("torch", "triton", "transformers", "deepspeed", "liger-kernel", "huggingface-hub", "regex", "pyarrow", "fsspec")
+versions = {}
+for n in names:
+    try:
+        versions[n] = md.version(n)
+    except md.PackageNotFoundError:
+        versions[n] = None
+print(versions)
+EOF
+    local shape=llama3_2_1b big_shape=llama3_1_8b seq=4096 long=8192 mb=8 steps=(--steps 5 --warmup 2) questions=200
+    [ -n "${SMOKE:-}" ] && shape=llama3_tiny big_shape=llama3_tiny seq=256 long=512 mb=2 steps=(--steps 2 --warmup 1) \
         questions=8
     local fast=(--liger --fused-adam --loss-chunk 4096) offload=(--liger --loss-chunk 4096) best=(--peer-liger)
     local flex=(--attn flex_attention)
     [ -n "${SMOKE:-}" ] && fast=(--loss-chunk 64) offload=(--loss-chunk 64) best=() flex=()  # no CPU backward
+    # the flagship's 11.5B parameters with Adam state for its 3.49B trainable ones fit an H200 (141 GB), not an
+    # H100: there ZeRO-3 with the optimizer on the CPU (DeepSpeed's CPU Adam, so no fused one)
+    local big=(--zero 2 "${fast[@]}")
+    if [ -z "${SMOKE:-}" ] && [ "$(nvidia-smi --query-gpu=memory.total --format=csv,noheader,nounits | head -1)" -lt 100000 ]; then
+        big=(--zero 3 --offload-optimizer "${offload[@]}")
+    fi
     local n=0
     bench() {  # bench CAP MODE ARGS...: one launch/bench.py invocation, its table appended to tables.md
         local limit=$1 mode=$2
         shift 2
         n=$((n + 1))
         printf '\n### %s\n\n`python launch/bench.py %s %s`\n\n' "$n" "$mode" "$*" >>"$out/tables.md"
-        timeout "$limit" "$PY" launch/bench.py "$mode" "$@" --json "$out/part$n.json" >>"$out/log.txt" 2>&1 ||
+        timeout -s INT -k 15 "$limit" "$PY" launch/bench.py "$mode" "$@" --json "$out/part$n.json" >>"$out/log.txt" 2>&1 ||
             echo "(exit $?: see log.txt)" >>"$out/tables.md"
         "$PY" - "$out/part$n.json" "$mode" >>"$out/tables.md" 2>/dev/null <<'EOF'
 import json, sys
@@ -77,36 +100,41 @@ EOF
         case $step in
         tests)  # GPU-only code paths on the tiny shape
             [ -n "${SMOKE:-}" ] && continue
-            timeout 150 "$PY" -m pytest -m gpu -q -p no:cacheprovider tests/train/test_gpu.py >"$out/gpu_tests.txt" 2>&1
+            timeout -s INT -k 15 120 "$PY" -m pytest -m gpu -q -rfE --timeout 60 --durations 10 -p no:cacheprovider \
+                tests/train/test_gpu.py >"$out/gpu_tests.txt" 2>&1
             tail -3 "$out/gpu_tests.txt"
             ;;
         full)  # Llama-3.2-1B full rows at 4096: ours with its switches, the peer with its best flags (Liger)
-            bench 120 train --shape $shape --seq $seq --zero 2 --micro-batch $mb "${steps[@]}" --data full \
+            bench 75 train --shape $shape --seq $seq --zero 2 --micro-batch $mb "${steps[@]}" --data full \
                 --peer hf "${best[@]}" "${fast[@]}"
             ;;
         sft)  # alpaca-shaped SFT samples: non-pad tokens/s against the padded and the flattening peer; flex
             # attention on both sides (with sdpa the flattened row gets one dense (8 x 4096)^2 mask)
-            bench 150 train --shape $shape --seq $seq --zero 2 --micro-batch $mb "${steps[@]}" --data sft \
+            bench 100 train --shape $shape --seq $seq --zero 2 --micro-batch $mb "${steps[@]}" --data sft \
                 --peer hf hf_flat "${best[@]}" "${fast[@]}" "${flex[@]}"
             ;;
         cpt)  # document-masked packed CPT, flex attention's block mask and sdpa's dense mask (compare with full)
-            bench 90 train --shape $shape --seq $seq --zero 2 --micro-batch $mb "${steps[@]}" --data cpt \
+            bench 60 train --shape $shape --seq $seq --zero 2 --micro-batch $mb "${steps[@]}" --data cpt \
                 "${flex[@]}" "${fast[@]}"
-            bench 90 train --shape $shape --seq $seq --zero 2 --micro-batch $mb "${steps[@]}" --data cpt "${fast[@]}"
+            bench 60 train --shape $shape --seq $seq --zero 2 --micro-batch $mb "${steps[@]}" --data cpt "${fast[@]}"
             ;;
         long)  # seq 8192
-            bench 120 train --shape $shape --seq $long --zero 2 --micro-batch $((mb / 2)) "${steps[@]}" \
+            bench 75 train --shape $shape --seq $long --zero 2 --micro-batch $((mb / 2)) "${steps[@]}" \
                 --data full --peer hf "${best[@]}" "${fast[@]}"
             ;;
         eval)  # the in-training eval hook: questions/s (log-likelihood) and generated tokens/s
             for batch in 8 32; do
-                bench 75 eval --shape $shape --questions $questions --max-gen-tokens 128 --batch-size $batch
+                bench 60 eval --shape $shape --questions $((questions / 2)) --max-gen-tokens 128 --batch-size $batch
             done
             ;;
-        8b)  # Llama-3.1-8B full tuning against Concat16-Lerp at the same settings (cost_vs_full); ZeRO-3 with
-            # the optimizer on the CPU, since full tuning's Adam state does not fit one GPU
-            bench 300 train --shape $big --seq $seq --zero 3 --offload-optimizer --micro-batch 1 --steps 3 \
-                --warmup 1 --activation-checkpointing selective --expansion none concat16 "${offload[@]}"
+        8b)  # the flagship's shape: Llama-3.1-8B Concat16, lerp and dlerp (built on the GPU)
+            bench 150 train --shape $big_shape --seq $seq "${big[@]}" --micro-batch 1 --steps 3 --warmup 1 \
+                --activation-checkpointing selective --expansion concat16 concat16_dlerp
+            ;;
+        ratio)  # step cost of Concat against full tuning at the same settings, on the 1B shape (16 layers:
+            # concat8 expands every second block, the pattern of Concat16 on 32); 8B full tuning does not fit
+            bench 90 train --shape $shape --seq $seq --zero 2 --micro-batch 4 "${steps[@]}" \
+                --activation-checkpointing selective --expansion none concat8 "${fast[@]}"
             ;;
         *) echo "unknown step '$step': choose from ${STEPS[*]}" | tee -a "$out/log.txt" ;;
         esac

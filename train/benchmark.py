@@ -11,9 +11,11 @@ import argparse
 import gc
 import importlib.util
 import json
+import logging
 import re
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -21,6 +23,8 @@ import torch
 from train import distributed as dist
 from train.config import RunConfig
 from train.peer import PEERS
+
+log = logging.getLogger(__name__)
 
 EXPANSION = re.compile(r"(concat|stack|hybrid|partial)(\d+)(?:_(lerp|dlerp|dlerpin))?")
 COLUMNS = (
@@ -224,18 +228,26 @@ def _timed_steps(shapes: list[tuple], accum: int, warmup: int, steps: int) -> li
     return grouped[warmup : warmup + steps]
 
 
-def bench_variant(args, variant: str, out_dir: Path) -> list[dict]:
+def _build(cfg: RunConfig):
+    from train.model import build_for_training
+
+    with torch.device(dist.device()):  # random init on the GPU: an 8B one on the CPU takes minutes
+        return build_for_training(cfg)
+
+
+def bench_variant(args, variant: str, out_dir: Path) -> Iterator[dict]:
+    """Our row, then one per peer (a peer that fails gets a row with its `error`, and the others still run)."""
     from train.loop import seed_everything
-    from train.model import build_for_training, flops_per_token, peak_tflops
+    from train.model import flops_per_token, peak_tflops
     from train.peer import run_peer
     from train.synthetic import make_rows
 
     cfg = run_config(args, variant, str(out_dir))
-    peak = cfg.train.peak_tflops or peak_tflops()
+    peak = cfg.train.peak_tflops or peak_tflops(cfg.model.dtype)
     total = args.warmup + args.steps
     world = dist.world_size()
     seed_everything(cfg.seed)
-    model = build_for_training(cfg)
+    model = _build(cfg)
     rows = make_rows(
         args.data, total * args.micro_batch * args.grad_accum * world, args.seq, model.config, args.seed
     )
@@ -263,7 +275,7 @@ def bench_variant(args, variant: str, out_dir: Path) -> list[dict]:
         **common,
         **summarise(times, shapes, flops, peak),
     }
-    out = [ours]
+    yield ours
     del model
     # The peer builds the same model without our switches and turns on its own equivalents instead.
     peer_cfg = cfg.model_copy(
@@ -274,7 +286,7 @@ def bench_variant(args, variant: str, out_dir: Path) -> list[dict]:
     )
     for peer in args.peer:
         seed_everything(cfg.seed)
-        model = build_for_training(peer_cfg)
+        model = _build(peer_cfg)
         micro = args.micro_batch
         if peer == "hf_flat" and args.data == "sft":
             # as many samples per flattened row as our packed micro-batch holds on average
@@ -282,7 +294,13 @@ def bench_variant(args, variant: str, out_dir: Path) -> list[dict]:
             micro = max(1, round(args.micro_batch * rows.real.mean() / mean_len))
         _reset_memory()
         liger = args.liger or args.peer_liger
-        times, recorded = run_peer(peer, model, cfg, liger, rows, args.data, micro, total, out_dir / peer)
+        try:
+            times, recorded = run_peer(peer, model, cfg, liger, rows, args.data, micro, total, out_dir / peer)
+        except Exception as e:  # noqa: BLE001  (e.g. out of memory: the next peer may still fit)
+            log.exception("peer %s failed", peer)
+            yield {"impl": peer, "micro_batch": micro, **common, "error": f"{type(e).__name__}: {e}"[:300]}
+            del model
+            continue
         shapes = _timed_steps(recorded, args.grad_accum, args.warmup, args.steps)
         if peer == "hf_flat":  # one flattened row per micro-batch: count attention at our row length
             shapes = [[(n, args.seq, real) for n, _, real in step] for step in shapes]
@@ -293,9 +311,8 @@ def bench_variant(args, variant: str, out_dir: Path) -> list[dict]:
             **summarise(times[args.warmup :], shapes, flops, peak),
         }
         row["vs_ours"] = ours["real_tokens_per_s"] / row["real_tokens_per_s"]
-        out.append(row)
+        yield row
         del model
-    return out
 
 
 def _cell(value) -> str:
@@ -309,7 +326,17 @@ def _cell(value) -> str:
 def markdown(rows: list[dict], columns: tuple[str, ...] = COLUMNS) -> str:
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(_cell(r.get(c)) for c in columns) + " |" for r in rows]
+    lines += [f"\n{r['impl']} ({r.get('variant')}) failed: {r['error']}" for r in rows if "error" in r]
     return "\n".join(lines)
+
+
+def _with_cost_vs_full(rows: list[dict]) -> list[dict]:
+    """Step cost per token of each variant relative to full tuning of the same shape (Control-LLM's 1.25x)."""
+    plain = next((r for r in rows if r["impl"] == "continualm" and r["variant"] == "none"), None)
+    for r in rows:
+        if plain is not None and r["impl"] == "continualm" and r is not plain:
+            r["cost_vs_full"] = plain["tokens_per_s"] / r["tokens_per_s"]
+    return rows
 
 
 def main(argv: list[str]) -> int:
@@ -320,20 +347,20 @@ def main(argv: list[str]) -> int:
     dist.init()
     setup_logging()
     rows: list[dict] = []
+    status = 0
     try:
         with tempfile.TemporaryDirectory(prefix="continualm-bench-") as tmp:
             for variant in args.expansion:
-                rows += bench_variant(args, variant, Path(tmp) / variant)
+                for row in bench_variant(args, variant, Path(tmp) / variant):
+                    rows.append(row)
+                    if args.json and dist.is_main():  # rows measured so far survive a later crash or kill
+                        Path(args.json).write_text(json.dumps(_with_cost_vs_full(rows), indent=2))
     except USER_ERRORS as e:
         print(f"continualm: error: {e}", flush=True)
         return 2
-    plain = next((r for r in rows if r["impl"] == "continualm" and r["variant"] == "none"), None)
-    for r in rows:
-        if plain is not None and r["impl"] == "continualm" and r is not plain:
-            # step cost per token relative to full tuning of the same shape (Control-LLM's 1.25x budget)
-            r["cost_vs_full"] = plain["tokens_per_s"] / r["tokens_per_s"]
+    except Exception:  # noqa: BLE001  (e.g. out of memory in a later variant: report what was measured)
+        log.exception("benchmark stopped")
+        status = 1
     if dist.is_main():
-        print(markdown(rows), flush=True)
-        if args.json:
-            Path(args.json).write_text(json.dumps(rows, indent=2))
-    return 0
+        print(markdown(_with_cost_vs_full(rows)), flush=True)
+    return status

@@ -278,7 +278,7 @@ def train(cfg: RunConfig, resume: str | None = None, allow_config_change: bool =
     every = cfg.checkpoint.every_steps
     world = dist.world_size()
     rows_per_step = cfg.train.micro_batch_size * cfg.train.grad_accum_steps * world
-    peak = cfg.train.peak_tflops or peak_tflops()
+    peak = cfg.train.peak_tflops or peak_tflops(cfg.model.dtype)
     saved_step = state["step"] if folder is not None else None
     window = LogWindow()
     engine.train()

@@ -368,6 +368,7 @@ PEAK_TFLOPS = {
     "H100 PCIe": 756.0,
     "H100 NVL": 835.0,
     "H100": 989.0,
+    "H200 NVL": 835.0,
     "H200": 989.0,
     "H800": 989.0,
     "A100": 312.0,
@@ -376,8 +377,9 @@ PEAK_TFLOPS = {
 }
 
 
-def peak_tflops() -> float | None:
-    if not torch.cuda.is_available():
+def peak_tflops(dtype: str = "bf16") -> float | None:
+    """The GPU's dense bf16 tensor-core peak (None on CPU, for fp32 or an unknown GPU: give it by hand)."""
+    if not torch.cuda.is_available() or dtype != "bf16":
         return None
     name = torch.cuda.get_device_name()
     return next((v for k, v in PEAK_TFLOPS.items() if k in name), None)

@@ -167,4 +167,8 @@ def run_peer(
 
         # TrainingArguments leaves a process-wide ZeRO-3 flag that would make later model builds zero.Init ones
         unset_hf_deepspeed_config()
+        # the Trainer never destroys its engine, whose hooks keep model and optimizer state alive (and in the
+        # next peer's peak memory)
+        if hasattr(trainer.model_wrapped, "destroy"):
+            trainer.model_wrapped.destroy()
     return times, recorded.shapes

@@ -80,3 +80,47 @@ def test_synthetic_cpt_rows_are_packed_documents():
     assert (rows.input_ids[:, :-1][inner] == config.eos_token_id).all()
     assert ((rows.labels == -100) == starts).all()
     assert np.array_equal(make_rows("cpt", 6, 256, config, seed=0).input_ids, rows.input_ids)
+
+
+def test_a_failing_peer_keeps_our_row_and_the_other_peers(monkeypatch, tmp_path, capsys):
+    import train.peer
+
+    real = train.peer.run_peer
+
+    def out_of_memory_for_hf(peer, *args, **kwargs):
+        if peer == "hf":
+            raise RuntimeError("CUDA out of memory")
+        return real(peer, *args, **kwargs)
+
+    monkeypatch.setattr(train.peer, "run_peer", out_of_memory_for_hf)
+    out = tmp_path / "bench.json"
+    args = ["--seq", str(SEQ), "--micro-batch", str(MICRO), "--data", "sft", "--steps", "1", "--warmup", "0"]
+    assert bench_main(monkeypatch, "train", *args, "--peer", "hf", "hf_flat", "--json", str(out)) == 0
+    ours, failed, flat = json.loads(out.read_text())
+    assert (ours["impl"], ours["steps"], flat["impl"], flat["steps"]) == ("continualm", 1, "hf_flat", 1)
+    assert failed == {**{k: ours[k] for k in ("shape", "variant", "data", "seq", "zero", "dtype")}, **failed}
+    assert failed["error"] == "RuntimeError: CUDA out of memory" and "steps" not in failed
+    assert "hf (none) failed: RuntimeError: CUDA out of memory" in capsys.readouterr().out
+
+
+def test_the_peer_frees_its_engine(tmp_path):
+    import gc
+    import weakref
+
+    from train import benchmark
+    from train import distributed as dist
+    from train.peer import run_peer
+    from train.synthetic import make_rows
+
+    dist.init()
+    args = benchmark.parse_args(
+        ["--seq", str(SEQ), "--micro-batch", str(MICRO), "--steps", "1", "--warmup", "0"]
+    )
+    cfg = benchmark.run_config(args, "none", str(tmp_path))
+    model = benchmark._build(cfg)
+    rows = make_rows("full", MICRO, SEQ, model.config, seed=0)
+    run_peer("hf", model, cfg, False, rows, "full", MICRO, 1, tmp_path / "hf")
+    alive = weakref.ref(model)
+    del model
+    gc.collect()
+    assert alive() is None  # DeepSpeed's hooks held model and optimizer state past the Trainer
