@@ -97,6 +97,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         p.error("--steps, --micro-batch, --grad-accum must be >= 1, --warmup >= 0 and --seq >= 2")
     if args.peer_liger and (not args.peer or importlib.util.find_spec("liger_kernel") is None):
         p.error("--peer-liger needs --peer and the liger-kernel package (a CUDA GPU)")
+    if args.peer and (args.liger or args.peer_liger) and len(args.expansion) > 1:
+        # the Trainer applies Liger by patching transformers' Llama classes for the whole process
+        p.error("a Liger peer patches every later model: give one --expansion variant per invocation")
     # what the peer cannot do the same way would make the comparison unfair
     if args.peer and args.offload_optimizer:
         p.error(

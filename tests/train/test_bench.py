@@ -59,6 +59,10 @@ def test_unknown_mode_and_variant_fail_clearly(monkeypatch, capsys):
         (["--peer", "hf", "--offload-optimizer"], "--offload-optimizer is not passed to the peer"),
         (["--peer", "hf", "--expansion", "none", "concat2"], "--peer has no Control-LLM divergence loss"),
         (["--peer", "hf_flat", "--data", "cpt"], "joining CPT documents"),
+        (
+            ["--peer", "hf", "--liger", "--expansion", "none", "lora"],
+            "a Liger peer patches every later model",
+        ),
     ],
 )
 def test_comparisons_the_peer_cannot_run_alike_are_refused(monkeypatch, capsys, args, message):
