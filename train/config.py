@@ -162,8 +162,8 @@ class SourceConfig(Section):
 
 class StageConfig(Section):
     tokens: int | None = Field(default=None, gt=0)
-    """Token budget of the stage; only the last may leave it unset. The last stage keeps its mixture
-    past its budget if training runs longer."""
+    """Token budget of the stage in real tokens (not padding); only the last may leave it unset. The last stage
+    keeps its mixture past its budget if training runs longer."""
     weights: dict[str, float] = Field(min_length=1)
     """Source label -> share of the stage's tokens (relative; missing sources get none)."""
 
@@ -226,6 +226,8 @@ class TrainConfig(Section):
     grad_accum_steps: int = Field(default=1, gt=0)
     max_steps: int | None = Field(default=None, gt=0)
     max_tokens: int | None = Field(default=None, gt=0)
+    """Row tokens to train on (steps x rows per step x seq_len, the padding of SFT rows included; stage
+    budgets count real tokens)."""
     epochs: float | None = Field(default=None, gt=0)
     """Passes over the packed rows (natural proportions only); steps = ceil(epochs x rows / rows per step)."""
     log_every: int = Field(default=1, gt=0)
