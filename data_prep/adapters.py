@@ -129,9 +129,10 @@ def messages(row: object, opts: AdapterOptions) -> dict:
     row = _as_dict(row)
     keys = [opts.messages_key] if opts.messages_key else [k for k in MESSAGE_KEYS if k in row]
     if not keys or keys[0] not in row:
+        hint = " (ShareGPT rows: set the source's adapter: sharegpt)" if "conversations" in row else ""
         raise BadRow(
             f"no conversation field ({opts.messages_key or ' / '.join(MESSAGE_KEYS)}); "
-            f"the row has: {', '.join(map(str, row)) or 'no fields'}"
+            f"the row has: {', '.join(map(str, row)) or 'no fields'}{hint}"
         )
     raw = row[keys[0]]
     if isinstance(raw, str):  # ControlLLM stores `dialog` as JSON or a Python literal

@@ -194,6 +194,20 @@ def test_bad_conversations(tmp_path):
     assert "m.jsonl:4: line is not valid JSON" in skips.reasons[2]
 
 
+def test_sharegpt_rows_read_as_messages_name_the_adapter_that_reads_them(tmp_path):
+    # llama3_8b_chat's schema is unconfirmed: if its rows are ShareGPT, the error says what to set
+    f = tmp_path / "c.jsonl"
+    f.write_text('{"conversations": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "yo"}]}\n')
+    with pytest.raises(
+        DataError, match=r"c.jsonl:1: no conversation field .*set the source's adapter: sharegpt"
+    ):
+        records(adapter="messages", path=str(f))
+    assert records(adapter="sharegpt", path=str(f))[0]["messages"][1] == {
+        "role": "assistant",
+        "content": "yo",
+    }
+
+
 def test_empty_after_filtering_and_unknown_names(tmp_path):
     f = tmp_path / "m.jsonl"
     f.write_text('{"messages": []}\n')
