@@ -123,6 +123,15 @@ class PackedRows:
         return self.manifest["rows"]
 
     @property
+    def summary(self) -> dict:
+        """What the rows are, for comparing shards across ranks and resumes: a digest of the manifest without
+        the inputs' paths and times (so a copied dataset matches), with its row and token counts."""
+        kept = {k: v for k, v in self.manifest.items() if k != "skip_reasons"}  # reasons name file paths
+        kept["key"] = {k: v for k, v in kept["key"].items() if k != "data"}
+        digest = hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).hexdigest()[:16]
+        return {"digest": digest, "rows": self.manifest["rows"], "tokens": self.manifest["tokens_in_rows"]}
+
+    @property
     def tokens_per_row(self) -> float:
         """Average real (non-padding) tokens per row, for token-weighted mixtures."""
         return self.manifest["tokens_in_rows"] / self.manifest["rows"]
@@ -142,6 +151,10 @@ class MixedRows:
 
     def __len__(self) -> int:
         return int(self.offsets[-1])
+
+    def summaries(self) -> dict[str, dict]:
+        """{source label: PackedRows.summary}."""
+        return {label: shard.summary for label, shard in zip(self.source_labels, self.shards, strict=True)}
 
     def source_of(self, rows) -> np.ndarray:
         """The source index of each global row id."""

@@ -226,6 +226,28 @@ def check_compatible(cfg: RunConfig, state: dict, folder: Path, force: bool) -> 
         )
 
 
+def check_same_data(saved: dict, data: dict[str, dict], folder: Path, force: bool) -> None:
+    """Refuse (unless forced) to resume on prepared data other than the checkpoint's (`MixedRows.summaries`):
+    the sampler's row ids would name other rows. Checkpoints from before this record are not checked."""
+    before = saved.get("data")
+    if before is None or before == data or force:
+        return
+    changes = []
+    for label in sorted(set(before) | set(data)):
+        old, new = before.get(label), data.get(label)
+        if old is None or new is None:
+            changes.append(f"source '{label}' {'added' if old is None else 'removed'}")
+        elif old != new:
+            changes.append(
+                f"source '{label}' (rows {old['rows']} -> {new['rows']}, tokens {old['tokens']} -> {new['tokens']})"
+            )
+    raise UserError(
+        f"{folder} was trained on other prepared data: {'; '.join(changes)}. The sampler would read other rows; "
+        "prepare the data as it was (the same inputs, tokenizer, chat template and packing), or pass "
+        "--allow-config-change to resume anyway."
+    )
+
+
 def load(engine, folder: Path) -> dict:
     """Restore engine, optimizer, scheduler and RNG from a complete checkpoint; return its state."""
     state = check_complete(folder)

@@ -7,6 +7,8 @@ whatever the micro-batch / accumulation / rank split of the same data.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 import random
@@ -229,6 +231,20 @@ def write_run_files(cfg: RunConfig) -> None:
     (out / "config_hash").write_text(config_hash(cfg) + "\n")
 
 
+def check_same_data_on_all_ranks(data: MixedRows) -> dict[str, dict]:
+    """The data's summaries, refused on every rank alike when the ranks' shards differ (node-local caches
+    built from other inputs, e.g. an unpinned hub dataset that changed between the nodes' builds)."""
+    summaries = data.summaries()
+    digest = int(hashlib.sha256(json.dumps(summaries, sort_keys=True).encode()).hexdigest()[:15], 16)
+    extremes = dist.all_reduce_max(torch.tensor([digest, -digest], dtype=torch.int64))
+    if extremes[0] != -extremes[1]:
+        raise UserError(
+            "the ranks read different prepared data (rows of node-local caches built from other inputs?); "
+            f"this rank's shards: {', '.join(str(s.folder) for s in data.shards)}. Rebuild them from the same inputs"
+        )
+    return summaries
+
+
 def train(cfg: RunConfig, resume: str | None = None, allow_config_change: bool = False) -> None:
     """Run (or resume) the training described by `cfg`."""
     folder = checkpoint.find_resume(cfg, resume)  # before any collective: a refusal stops every rank alike
@@ -257,10 +273,12 @@ def train(cfg: RunConfig, resume: str | None = None, allow_config_change: bool =
         "tokens": 0,
         "source_rows": dict.fromkeys(labels, 0),
         "source_target_tokens": dict.fromkeys(labels, 0),
+        "data": check_same_data_on_all_ranks(data),
     }
     if folder is not None:
         saved = checkpoint.check_complete(folder)
         checkpoint.check_compatible(cfg, saved, folder, allow_config_change)
+        checkpoint.check_same_data(saved, state["data"], folder, allow_config_change)
         saved = checkpoint.load(engine, folder)
         apply_optim_settings(cfg, engine)
         for k in ("step", "consumed_rows", "tokens"):

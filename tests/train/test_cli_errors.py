@@ -127,3 +127,26 @@ def test_resume_refuses_changed_training_config(tmp_path, capsys, monkeypatch):
         "no complete checkpoint",
         "no trainer_state",
     )
+
+
+def test_resume_refuses_other_prepared_data(tmp_path, capsys, monkeypatch):
+    # the same config over a changed input file: the sampler's row ids would name other rows
+    data = tmp_path / "docs.jsonl"
+    data.write_text(
+        (ROOT / "data_prep/samples/multilingual_cpt.jsonl").read_text(encoding="utf-8"), encoding="utf-8"
+    )
+    source = f"data.sources=[{{path: {data}, label: web}}]"
+    r = _train_here(
+        tmp_path, capsys, monkeypatch, source, "train.max_steps=2", "checkpoint.export_at_end=false"
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    with data.open("a", encoding="utf-8") as f:
+        f.write(json.dumps({"text": "one more document " * 40}) + "\n")
+    again = (source, "train.max_steps=2", "checkpoint.export_at_end=false")
+    _check(
+        _train_here(tmp_path, capsys, monkeypatch, *again, resume="auto"),
+        "was trained on other prepared data: source 'web' (rows",
+        "--allow-config-change",
+    )
+    r = _train_here(tmp_path, capsys, monkeypatch, *again, resume="auto", flags=("--allow-config-change",))
+    assert r.returncode == 0, r.stderr[-2000:]
