@@ -19,6 +19,11 @@ def test_steps_logged_again_reach_wandb(tmp_path):
     for step, loss in [(1, 4.0), (2, 3.0), (3, 2.5), (3, 2.0), (4, 1.5)]:
         tracker.log(step, {"loss": loss})
     tracker.finish()
+    import wandb
+
+    # finish() may return before wandb's service has written the offline file (seen under load: a 7-byte
+    # file); a training process writes it at exit, so does this one's service when torn down
+    wandb.teardown()
     (run_file,) = glob.glob(str(tmp_path / "wandb" / "offline-run-*" / "run-*.wandb"))
     rows = [(row["step"], row["loss"]) for row in history(run_file)]
     assert rows == [(1, 4.0), (2, 3.0), (3, 2.5), (3, 2.0), (4, 1.5)]
