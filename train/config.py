@@ -31,7 +31,8 @@ class ModelConfig(Section):
     chat_template: Literal["llama3", "tokenizer"] = "llama3"
     """How SFT conversations (and exports) are rendered: llama3, the reference's Llama-3 format (BOS once, then
     header, content, <|eot_id|> per turn; data_prep/assets/llama3_chat_template.jinja), whatever template the
-    tokenizer ships (a base Llama-3 has none; Llama-3.1's adds a dated system turn); tokenizer, its own."""
+    tokenizer ships (a base Llama-3 has none; Llama-3.1's adds a dated system turn); tokenizer, its own (the
+    one choice for a tokenizer without the Llama-3 special tokens, which llama3 refuses at start-up)."""
     dtype: Literal["bf16", "fp32"]
     attn_implementation: Literal["sdpa", "flash_attention_2", "flex_attention", "eager"] = "sdpa"
     """All keep packed documents apart (transformers reads the boundaries from position_ids): sdpa with a
