@@ -237,9 +237,13 @@ def check_same_data(saved: dict, data: dict[str, dict], folder: Path, force: boo
         old, new = before.get(label), data.get(label)
         if old is None or new is None:
             changes.append(f"source '{label}' {'added' if old is None else 'removed'}")
-        elif old != new:
+        elif (old["rows"], old["tokens"]) != (new["rows"], new["tokens"]):
             changes.append(
                 f"source '{label}' (rows {old['rows']} -> {new['rows']}, tokens {old['tokens']} -> {new['tokens']})"
+            )
+        elif old != new:
+            changes.append(
+                f"source '{label}' (the same counts; its tokenizer, template, packing or format differ)"
             )
     raise UserError(
         f"{folder} was trained on other prepared data: {'; '.join(changes)}. The sampler would read other rows; "

@@ -1,4 +1,5 @@
-"""Checkpoint discovery: incomplete or truncated checkpoints are skipped with a reason, never loaded."""
+"""Checkpoint discovery: incomplete or truncated checkpoints are skipped with a reason, never loaded; a resume on
+other prepared data is refused naming the source."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import re
 
 import pytest
 
-from train.checkpoint import STATE_FILE, _prune, check_complete, latest_complete, tag_for
+from train.checkpoint import STATE_FILE, _prune, check_complete, check_same_data, latest_complete, tag_for
 from train.errors import UserError
 
 
@@ -171,3 +172,18 @@ def test_a_run_that_would_replace_foreign_files_at_its_end_stops_at_start(tmp_pa
     with pytest.raises(UserError, match="not an export of ours"):
         train(cfg)
     assert (tmp_path / "export" / "MYNOTES.txt").read_text() == "mine"
+
+
+def test_resume_on_other_prepared_data_names_each_changed_source(tmp_path):
+    web, books = {"digest": "a", "rows": 12, "tokens": 424}, {"digest": "b", "rows": 3, "tokens": 90}
+    saved = {"data": {"web": web, "books": books}}
+    check_same_data(saved, {"web": web, "books": books}, tmp_path, force=False)
+    check_same_data({}, {"web": web}, tmp_path, force=False)  # a checkpoint from before the record
+    now = {"web": {**web, "rows": 13, "tokens": 430}, "books": {**books, "digest": "c"}, "code": books}
+    with pytest.raises(UserError) as e:
+        check_same_data(saved, now, tmp_path, force=False)
+    assert str(e.value).startswith(
+        f"{tmp_path} was trained on other prepared data: source 'books' (the same counts; its tokenizer, "
+        "template, packing or format differ); source 'code' added; source 'web' (rows 12 -> 13, tokens 424 -> 430)."
+    )
+    check_same_data(saved, now, tmp_path, force=True)
