@@ -123,6 +123,20 @@ def _preserved_state(model: torch.nn.Module):
         model.train(was_training)
 
 
+@contextmanager
+def _no_env_report():
+    """lm-eval adds torch's environment report to every result (pip list, nvidia-smi: ~2 s, on rank 0 while
+    the other ranks wait); our results record the model and data instead, so it is skipped for our calls."""
+    import lm_eval.evaluator
+
+    report = lm_eval.evaluator.add_env_info
+    lm_eval.evaluator.add_env_info = lambda results: None
+    try:
+        yield
+    finally:
+        lm_eval.evaluator.add_env_info = report
+
+
 def task_manager(data_dir: str | Path):
     """A TaskManager over our task YAMLs only (built-ins skipped: indexing them costs ~30 s on CPU)."""
     from lm_eval.tasks import TaskManager
@@ -215,7 +229,7 @@ def evaluate(
     _check_names(suites, tm.all_tasks)
     HFLM, DistributedHFLM = _hflm_class()
     distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-    with _preserved_state(model), task_metrics.model_tokenizer(tokenizer):
+    with _preserved_state(model), task_metrics.model_tokenizer(tokenizer), _no_env_report():
         if distributed:
             lm = DistributedHFLM(model, tokenizer, batch_size)
         else:

@@ -167,18 +167,22 @@ class _ScriptedLM(LM):
 
 @pytest.fixture
 def scripted_lm(monkeypatch):
-    import lm_eval.evaluator
-
     _ScriptedLM.caps = {}
     monkeypatch.setattr(runner, "_hflm_class", lambda: (_ScriptedLM, _ScriptedLM))
-    monkeypatch.setattr(lm_eval.evaluator, "add_env_info", lambda results: None)  # 2 s of `pip list`
     return _ScriptedLM
 
 
-def test_suites_sharing_tasks_run_together_and_caps_only_lower(scripted_lm):
+def test_suites_sharing_tasks_run_together_and_caps_only_lower(scripted_lm, monkeypatch):
+    import lm_eval.evaluator
+
+    reports = []
+    report = reports.append
+    monkeypatch.setattr(lm_eval.evaluator, "add_env_info", report)
     # control_llm_zh and swallow_en share cl_mmlu: lm-eval refuses the two groups together.
     names = ["control_llm_zh", "swallow_en", "cl_jcommonsenseqa"]
     results = evaluate(torch.nn.Linear(1, 1), None, names, FIXTURES, limit=1, max_gen_tokens=300)
+    # lm-eval's environment report (pip list, nvidia-smi) is skipped for our calls, and put back after
+    assert reports == [] and lm_eval.evaluator.add_env_info is report
     assert results["aggregates"].keys() == {"control_llm", "swallow_en"}
     assert len(results["aggregates"]["swallow_en"]["columns"]) == 9
     assert len(results["n_samples"]) == 7 + 9 - 1 + 1  # the shared task scored once
