@@ -7,8 +7,8 @@
 #   SMOKE=1 bash launch/device_bench.sh run     # the same plumbing on CPU with the tiny shape (no wheels)
 #
 # Steps, most important first, with their caps: tests 120 s, full 75, sft 100, cpt 120, long 75, eval 120,
-# 8b 150, ratio 90. First call: `run tests full sft cpt long` (about 8.5 minutes of caps); at once after it,
-# while the machine is warm: `run eval 8b ratio` (6). `run` first checks that every import works, then writes
+# 8b 150, ratio 90. First call: `run tests full sft cpt long` (caps adding up to 490 s, about 8 minutes); at once after it,
+# while the machine is warm: `run eval 8b ratio` (360 s). `run` first checks that every import works, then writes
 # at most four files to $OUT (default ./device-out): log.txt (everything), tables.md (one markdown table per
 # command, with the command), results.json (all rows) and gpu_tests.txt. Each command has its own cap (SIGINT,
 # so a benchmark still writes the rows it measured), so one that hangs or runs out of memory costs its cap,
