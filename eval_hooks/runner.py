@@ -8,16 +8,14 @@ import json
 import logging
 import os
 import random
-from collections.abc import Callable
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
-from eval_hooks import TASKS_DIR, scoreboard, task_metrics
+from eval_hooks import TASKS_DIR, lockstep, scoreboard, task_metrics
 
 log = logging.getLogger(__name__)
 
@@ -28,82 +26,6 @@ SUITE_CARDS = {
     "swallow_en": "swallow_en",
     "mera": "mera",
 }
-
-
-def _hflm_class():
-    from lm_eval.models.huggingface import HFLM
-
-    class DistributedHFLM(HFLM):
-        """HFLM whose ranks come from torch.distributed, and whose ranks run equal numbers of forward passes.
-
-        Under ZeRO-3 every forward all-gathers parameters, so a rank that runs fewer forwards hangs the
-        others. Before each real model call the ranks agree that someone still has work; a rank without
-        work runs a dummy call in that round. Generation uses synced_gpus, so calls of different
-        lengths also stay in step."""
-
-        def __init__(self, model, tokenizer, batch_size: int):
-            # logits_cache=False: no merging of requests that share a context, so ranks do similar work.
-            super().__init__(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, logits_cache=False)
-            self._rank, self._world_size = dist.get_rank(), dist.get_world_size()
-
-        def all_gather(self, tensor: torch.Tensor) -> torch.Tensor:
-            parts = [torch.zeros_like(tensor) for _ in range(self.world_size)]
-            dist.all_gather(parts, tensor)
-            return torch.stack(parts) if tensor.dim() == 0 else torch.cat(parts)
-
-        def barrier(self) -> None:
-            dist.barrier()
-
-        def _anyone_busy(self, busy: bool) -> bool:
-            flag = torch.tensor([int(busy)], device=self.device)
-            dist.all_reduce(flag)
-            return bool(flag.item())
-
-        def _drain(self, run: Callable[[], list], dummy: Callable[[], Any]) -> list:
-            out = run()
-            while self._anyone_busy(False):  # others still have calls: join each with a dummy one
-                dummy()
-            return out
-
-        def _dummy_ids(self) -> torch.Tensor:
-            return torch.tensor([[self.tokenizer.bos_token_id or 0]], device=self.device)
-
-        def _dummy_forward(self) -> None:
-            with torch.no_grad():
-                self.model(self._dummy_ids())
-
-        def _dummy_generate(self) -> None:
-            ids = self._dummy_ids()
-            self.model.generate(
-                input_ids=ids,
-                attention_mask=torch.ones_like(ids),
-                max_new_tokens=1,
-                do_sample=False,
-                synced_gpus=True,
-                pad_token_id=self.tokenizer.pad_token_id,
-            )
-
-        def _model_call(self, inps, attn_mask=None, labels=None):
-            self._anyone_busy(True)
-            return super()._model_call(inps, attn_mask, labels)
-
-        def _model_generate(self, context, max_length, stop, **generation_kwargs):
-            self._anyone_busy(True)
-            return super()._model_generate(context, max_length, stop, synced_gpus=True, **generation_kwargs)
-
-        def loglikelihood(self, requests, disable_tqdm: bool = False):
-            run = super().loglikelihood
-            return self._drain(lambda: run(requests, disable_tqdm), self._dummy_forward)
-
-        def loglikelihood_rolling(self, requests, disable_tqdm: bool = False):
-            run = super().loglikelihood_rolling
-            return self._drain(lambda: run(requests, disable_tqdm), self._dummy_forward)
-
-        def generate_until(self, requests, disable_tqdm: bool = False):
-            run = super().generate_until
-            return self._drain(lambda: run(requests, disable_tqdm), self._dummy_generate)
-
-    return HFLM, DistributedHFLM
 
 
 @contextmanager
@@ -225,11 +147,16 @@ def evaluate(
     are restored on return."""
     import lm_eval
 
-    tm = task_manager(data_dir)
-    _check_names(suites, tm.all_tasks)
-    HFLM, DistributedHFLM = _hflm_class()
+    HFLM, DistributedHFLM = lockstep.hflm_classes()
     distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-    with _preserved_state(model), task_metrics.model_tokenizer(tokenizer), _no_env_report():
+    with (
+        _preserved_state(model),
+        task_metrics.model_tokenizer(tokenizer),
+        _no_env_report(),
+        lockstep.in_step() if distributed else nullcontext(),
+    ):
+        tm = task_manager(data_dir)
+        _check_names(suites, tm.all_tasks)
         if distributed:
             lm = DistributedHFLM(model, tokenizer, batch_size)
         else:

@@ -321,7 +321,8 @@ class EvalConfig(Section):
     batch_size: int = Field(default=8, gt=0)
     """Requests per model call (log-likelihood and generation); more is faster on a GPU with memory left."""
     fail_on_error: bool = False
-    """On any rank's eval failure, every rank raises; else all warn, log an `eval_error` event and train on."""
+    """On any rank's eval failure, every rank raises; else rank 0 logs it and an `eval_error` event, all train on.
+    A failure inside generation, or inside a ZeRO-3 forward, stops the run either way (docs/eval.md)."""
 
 
 class RunConfig(Section):

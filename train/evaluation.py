@@ -9,8 +9,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import torch
-
+from eval_hooks.lockstep import OutOfStep, PeerFailed
 from train import distributed as dist
 from train.config import RunConfig, config_hash
 from train.tracking import Tracker
@@ -45,33 +44,34 @@ def _score_and_write(engine, tokenizer, cfg: RunConfig, step: int, tracker: Trac
     log.info("eval at step %d written to %s", step, path)
 
 
-def _failed_ranks(failed: bool) -> list[int]:
-    """The ranks that failed, the same list on every rank."""
-    flags = torch.zeros(dist.world_size(), device=dist.device())
-    flags[dist.rank()] = float(failed)
-    return [r for r, f in enumerate(dist.all_reduce_sum(flags).tolist()) if f]
+def _failures(error: Exception | None) -> dict[int, str]:
+    """{rank: its error} of the ranks whose eval failed, the same on every rank (a peer's abort is not one)."""
+    own = None if error is None or isinstance(error, PeerFailed) else f"{type(error).__name__}: {error}"
+    return {r: e for r, e in enumerate(dist.all_gather_object(own)) if e is not None}
 
 
 def run(engine, tokenizer, cfg: RunConfig, step: int, tracker: Tracker) -> None:
     """Score `cfg.eval.suites`; rank 0 writes <output_dir>/eval/step-N.json and logs scalars and a table.
 
     The outcome is collective: if any rank fails, every rank warns and continues, or every rank
-    raises when `eval.fail_on_error` is set, so no rank waits forever for peers that went on."""
+    raises when `eval.fail_on_error` is set, so no rank waits forever for peers that went on. A rank
+    that fails where its peers cannot be rejoined (eval_hooks.lockstep.OutOfStep) stops the run."""
     error: Exception | None = None
     try:
         _score_and_write(engine, tokenizer, cfg, step, tracker)
+    except OutOfStep:
+        raise
     except Exception as e:  # noqa: BLE001  (an eval problem must not cost the training run unless asked)
         error = e
-    # This rescues failures between collectives (bad data, a write or a logger error). A rank that
-    # fails in the middle of one of lm-eval's collectives leaves its peers blocked in it until the
-    # process-group timeout; no agreement afterwards can save that.
-    failed = _failed_ranks(error is not None)
-    if not failed:
+    failures = _failures(error)
+    if not failures:
         return
-    detail = f"{type(error).__name__}: {error}" if error is not None else "see that rank's log"
-    message = f"eval at step {step} failed on rank(s) {failed} ({detail})"
+    if error is not None and not isinstance(error, PeerFailed):
+        log.warning("eval at step %d failed on this rank (%d)", step, dist.rank(), exc_info=error)
+    detail = "; ".join(f"rank {r}: {e}" for r, e in failures.items())
+    message = f"eval at step {step} failed on rank(s) {list(failures)} ({detail})"
     if cfg.eval.fail_on_error:
         raise RuntimeError(f"{message}; set eval.fail_on_error=false to log it and keep training") from error
-    if error is not None or dist.is_main():  # the failing rank has the traceback's context
+    if dist.is_main():
         log.warning("%s; training continues", message)
-    tracker.event("eval_error", step=step, ranks=failed, error=detail)
+    tracker.event("eval_error", step=step, ranks=list(failures), error=detail)

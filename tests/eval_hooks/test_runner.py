@@ -10,7 +10,7 @@ import pytest
 import torch
 from lm_eval.api.model import LM
 
-from eval_hooks import runner
+from eval_hooks import lockstep, runner
 from eval_hooks.runner import evaluate, scalars, write_results
 from tests.conftest import free_port
 
@@ -82,6 +82,30 @@ def test_two_ranks_stay_in_lockstep(tmp_path):
     assert rank0["forwards"] == rank1["forwards"] > 0
     assert rank1["results"] is None
     assert rank0["results"]["n_samples"] == {"cl_mmlu": 6, "cl_bbh_cot_3shot": 5}
+
+    # One rank's failure reaches the other at its next collective; both leave the eval at the same point.
+    hook = {r["hook"]["outcome"] for r in (rank0, rank1)}
+    assert hook == {"ok"}  # the in-training hook warns and training goes on
+    assert rank0["hook"]["warnings"] == [
+        "eval at step 5 failed on rank(s) [1] (rank 1: ValueError: injected scoring failure); training continues"
+    ]
+    assert rank1["hook"]["warnings"] == ["eval at step 5 failed on this rank (1)"]
+    events = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [(e["event"], e["ranks"], e["error"]) for e in events if "event" in e] == [
+        ("eval_error", [1], "rank 1: ValueError: injected scoring failure")
+    ]
+    assert rank0["after_gather"]["outcome"] == "KeyError: 'injected aggregation failure'"
+    assert rank1["after_gather"]["outcome"].startswith("PeerFailed: 1 other rank(s) failed during the eval")
+    assert rank1["forward"]["outcome"] == "RuntimeError: injected forward failure"
+    assert rank0["forward"]["outcome"].startswith("PeerFailed")
+    for r in (0, 1):
+        generate = (rank0, rank1)[r]["generate"]["outcome"]
+        assert generate.startswith(f"OutOfStep: eval failed on rank {r} inside generation (synced_gpus")
+        assert generate.endswith("RuntimeError: injected generation failure")
+    assert all(
+        r[case]["in_step"] for r in (rank0, rank1) for case in ("hook", "after_gather", "forward", "generate")
+    )
+    assert rank0["again"] == rank0["results"] and rank1["again"] is None  # and the next eval scores as before
 
 
 def test_every_rank_needs_a_doc_of_every_task():
@@ -168,7 +192,7 @@ class _ScriptedLM(LM):
 @pytest.fixture
 def scripted_lm(monkeypatch):
     _ScriptedLM.caps = {}
-    monkeypatch.setattr(runner, "_hflm_class", lambda: (_ScriptedLM, _ScriptedLM))
+    monkeypatch.setattr(lockstep, "hflm_classes", lambda: (_ScriptedLM, _ScriptedLM))
     return _ScriptedLM
 
 

@@ -83,3 +83,20 @@ def test_successful_eval_writes_results_and_logs(tmp_path):
     record = json.loads((tmp_path / "run" / "eval" / "step-00000005.json").read_text())
     assert record["step"] == 5 and record["n_samples"] == {"cl_mmlu": 1}
     assert [e["step"] for e in _events(cfg) if e.get("event") == "eval"] == [5]
+
+
+def test_failure_the_peers_cannot_survive_stops_the_run(tmp_path, monkeypatch):
+    # Inside generation (or a ZeRO-3 forward) the peers wait in collectives the failed rank cannot rejoin:
+    # the hook must not swallow it into a warning, or this rank would train on while they hang.
+    import eval_hooks.runner
+    from eval_hooks.lockstep import OutOfStep
+
+    cfg, engine, tokenizer, tracker = _setup(tmp_path)
+
+    def fails_inside_generation(*args, **kwargs):
+        raise OutOfStep("eval failed on rank 0 inside generation")
+
+    monkeypatch.setattr(eval_hooks.runner, "evaluate", fails_inside_generation)
+    with pytest.raises(OutOfStep, match="inside generation"):
+        evaluation.run(engine, tokenizer, cfg, 4, tracker)
+    assert not [e for e in _events(cfg) if e.get("event") == "eval_error"]
