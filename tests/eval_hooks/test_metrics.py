@@ -130,6 +130,9 @@ def test_use_points_follow_mera_rules():
     assert metrics.use_points("matching", "8", "1,2,3", "1,3,3") == (2, 3)
     assert metrics.use_points("matching", "8", "1,2,3", "1,2") == (0, 3)  # wrong length scores nothing
     assert metrics.use_points("text", "7", "носков,носок", "Носков.") == (1, 1)
+    # MERA's text rule is membership: an answer that normalises to "" matches an empty gold (none in labelled splits)
+    assert metrics.use_points("text", "7", "", "42.") == (1, 1)
+    assert metrics.use_points("text", "7", "носок", "42.") == (0, 1)
 
 
 def test_mcc_against_the_formula():
