@@ -1,7 +1,8 @@
 """Test helper run under torchrun (2 ranks, ZeRO-3): two optimizer steps with the plain head and with
 train.loss_chunk_tokens from the same start; rank 0 saves both runs' losses, first-step gradient norms and
 consolidated weights, and the gradient norm of the first step's global batch computed by plain autograd in
-one process (the loss normalisation across ranks must give exactly that gradient)."""
+one process (the loss normalisation across ranks must give exactly that gradient). Then both ranks check
+that they read the same prepared data, before and after rank 1's shard is made to differ."""
 
 import sys
 from pathlib import Path
@@ -17,7 +18,8 @@ from tests.conftest import SMOKE  # noqa: E402
 from train import distributed  # noqa: E402
 from train.config import load_config  # noqa: E402
 from train.engine import build_engine  # noqa: E402
-from train.loop import seed_everything, train_step  # noqa: E402
+from train.errors import UserError  # noqa: E402
+from train.loop import check_same_data_on_all_ranks, seed_everything, train_step  # noqa: E402
 from train.model import build_for_training, build_tokenizer  # noqa: E402
 
 cache, out = Path(sys.argv[1]), Path(sys.argv[2])
@@ -52,6 +54,17 @@ for name, extra in (("plain", []), ("chunked", ["train.loss_chunk_tokens=100"]))
     weights = {k: v.clone() for k, v in full.items()} if full is not None else None
     results[name] = {"losses": losses, "grad_norm": steps[0]["grad_norm"], "weights": weights}
     engine.destroy()
+
+# A rank whose shard differs (a node-local cache built from other inputs) is refused on every rank alike.
+results["same_data"] = check_same_data_on_all_ranks(data)
+if distributed.rank() == 1:
+    manifest = data.shards[0].manifest
+    data.shards[0].manifest = {**manifest, "tokens_in_rows": manifest["tokens_in_rows"] + 1}
+try:
+    check_same_data_on_all_ranks(data)
+    results["different_data"] = "accepted"
+except UserError as e:
+    results["different_data"] = str(e)
 if distributed.is_main():
     torch.save(results, out)
 distributed.shutdown()

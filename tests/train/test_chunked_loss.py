@@ -105,3 +105,7 @@ def test_two_rank_zero3_chunked_steps_equal_the_plain_ones(data_cache, tmp_path)
     assert chunked["grad_norm"] == pytest.approx(runs["reference_grad_norm"], rel=1e-5)
     for name, weight in plain["weights"].items():
         torch.testing.assert_close(chunked["weights"][name], weight, rtol=1e-5, atol=1e-6, msg=name)
+    (summary,) = runs["same_data"].values()  # one source, the same on both ranks
+    assert summary["rows"] > 0 and len(summary["digest"]) == 16
+    # rank 0's own data is unchanged: it refuses because rank 1's differs
+    assert runs["different_data"].startswith("the ranks read different prepared data")
