@@ -59,9 +59,14 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv[1:] if command != "run" else argv)
     from train.errors import USER_ERRORS
 
+    one_line = (*USER_ERRORS, OSError, KeyError, ValueError)  # bad paths, names, files: one line, exit 2
+    if command == "run":
+        from eval_hooks.lockstep import PeerFailed
+
+        one_line = (*one_line, PeerFailed)  # the rank that failed prints the cause
     try:
         run(command, args)
-    except (*USER_ERRORS, OSError, KeyError, ValueError) as e:  # bad paths, names, files: one line, exit 2
+    except one_line as e:
         print(f"continualm: error: {e.args[0] if isinstance(e, KeyError) and e.args else e}", file=sys.stderr)
         return 2
     return 0
