@@ -18,6 +18,11 @@ def main() -> int:
     )
     p.add_argument("--resume", metavar="auto|DIR", help="'auto': the last complete checkpoint in output_dir")
     p.add_argument("--allow-config-change", action="store_true", help="resume although training keys changed")
+    p.add_argument(
+        "--allow-data-change",
+        action="store_true",
+        help="resume although the prepared data differs from the checkpoint's",
+    )
     p.add_argument("--local_rank", type=int, help=argparse.SUPPRESS)  # passed by the deepspeed launcher
     args = p.parse_args()
 
@@ -32,7 +37,7 @@ def main() -> int:
         if args.dry_run:
             print(dry_run(cfg))
             return 0
-        train(cfg, resume=args.resume, allow_config_change=args.allow_config_change)
+        train(cfg, args.resume, args.allow_config_change, args.allow_data_change)
     except USER_ERRORS as e:
         print(f"continualm: error: {e}", file=sys.stderr)
         return 2

@@ -3,8 +3,10 @@
 Layout under `<output_dir>/checkpoints/`:
   step-00000100/     DeepSpeed shards, rng_rank{r}.pt, trainer_state.json (written last)
   latest             the tag of the last complete checkpoint (DeepSpeed's format)
+  step-N.abandoned-<time>, step-N.replaced-<time>   set aside by a resume from an earlier step, never pruned
 A save goes to `.tmp-step-...` and is renamed only once every rank has written its files and
 the file manifest is in trainer_state.json, so a kill mid-save leaves the previous one intact.
+Pruning renames to `.deleting-step-...` first, so a kill mid-delete leaves nothing that looks whole.
 """
 
 from __future__ import annotations
@@ -119,17 +121,48 @@ def _prune(root: Path, step: int, keep_last: int) -> None:
         p for p in root.iterdir() if TAG_RE.match(p.name) and _step_of(p) < step and (p / STATE_FILE).exists()
     )
     for old in older[: max(0, len(older) - (keep_last - 1))]:
-        shutil.rmtree(old)
+        os.replace(old, root / f".deleting-{old.name}")  # a kill mid-delete leaves no half checkpoint in view
+    for doomed in root.glob(".deleting-*"):  # this prune's, and any an earlier kill interrupted
+        shutil.rmtree(doomed)
 
 
 def _step_of(folder: Path) -> int:
     return int(TAG_RE.match(folder.name).group(1))
 
 
+def set_aside_newer(root: Path, resumed: Path, step: int) -> None:
+    """After a resume from `step`, rename the checkpoints past it (an abandoned attempt's) to
+    step-N.abandoned-<time> and point `latest` at the resumed one, so a later `--resume auto` (after a
+    crash before this run's first save) cannot go back to them. Nothing is deleted."""
+    if not root.is_dir():
+        return
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for folder in sorted(p for p in root.iterdir() if TAG_RE.match(p.name) and _step_of(p) > step):
+        aside = root / f"{folder.name}.abandoned-{stamp}"
+        os.replace(folder, aside)
+        log.warning(
+            "checkpoint %s is past the resumed step %d: kept as %s (delete it if unneeded)",
+            folder.name,
+            step,
+            aside,
+        )
+    if resumed.resolve().parent == root.resolve():
+        _write_atomic(root / "latest", resumed.name)
+
+
 def check_complete(folder: Path) -> dict:
     """The checkpoint's state if every file of its manifest is present with its size, else UserError."""
     state_file = folder / STATE_FILE
+    if not folder.exists():
+        raise UserError(f"{folder} does not exist")
     if not state_file.exists():
+        if folder.is_dir() and (
+            (folder / "checkpoints").is_dir() or any(TAG_RE.match(p.name) for p in folder.iterdir())
+        ):
+            raise UserError(
+                f"{folder} is a run or checkpoints folder, not a checkpoint: give a step-XXXXXXXX folder "
+                "inside it, or resume with --resume auto"
+            )
         raise UserError(f"{folder}: no {STATE_FILE} (an interrupted save?)")
     try:
         state = json.loads(state_file.read_text(encoding="utf-8"))
@@ -218,6 +251,13 @@ def check_compatible(cfg: RunConfig, state: dict, folder: Path, force: bool) -> 
             f"{folder} was saved with {state['world_size']} ranks, this run has {dist.world_size()}: "
             "ZeRO shards are per rank, resume with the same number of ranks"
         )
+    saved_stage = state["config"].get("deepspeed", {}).get("zero_stage", cfg.deepspeed.zero_stage)
+    if saved_stage != cfg.deepspeed.zero_stage:
+        raise UserError(
+            f"{folder} was saved under ZeRO stage {saved_stage}, this run uses {cfg.deepspeed.zero_stage}: "
+            "the optimizer shards are laid out per stage, resume with deepspeed.zero_stage="
+            f"{saved_stage} (export the checkpoint to start a new run from its weights)"
+        )
     if state["config_hash"] != config_hash(cfg) and not force:
         changes = "; ".join(training_diff(state["config"], cfg.model_dump(mode="json")))
         raise UserError(
@@ -248,7 +288,7 @@ def check_same_data(saved: dict, data: dict[str, dict], folder: Path, force: boo
     raise UserError(
         f"{folder} was trained on other prepared data: {'; '.join(changes)}. The sampler would read other rows; "
         "prepare the data as it was (the same inputs, tokenizer, chat template and packing), or pass "
-        "--allow-config-change to resume anyway."
+        "--allow-data-change to resume anyway."
     )
 
 
@@ -349,7 +389,10 @@ def export_hf(checkpoint: Path, out: Path, overwrite: bool = False) -> Path:
             {"checkpoint": str(checkpoint), "step": state["step"], "config_hash": state["config_hash"]}
         )
     )
-    if out.exists():
-        shutil.rmtree(out)
+    old = out.with_name(f".old-{out.name}")
+    shutil.rmtree(old, ignore_errors=True)
+    if out.exists():  # renamed aside, not deleted, until the new export is in place
+        os.replace(out, old)
     os.replace(tmp, out)
+    shutil.rmtree(old, ignore_errors=True)
     return out

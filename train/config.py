@@ -432,7 +432,14 @@ NON_TRAINING_KEYS = (
 UNHASHED_WHEN_UNSET = ("revision",)
 # Speed switches that were hashed once: hashed at their default whatever their value, so old runs' hashes
 # hold and switching them (same computation, other kernels) keeps a run resumable.
-HASHED_AT_DEFAULT = {"model.attn_implementation": "sdpa", "deepspeed.overlap_comm": True}
+HASHED_AT_DEFAULT = {
+    "model.attn_implementation": "sdpa",
+    "deepspeed.overlap_comm": True,
+    # communication granularity (memory against overlap): the same reductions in other chunks, so a run whose
+    # buckets were shrunk around an OOM resumes
+    "deepspeed.reduce_bucket_size": 500_000_000,
+    "deepspeed.allgather_bucket_size": 500_000_000,
+}
 # Keys added later whose default renders data differently for some runs from before them: left out of the hash
 # only at the value that reproduces those runs, so they resume with it set and are refused (naming it) without.
 UNHASHED_AT = {"model.chat_template": "tokenizer"}

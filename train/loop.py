@@ -245,8 +245,14 @@ def check_same_data_on_all_ranks(data: MixedRows) -> dict[str, dict]:
     return summaries
 
 
-def train(cfg: RunConfig, resume: str | None = None, allow_config_change: bool = False) -> None:
-    """Run (or resume) the training described by `cfg`."""
+def train(
+    cfg: RunConfig,
+    resume: str | None = None,
+    allow_config_change: bool = False,
+    allow_data_change: bool = False,
+) -> None:
+    """Run (or resume) the training described by `cfg`; the flags let a resume past a changed config or
+    changed prepared data."""
     folder = checkpoint.find_resume(cfg, resume)  # before any collective: a refusal stops every rank alike
     if cfg.checkpoint.export_at_end:  # fail now, not after the training
         checkpoint.check_export_folder(Path(cfg.output_dir) / "export", overwrite=True)
@@ -278,18 +284,26 @@ def train(cfg: RunConfig, resume: str | None = None, allow_config_change: bool =
     if folder is not None:
         saved = checkpoint.check_complete(folder)
         checkpoint.check_compatible(cfg, saved, folder, allow_config_change)
-        checkpoint.check_same_data(saved, state["data"], folder, allow_config_change)
+        checkpoint.check_same_data(saved, state["data"], folder, allow_data_change)
         saved = checkpoint.load(engine, folder)
         apply_optim_settings(cfg, engine)
         for k in ("step", "consumed_rows", "tokens"):
             state[k] = saved[k]
         for k in ("source_rows", "source_target_tokens"):  # a source added since starts at 0
             state[k].update(saved[k])
+        if state["step"] > total_steps:
+            raise UserError(
+                f"{folder} is at step {state['step']}, past this config's {total_steps} steps: raise the budget "
+                "(train.max_steps / max_tokens / epochs), or export the checkpoint (launch/export.py)"
+            )
+        if dist.is_main():
+            checkpoint.set_aside_newer(Path(cfg.output_dir) / "checkpoints", folder, state["step"])
         log.info("resumed from %s at step %d", folder, state["step"])
     if dist.is_main():
         write_run_files(cfg)
         log.info("parameters: %s", counts)
-    tracker = Tracker(cfg, {"params_total": counts.total, "params_trainable": counts.trainable})
+    extra = {"params_total": counts.total, "params_trainable": counts.trainable}
+    tracker = Tracker(cfg, extra, fresh=folder is None)
     if folder is not None:
         tracker.event("resume", step=state["step"], checkpoint=str(folder))
     stop = StopRequest()

@@ -1,9 +1,11 @@
 """Experiment tracking: wandb on rank 0 (offline when no API key) plus our own metrics.jsonl.
 
 metrics.jsonl gets one JSON object per logged step, always, so runs can be compared and
-plotted without wandb. After a resume, steps past the checkpoint are logged again; readers
-take the last line of each step (`read_metrics`). wandb plots against our `step` metric rather
-than its own `_step`, which only increases: a resumed run's re-logged steps would otherwise be dropped.
+plotted without wandb. After a resume, steps past the checkpoint are logged again: `read_metrics`
+drops what an earlier attempt logged past the step its successor resumed from. wandb plots against
+our `step` metric rather than its own `_step`, which only increases: a resumed run's re-logged steps
+would otherwise be dropped. A fresh run in an output_dir with an earlier run's files sets them aside
+(`metrics.prev-<time>.jsonl`, `wandb_run_id.prev-<time>`) and starts a new wandb run.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import json
 import logging
 import netrc
 import os
+import time
 import uuid
 from pathlib import Path
 
@@ -33,11 +36,14 @@ def _wandb_key_present() -> bool:
 class Tracker:
     """Rank-0 logger of scalars, events and tables; a no-op on other ranks."""
 
-    def __init__(self, cfg: RunConfig, extra_config: dict | None = None):
+    def __init__(self, cfg: RunConfig, extra_config: dict | None = None, fresh: bool = False):
+        """`fresh`: a run that starts at step 0, whose curves must not join an earlier run's in this folder."""
         self.enabled = dist.is_main()
         self.run_dir = Path(cfg.output_dir)
         self.metrics_path = self.run_dir / "metrics.jsonl"
         self.wandb = None
+        if self.enabled and fresh:
+            self._set_aside_earlier_run()
         if not self.enabled or cfg.tracking.backend == "none":
             return
         import wandb
@@ -68,6 +74,18 @@ class Tracker:
         )
         self.wandb.define_metric("step")
         self.wandb.define_metric("*", step_metric="step")
+
+    def _set_aside_earlier_run(self) -> None:
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        for path, aside in (
+            (self.metrics_path, self.run_dir / f"metrics.prev-{stamp}.jsonl"),
+            (self.run_dir / "wandb_run_id", self.run_dir / f"wandb_run_id.prev-{stamp}"),
+        ):
+            if path.exists():
+                os.replace(path, aside)
+                log.warning(
+                    "a fresh run in %s: the earlier run's %s is kept as %s", self.run_dir, path.name, aside
+                )
 
     def _append(self, record: dict) -> None:
         with open(self.metrics_path, "a", encoding="utf-8") as f:
@@ -109,10 +127,13 @@ class Tracker:
 
 
 def read_metrics(path: str | Path) -> dict[int, dict]:
-    """The metrics of each step from metrics.jsonl, keeping the last record of a step logged twice."""
+    """The metrics of each step from metrics.jsonl as the run that carried on trained them: a `resume` event
+    at step S drops the records past S (an abandoned attempt's), and a step logged twice keeps its last."""
     out: dict[int, dict] = {}
     for line in Path(path).read_text(encoding="utf-8").splitlines():
         rec = json.loads(line)
-        if "step" in rec and "event" not in rec:
+        if rec.get("event") == "resume":
+            out = {step: r for step, r in out.items() if step <= rec["step"]}
+        elif "step" in rec and "event" not in rec:
             out[rec["step"]] = rec
     return dict(sorted(out.items()))

@@ -9,7 +9,15 @@ import re
 
 import pytest
 
-from train.checkpoint import STATE_FILE, _prune, check_complete, check_same_data, latest_complete, tag_for
+from train.checkpoint import (
+    STATE_FILE,
+    _prune,
+    check_complete,
+    check_same_data,
+    latest_complete,
+    set_aside_newer,
+    tag_for,
+)
 from train.errors import UserError
 
 
@@ -63,6 +71,54 @@ def test_pruning_keeps_the_new_checkpoint_and_never_deletes_newer_ones(tmp_path)
         _fake_checkpoint(tmp_path, step)
     _prune(tmp_path, 6, keep_last=2)  # resumed from step 4 of a run that had reached step 8
     assert sorted(p.name for p in tmp_path.iterdir()) == ["step-00000004", "step-00000006", "step-00000008"]
+
+
+def test_pruning_deletes_through_a_rename_and_sweeps_what_a_kill_left(tmp_path):
+    for step in (2, 4, 6):
+        _fake_checkpoint(tmp_path, step)
+    (tmp_path / ".deleting-step-00000001").mkdir()  # a prune killed mid-delete: its shards stay out of view
+    (tmp_path / ".deleting-step-00000001" / "zero_pp_rank_0_mp_rank_00_optim_states.pt").write_bytes(b"z")
+    _prune(tmp_path, 6, keep_last=2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step-00000004", "step-00000006"]
+
+
+def test_a_resume_sets_the_abandoned_attempts_checkpoints_aside(tmp_path):
+    # Resumed from step 4 of a run that had reached 8: should this run die before its first save, `--resume
+    # auto` must come back to 4, not to the abandoned 6 and 8 (which `latest` named).
+    for step in (2, 4, 6, 8):
+        _fake_checkpoint(tmp_path, step)
+    (tmp_path / "latest").write_text(tag_for(8))
+    set_aside_newer(tmp_path, tmp_path / tag_for(4), 4)
+    assert latest_complete(tmp_path).name == "step-00000004"
+    assert (tmp_path / "latest").read_text() == tag_for(4)
+    names = sorted(p.name for p in tmp_path.iterdir() if p.name != "latest")
+    assert names[:2] == ["step-00000002", "step-00000004"]
+    assert [re.sub(r"-\d{8}-\d{6}$", "", n) for n in names[2:]] == [
+        "step-00000006.abandoned",
+        "step-00000008.abandoned",
+    ]  # kept, and out of reach of auto and pruning
+    assert check_complete(tmp_path / names[3])["step"] == 8
+
+
+def test_a_resume_path_that_is_not_a_checkpoint_says_what_it_is(tmp_path):
+    with pytest.raises(UserError, match="nope does not exist"):
+        check_complete(tmp_path / "nope")
+    _fake_checkpoint(tmp_path / "run" / "checkpoints", 2)
+    for folder in (tmp_path / "run", tmp_path / "run" / "checkpoints"):
+        with pytest.raises(UserError, match="is a run or checkpoints folder, not a checkpoint: give a step-"):
+            check_complete(folder)
+
+
+def test_resume_under_another_zero_stage_is_refused(tmp_path):
+    from tests.conftest import SMOKE
+    from train.checkpoint import check_compatible
+    from train.config import config_hash, load_config
+
+    saved = load_config(SMOKE, ["deepspeed.zero_stage=2"])
+    cfg = load_config(SMOKE, ["deepspeed.zero_stage=3"])
+    state = {"world_size": 1, "config_hash": config_hash(saved), "config": saved.model_dump(mode="json")}
+    with pytest.raises(UserError, match="saved under ZeRO stage 2, this run uses 3"):
+        check_compatible(cfg, state, tmp_path, force=True)  # the shards cannot be read, forced or not
 
 
 def test_resume_with_another_world_size_is_refused(tmp_path):

@@ -46,3 +46,24 @@ def test_garbage_of_the_right_size_is_refused(saved, name, tmp_path):
     assert checkpoint.check_complete(broken)  # the manifest cannot tell
     with pytest.raises(UserError, match=f"{broken}: a file cannot be read"):
         checkpoint.load(engine, broken)
+
+
+def test_an_export_replaced_is_set_aside_until_the_new_one_is_in_place(saved, tmp_path, monkeypatch):
+    _, folder = saved
+    out = tmp_path / "export"
+    checkpoint.export_hf(folder, out)
+    first = sorted(p.name for p in out.iterdir())
+    real_replace = checkpoint.os.replace
+
+    def killed_before_the_new_export_lands(src, dst):
+        if str(src).endswith(".tmp-export"):
+            raise KeyboardInterrupt  # stands in for a kill between the two renames
+        real_replace(src, dst)
+
+    monkeypatch.setattr(checkpoint.os, "replace", killed_before_the_new_export_lands)
+    with pytest.raises(KeyboardInterrupt):
+        checkpoint.export_hf(folder, out, overwrite=True)
+    assert sorted(p.name for p in (tmp_path / ".old-export").iterdir()) == first  # nothing deleted yet
+    monkeypatch.undo()
+    checkpoint.export_hf(folder, out, overwrite=True)
+    assert sorted(p.name for p in out.iterdir()) == first and not (tmp_path / ".old-export").exists()

@@ -146,7 +146,23 @@ def test_resume_refuses_other_prepared_data(tmp_path, capsys, monkeypatch):
     _check(
         _train_here(tmp_path, capsys, monkeypatch, *again, resume="auto"),
         "was trained on other prepared data: source 'web' (rows",
-        "--allow-config-change",
+        "--allow-data-change",
     )
-    r = _train_here(tmp_path, capsys, monkeypatch, *again, resume="auto", flags=("--allow-config-change",))
+    r = _train_here(tmp_path, capsys, monkeypatch, *again, resume="auto", flags=("--allow-data-change",))
     assert r.returncode == 0, r.stderr[-2000:]
+
+
+def test_a_resume_from_an_earlier_step_sets_the_later_ones_aside(tmp_path, capsys, monkeypatch):
+    from train.checkpoint import latest_complete
+
+    sets = ("train.max_steps=4", "checkpoint.every_steps=2", "checkpoint.export_at_end=false")
+    assert _train_here(tmp_path, capsys, monkeypatch, *sets).returncode == 0
+    ckpts = tmp_path / "run" / "checkpoints"
+    # a budget lowered below the checkpoint's step is refused, not a run that trains nothing and exits 0
+    lowered = ("train.max_steps=3", *sets[1:])
+    r = _train_here(tmp_path, capsys, monkeypatch, *lowered, resume="auto", flags=("--allow-config-change",))
+    _check(r, "step-00000004 is at step 4, past this config's 3 steps: raise the budget")
+    r = _train_here(tmp_path, capsys, monkeypatch, *sets, resume=str(ckpts / "step-00000002"))
+    assert r.returncode == 0, r.stderr[-2000:]
+    (aside,) = ckpts.glob("step-00000004.abandoned-*")  # the first attempt's step 4, kept out of auto's reach
+    assert not list(ckpts.glob("*.replaced-*")) and latest_complete(ckpts) == ckpts / "step-00000004"

@@ -197,7 +197,12 @@ def test_runs_of_before_a_new_key_keep_their_hash():
     assert config_hash(pinned) != config_hash(unpinned)
     diff = training_diff(unpinned.model_dump(mode="json"), pinned.model_dump(mode="json"))
     assert diff == ["data.sources[0].revision: None -> 'v1'"]
-    switched = ["model.attn_implementation=eager", "deepspeed.overlap_comm=false"]  # speed switches
+    switched = [  # speed and memory switches
+        "model.attn_implementation=eager",
+        "deepspeed.overlap_comm=false",
+        "deepspeed.reduce_bucket_size=100000000",
+        "deepspeed.allgather_bucket_size=200000000",
+    ]
     assert (
         config_hash(load_config(ROOT / "configs/smoke/cpt_tiny.yaml", switched + old)) == "0e0e77a0b8800e97"
     )

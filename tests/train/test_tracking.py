@@ -33,3 +33,33 @@ def test_steps_logged_again_reach_wandb(tmp_path):
         3: 2.0,
         4: 1.5,
     }
+
+
+def test_records_an_abandoned_attempt_logged_past_the_resume_are_dropped(tmp_path):
+    cfg = load_config(ROOT / "configs/smoke/cpt_tiny.yaml", [f"output_dir={tmp_path}", "tracking=none"])
+    tracker = Tracker(cfg)
+    for step in range(1, 6):  # the first attempt, killed after step 5
+        tracker.log(step, {"loss": 10.0 - step})
+    tracker.event("resume", step=4, checkpoint="step-00000004")
+    tracker.log(6, {"loss": 0.5})  # resumed with log_every=2: step 5 is not logged again
+    assert {s: m["loss"] for s, m in read_metrics(tmp_path / "metrics.jsonl").items()} == {
+        1: 9.0,
+        2: 8.0,
+        3: 7.0,
+        4: 6.0,
+        6: 0.5,
+    }
+
+
+def test_a_fresh_run_sets_an_earlier_runs_files_aside(tmp_path):
+    cfg = load_config(ROOT / "configs/smoke/cpt_tiny.yaml", [f"output_dir={tmp_path}", "tracking=none"])
+    Tracker(cfg).log(1, {"loss": 3.0})
+    (tmp_path / "wandb_run_id").write_text("733a8f26")
+    Tracker(cfg).log(2, {"loss": 2.0})  # a resumed run appends
+    assert list(read_metrics(tmp_path / "metrics.jsonl")) == [1, 2]
+    Tracker(cfg, fresh=True).log(1, {"loss": 5.0})  # checkpoints moved away, started over
+    assert {s: m["loss"] for s, m in read_metrics(tmp_path / "metrics.jsonl").items()} == {1: 5.0}
+    (old_metrics,) = tmp_path.glob("metrics.prev-*.jsonl")
+    assert list(read_metrics(old_metrics)) == [1, 2]
+    (old_id,) = tmp_path.glob("wandb_run_id.prev-*")  # the next wandb run gets a new id
+    assert old_id.read_text() == "733a8f26" and not (tmp_path / "wandb_run_id").exists()
