@@ -385,10 +385,48 @@ def peak_tflops(dtype: str = "bf16") -> float | None:
     return next((v for k, v in PEAK_TFLOPS.items() if k in name), None)
 
 
+# The settings that decide what an expanded model trains: a run continuing an export must have the export's.
+CONTINUED_KEYS = ("type", "method", "num_exp_layers", "freeze_interpolation", "divergence")
+
+
+def _continued_expansion(cfg) -> dict | None:
+    """The `expansion` section of model.name_or_path when it is a Control-LLM export (read from its config.json,
+    before any weights load), else None. Such a model trains only with that section: its pretrained blocks must
+    stay frozen, and its divergence loss is part of its forward."""
+    if cfg.model.name_or_path is None:
+        return None
+    saved = getattr(architecture(cfg.model), "expansion", None)
+    if not isinstance(saved, dict):
+        return None
+    shown = {k: saved.get(k) for k in CONTINUED_KEYS if k != "divergence"}
+    where = f"model.name_or_path '{cfg.model.name_or_path}' is a Control-LLM export ({shown})"
+    if cfg.expansion is None:
+        raise UserError(
+            f"{where}: trained as a plain model its frozen pretrained blocks would train; continue it with an "
+            "`expansion:` section equal to its own (its config.json's `expansion`), or fold it into a plain "
+            "Llama first (docs/merging.md, merge-back)"
+        )
+    wanted = cfg.expansion.model_dump(mode="json")
+    diff = [
+        f"expansion.{k}: {wanted[k]!r} here, {saved.get(k)!r} in the export"
+        for k in CONTINUED_KEYS
+        if wanted[k] != saved.get(k)
+    ]
+    if diff:
+        raise UserError(
+            f"{where}, expanded otherwise than this config says ({'; '.join(diff)}): set them as the export has them"
+        )
+    return saved
+
+
 def _expand(cfg, meta: bool) -> torch.nn.Module:
     from train.expansion import ExpansionConfig, apply_freeze_policy, build_meta, expand_model
 
     e = cfg.expansion
+    if _continued_expansion(cfg) is not None:  # an export trained on: already expanded, as checked
+        model = build_model(cfg.model, meta=meta)
+        apply_freeze_policy(model, "expansion")
+        return model
     if e.type == "partial":
         model = build_model(cfg.model, meta=meta)
         apply_freeze_policy(model, "partial", e.num_exp_layers)
@@ -416,6 +454,7 @@ def build_for_training(cfg, meta: bool = False) -> torch.nn.Module:
     if cfg.expansion is not None:
         model = _expand(cfg, meta)
     else:
+        _continued_expansion(cfg)  # refuses a Control-LLM export, whose frozen blocks would train
         model = build_model(cfg.model, meta=meta)
     if cfg.model.add_tokens:
         expand_vocabulary(model, cfg.model, init=not meta)
