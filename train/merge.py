@@ -28,7 +28,7 @@ from train.merge_config import (
     MergeError,
     TaskArithmeticConfig,
 )
-from train.merge_io import ShardReader, ShardWriter, atomic_dir, read_json, tokenizer_ids
+from train.merge_io import ShardReader, ShardWriter, atomic_dir, check_output, read_json, tokenizer_ids
 from train.yaml_config import apply_overrides, describe_errors, load_yaml_tree
 
 log = logging.getLogger(__name__)
@@ -210,7 +210,17 @@ def _arch(model: Path) -> dict[str, Any]:
     return {key: getattr(config, key, raw.get(key)) for key in ARCH_KEYS}
 
 
-def _check_inputs(plan: MergePlan, reader: ShardReader) -> None:
+def _vocab_fix(cfg: MergeConfig) -> str:
+    """How to resolve a vocabulary mismatch: a vocab_policy where the method has one."""
+    if "vocab_policy" in type(cfg).model_fields:
+        return (
+            "set vocab_policy: skip (keep the CPT rows) or shared_rows (apply the vector to the "
+            "rows both vocabularies share)"
+        )
+    return f"{cfg.method} needs the same vocabulary in every model (only chat_vector has a vocab_policy)"
+
+
+def _check_inputs(plan: MergePlan, reader: ShardReader, cfg: MergeConfig) -> None:
     """Refuse mismatched architectures, tensor sets or shapes before anything is written."""
     models = list(reader.maps)
     configs = {m: _arch(m) for m in models}
@@ -240,8 +250,7 @@ def _check_inputs(plan: MergePlan, reader: ShardReader) -> None:
             if plan.vocab_policy == "error":
                 raise MergeError(
                     f"vocabulary mismatch for tensor '{name}': {shape} in {plan.anchor} but {other} in {m}; "
-                    "set vocab_policy: skip (keep the CPT rows) or shared_rows (apply the vector to the "
-                    "rows both vocabularies share)"
+                    + _vocab_fix(cfg)
                 )
     if plan.copy_rows:
         limit = min(shapes[m][n][0] for m in (plan.anchor, plan.rows_source) for n in names if _is_vocab(n))
@@ -257,12 +266,23 @@ def _vocab_rows(reader: ShardReader, model: Path) -> int | None:
     return next((shape[0] for name, shape in sorted(shapes.items()) if _is_vocab(name)), None)
 
 
+def _has_tokenizer(model: Path) -> bool:
+    return any((model / f).is_file() for f in ("tokenizer.json", "tokenizer.model"))
+
+
 def _check_tokenizer(plan: MergePlan, reader: ShardReader) -> None:
     """The tokenizer written must reach the output's vocabulary, which is the anchor's (CPT) rows.
 
     A padded embedding (more rows than tokens) is fine; a CPT vocabulary with tokens the copied
     tokenizer lacks is not: their rows would be unreachable and the model's tokens silently wrong."""
     source = plan.file_sources["tokenizer.json"]
+    if not _has_tokenizer(source):
+        # A merged model without a tokenizer cannot be run or evaluated: refuse rather than write one.
+        other = " or set tokenizer_from: cpt" if source != plan.anchor and _has_tokenizer(plan.anchor) else ""
+        raise MergeError(
+            f"{source} has no tokenizer (tokenizer.json or tokenizer.model), which the merged model takes "
+            f"from it; copy the tokenizer files of the model it was trained from into {source}{other}"
+        )
     n_tok = tokenizer_ids(source)
     rows = _vocab_rows(reader, plan.anchor)
     if n_tok is None or rows is None:
@@ -342,15 +362,14 @@ def _copy_files(plan: MergePlan, cfg: MergeConfig, tmp: Path) -> None:
 def merge(cfg: MergeConfig) -> Path:
     """Run a validated merge config; the output appears complete or not at all."""
     out = cfg.output.resolve()
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not cfg.overwrite:
-        raise MergeError(f"output {out} exists and is not empty; pass overwrite: true to replace it")
     plan = get_method(cfg.method).plan(cfg)
     models = list(dict.fromkeys([plan.anchor, *(p for t in plan.terms for p in (t.plus, t.minus))]))
+    check_output(out, models, cfg.overwrite)  # before any weights are read or anything is written
     try:
         reader = ShardReader(models)
     except FileNotFoundError as err:
         raise MergeError(str(err)) from None
-    _check_inputs(plan, reader)
+    _check_inputs(plan, reader, cfg)
     _check_tokenizer(plan, reader)
     with atomic_dir(out) as tmp:
         writer = ShardWriter(tmp, cfg.max_shard_size)

@@ -28,7 +28,10 @@ def fold_expansion(args: argparse.Namespace) -> int:
 
     metrics = args.metrics or args.model.parent / "metrics.jsonl"
     try:
-        print(merge_back(args.model, args.out, args.weight, args.alpha_data, metrics, args.alpha_max_tokens))
+        out = merge_back(
+            args.model, args.out, args.weight, args.alpha_data, metrics, args.alpha_max_tokens, args.overwrite
+        )
+        print(out)
     except (ValueError, OSError) as err:  # bad paths and rows: one line, exit 2
         print(f"merge error: {err}", file=sys.stderr)
         return 2
@@ -68,11 +71,15 @@ def main(argv: list[str] | None = None) -> int:
         help="dlerp/dlerpin without --alpha-data: alphas logged (mean over the logged record's steps) at the export's "
         "step in this metrics.jsonl (default: <model>/../metrics.jsonl)",
     )
-    for p in (cv, ex, fold):
+    fold.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    # expansion has no merge config, so no --set: argparse refuses it rather than ignoring it.
+    for p in (cv, ex):
         p.add_argument("--set", dest="sub_set", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args(argv)
     if (args.config is None) == (args.method is None):
         parser.error("give either --config or a method subcommand (chat_vector, expo, expansion)")
+    if args.method == "expansion" and args.set:
+        parser.error("--set does not apply to expansion (it has no merge config); use its flags")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if args.method == "expansion":
         return fold_expansion(args)

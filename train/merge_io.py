@@ -6,7 +6,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -16,6 +16,8 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from train.merge_config import MergeError
+
+INDEX = "model.safetensors.index.json"  # a sharded model's tensor name -> shard file map
 
 
 def read_json(path: Path) -> Any:
@@ -36,7 +38,7 @@ def open_shard(file: Path) -> Any:
 
 def weight_map(model: Path) -> dict[str, Path]:
     """Tensor name -> shard file, from the index or a single model.safetensors."""
-    index = model / "model.safetensors.index.json"
+    index = model / INDEX
     if index.is_file():
         entries = read_json(index)
         if not isinstance(entries, dict) or not isinstance(entries.get("weight_map"), dict):
@@ -73,12 +75,28 @@ class ShardReader:
         self.maps = {m: weight_map(m) for m in models}
         self._open: dict[Path, tuple[Path, Any]] = {}
 
+    def _by_file(self, model: Path) -> dict[Path, list[str]]:
+        by_file: dict[Path, list[str]] = {}
+        for name, file in self.maps[model].items():
+            by_file.setdefault(file, []).append(name)
+        return by_file
+
     def shapes(self, model: Path) -> dict[str, list[int]]:
-        """Shape of every tensor, read from the shard headers only."""
+        """Shape of every tensor the weight map names, read from the shard headers only.
+
+        Each name is looked up in the shard the index gives it, so a stale or hand-edited index is
+        refused here, before anything is written, not halfway through the merge."""
         out = {}
-        for file in sorted(set(self.maps[model].values())):
+        for file, names in sorted(self._by_file(model).items()):
             with open_shard(file) as f:
-                out.update({name: list(f.get_slice(name).get_shape()) for name in f.keys()})
+                held = set(f.keys())
+                for name in sorted(names):
+                    if name not in held:
+                        raise MergeError(
+                            f"{model / INDEX} maps tensor '{name}' to shard {file}, which does not hold it; "
+                            "fix the index (or re-save the model)"
+                        )
+                    out[name] = list(f.get_slice(name).get_shape())
         return out
 
     def get(self, model: Path, name: str) -> torch.Tensor:
@@ -92,9 +110,7 @@ class ShardReader:
 
     def ordered_names(self, model: Path) -> Iterator[str]:
         """``model``'s tensors grouped by its shards, so every input walks its shards roughly in turn."""
-        by_file: dict[Path, list[str]] = {}
-        for name, file in self.maps[model].items():
-            by_file.setdefault(file, []).append(name)
+        by_file = self._by_file(model)
         for file in sorted(by_file):
             yield from sorted(by_file[file])
 
@@ -135,7 +151,30 @@ class ShardWriter:
             os.replace(self.directory / f"part-{i}", self.directory / final)
             names_to_file.update(dict.fromkeys(names, final))
         index = {"metadata": {"total_size": self.total}, "weight_map": names_to_file}
-        (self.directory / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
+        (self.directory / INDEX).write_text(json.dumps(index, indent=2) + "\n")
+
+
+def check_output(
+    out: Path, inputs: Iterable[Path], overwrite: bool, overwrite_hint: str = "overwrite: true"
+) -> None:
+    """Refuse an output that is, holds or lies inside an input model folder (replacing it would delete
+    that input, or write into it), and, unless ``overwrite``, one that is not empty."""
+    target = out.resolve()
+    for model in inputs:
+        source = Path(model).resolve()
+        if target.is_relative_to(source) or source.is_relative_to(target):
+            raise MergeError(
+                f"output {out} and input model {model} overlap (one is or holds the other); "
+                "choose an output folder outside every input"
+            )
+    if target.exists() and (not target.is_dir() or any(target.iterdir())) and not overwrite:
+        raise MergeError(f"output {out} exists and is not empty; pass {overwrite_hint} to replace it")
+
+
+def _umask() -> int:
+    mask = os.umask(0)  # os can only read the umask by setting it: put it straight back
+    os.umask(mask)
+    return mask
 
 
 @contextmanager
@@ -145,6 +184,8 @@ def atomic_dir(out: Path) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
         yield tmp
+        # mkdtemp makes the dir 0700 (private while it is filled); the output gets a normal folder's mode.
+        tmp.chmod(0o777 & ~_umask())
         if not out.exists():
             os.replace(tmp, out)
             return

@@ -1,8 +1,10 @@
 """Weight arithmetic on tiny random Llama models: exact formulas, vocab policies, streaming memory, atomicity."""
 
 import json
+import os
 import re
 import shutil
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -21,8 +23,11 @@ TOKENIZER = REPO / "data_prep/assets/llama3_tiny_tokenizer"
 EMBED, HEAD = "model.embed_tokens.weight", "lm_head.weight"
 
 
-def make_model(path: Path, seed: int, dtype=torch.float32, shard="300KB", **overrides) -> dict:
-    """Save a tiny random Llama (several shards) and return its state dict."""
+def make_model(
+    path: Path, seed: int, dtype=torch.float32, shard="300KB", tokenizer=True, **overrides
+) -> dict:
+    """Save a tiny random Llama (several shards), with the tiny tokenizer unless not `tokenizer`, and return
+    its state dict."""
     cfg = dict(vocab_size=2048, hidden_size=64, intermediate_size=128, num_hidden_layers=2)
     cfg.update(num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False, **overrides)
     torch.manual_seed(seed)
@@ -31,6 +36,9 @@ def make_model(path: Path, seed: int, dtype=torch.float32, shard="300KB", **over
         for p in model.parameters():
             p.normal_()  # norms too, so every tensor has a nonzero delta
     model.to(dtype).save_pretrained(path, max_shard_size=shard)
+    if tokenizer:  # a merge refuses a tokenizer source without one
+        for f in TOKENIZER.iterdir():
+            shutil.copy(f, path / f.name)
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
@@ -49,12 +57,9 @@ def f32(sd: dict) -> dict:
 
 @pytest.fixture(scope="module")
 def trio(tmp_path_factory) -> tuple[Path, dict]:
-    """A base, a chat (with tokenizer and its own template) and a CPT model sharing one architecture."""
+    """A base, a chat (with its own template) and a CPT model sharing one architecture and tokenizer."""
     root = tmp_path_factory.mktemp("trio")
     sds = {name: make_model(root / name, seed) for seed, name in enumerate(["base", "chat", "cpt", "chat2"])}
-    for name in ("chat", "cpt"):
-        for f in TOKENIZER.iterdir():
-            shutil.copy(f, root / name / f.name)
     (root / "chat/chat_template.jinja").write_text("CHAT TEMPLATE")
     cfg = json.loads((root / "chat/config.json").read_text())
     (root / "chat/config.json").write_text(json.dumps({**cfg, "eos_token_id": 7}))
@@ -361,6 +366,88 @@ def test_existing_output_needs_overwrite(trio, tmp_path):
     out = merge(load_config({**cfg, "overwrite": True}))
     assert not (out / "keep.txt").exists() and (out / "model.safetensors.index.json").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+@pytest.mark.parametrize(
+    "output", ["models", "models/cpt", "models/cpt/merged"], ids=["holds", "is", "inside"]
+)
+def test_output_overlapping_an_input_is_refused_even_with_overwrite(trio, tmp_path, output):
+    root, _ = trio
+    models = tmp_path.resolve() / "models"
+    for name in ("base", "chat", "cpt"):
+        shutil.copytree(root / name, models / name)
+    before = sorted(tmp_path.rglob("*"))
+    cfg = chat_vector_cfg(models, models / "cpt", tmp_path.resolve() / output, overwrite=True)
+    msg = f"output {tmp_path.resolve() / output} and input model {models / 'cpt'} overlap"
+    with pytest.raises(MergeError, match=re.escape(msg)):
+        merge(load_config(cfg))
+    assert sorted(tmp_path.rglob("*")) == before  # the inputs untouched, nothing written
+
+
+def test_output_folder_has_the_mode_the_umask_gives(trio, tmp_path):
+    root, _ = trio
+    umask = os.umask(0o027)
+    try:
+        out = merge(load_config(chat_vector_cfg(root, root / "cpt", tmp_path / "out")))
+    finally:
+        os.umask(umask)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o750  # not mkdtemp's 0700
+
+
+def test_index_naming_a_shard_without_the_tensor_is_refused_before_writing(trio, tmp_path):
+    root, _ = trio
+    cpt = tmp_path / "cpt"
+    shutil.copytree(root / "cpt", cpt)
+    index = json.loads((cpt / "model.safetensors.index.json").read_text())
+    shards = sorted(set(index["weight_map"].values()))
+    wrong = next(f for f in shards if f != index["weight_map"]["model.norm.weight"])
+    index["weight_map"]["model.norm.weight"] = wrong
+    (cpt / "model.safetensors.index.json").write_text(json.dumps(index))
+    msg = (
+        f"{cpt.resolve() / 'model.safetensors.index.json'} maps tensor 'model.norm.weight' to shard "
+        f"{cpt.resolve() / wrong}, which does not hold it"
+    )
+    with pytest.raises(MergeError, match=re.escape(msg)):
+        merge(load_config(chat_vector_cfg(root, cpt, tmp_path / "out")))
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("method", ["expo", "task_arithmetic"])
+def test_vocab_mismatch_without_vocab_policy_says_vocabularies_must_match(trio, expanded, tmp_path, method):
+    root, _ = trio
+    if method == "expo":
+        models = {"dpo": str(expanded), "sft": str(root / "base")}
+    else:
+        models = {"base": str(expanded), "tasks": [{"path": str(root / "base")}]}
+    cfg = {"method": method, "models": models, "output": str(tmp_path / "out")}
+    with pytest.raises(
+        MergeError, match=f"vocabulary mismatch .*; {method} needs the same vocabulary"
+    ) as err:
+        merge(load_config(cfg))
+    assert "set vocab_policy" not in str(err.value)  # an option these methods reject
+
+
+def test_tokenizer_source_without_a_tokenizer_is_refused_naming_it(trio, tmp_path):
+    root, _ = trio
+    dpo = tmp_path / "dpo"
+    make_model(dpo, 3, tokenizer=False)
+    cfg = {
+        "method": "expo",
+        "models": {"dpo": str(dpo), "sft": str(root / "base")},
+        "output": str(tmp_path / "o"),
+    }
+    msg = (
+        f"{dpo.resolve()} has no tokenizer (tokenizer.json or tokenizer.model), which the merged model takes"
+    )
+    with pytest.raises(MergeError, match=re.escape(msg) + r".*copy the tokenizer files .* into") as err:
+        merge(load_config(cfg))
+    assert "tokenizer_from" not in str(err.value)
+    # chat_vector takes it from the chat model by default; the CPT's is the other fix there.
+    cfg = chat_vector_cfg(root, root / "cpt", tmp_path / "o")
+    cfg["models"]["vectors"][0]["chat"] = str(dpo)
+    with pytest.raises(MergeError, match=r"has no tokenizer .* or set tokenizer_from: cpt$"):
+        merge(load_config(cfg))
+    assert not (tmp_path / "o").exists()
 
 
 def test_config_errors_name_key_and_suggest_fix(tmp_path):

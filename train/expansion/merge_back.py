@@ -14,6 +14,8 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
+from train.merge_io import atomic_dir, check_output
+
 from .build import llama_fields
 from .configuration import ControlLLMConfig
 from .modeling import ConcatPair, ControlLLMForCausalLM
@@ -139,11 +141,14 @@ def merge_back(
     alpha_data: str | Path | None = None,
     metrics: str | Path | None = None,
     max_tokens: int = 2048,
+    overwrite: bool = False,
 ) -> Path:
     """Load an expanded model folder, fold its pairs and save a plain Llama (with its tokenizer) to `out_dir`.
 
     w: `weight` if given; else lerp's sigmoid(theta); else (dlerp / dlerpin) the mean alpha over the rows of
     `alpha_data` (JSONL, "text"); else the alphas `metrics` (metrics.jsonl) logged at the export's step.
+    `out_dir` appears complete or not at all; a non-empty one is replaced only with `overwrite`, and one
+    that overlaps `model_dir` never.
     """
     config = AutoConfig.from_pretrained(model_dir)
     if not isinstance(config, ControlLLMConfig) or not config.expansion:
@@ -152,14 +157,17 @@ def merge_back(
             f"{model_dir} is not a Control-LLM export: its config.json has model_type {config.model_type!r}, "
             f"expected {ControlLLMConfig.model_type!r} with an 'expansion' section listing the concat pairs"
         )
+    out = Path(out_dir)
+    check_output(out, [Path(model_dir)], overwrite, overwrite_hint="--overwrite (overwrite=True)")
     model = ControlLLMForCausalLM.from_pretrained(model_dir, config=config, dtype="auto")
     if weight is None and model.config.expansion["method"] != "lerp":
         weight = _dynamic_weight(model, Path(model_dir), alpha_data, metrics, max_tokens)
-    out = Path(out_dir)
-    fold_pairs(model, weight).save_pretrained(out)
-    for pattern in _CARRIED:
-        for path in Path(model_dir).glob(pattern):
-            shutil.copy2(path, out / path.name)
+    merged = fold_pairs(model, weight)
+    with atomic_dir(out) as tmp:
+        merged.save_pretrained(tmp)
+        for pattern in _CARRIED:
+            for path in Path(model_dir).glob(pattern):
+                shutil.copy2(path, tmp / path.name)
     return out
 
 

@@ -4,10 +4,10 @@ The reference (linkedin/ControlLLM, `src/controlllm/utils/model_expander.py`) sa
 with `model_type: "causallmexpansion"`, `architectures: ["LlamaForCausalLMExpansion"]` and an `expansion`
 dict (`expand_type`, `merge_method`, `freezed_layers`, `expanded_from`, `num_ori_layers`, `num_exp_layers`,
 `interpolation_*`, `freeze_*`); stack models keep `model_type: "llama"` with the same dict. Its state-dict
-keys are already ours, so conversion rewrites only config.json (our `ControlLLMConfig`, plus the modeling
-files for `trust_remote_code`) and copies every other file byte for byte, after checking each tensor name
-and shape against the model our config describes. Anything we cannot reproduce exactly is refused, naming
-the config key.
+keys are already ours, so conversion rewrites only config.json (our `ControlLLMConfig`, plus our modeling
+files for `trust_remote_code`) and copies the other top-level files byte for byte (not the reference's *.py
+modeling code, nor subfolders), after checking each tensor name and shape against the model our config
+describes. Anything we cannot reproduce exactly is refused, naming the config key.
 """
 
 import json
@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import NoReturn
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from transformers import LlamaConfig, LlamaForCausalLM
 from transformers.dynamic_module_utils import custom_object_save
 
@@ -182,9 +182,12 @@ def _weight_shapes(folder: Path) -> dict[str, list[int]]:
         raise ReleasedFormatError(f"{folder} has no *.safetensors weights (only safetensors are supported)")
     shapes = {}
     for file in files:
-        with safe_open(file, framework="pt") as f:
-            for key in f.keys():
-                shapes[key] = list(f.get_slice(key).get_shape())
+        try:
+            with safe_open(file, framework="pt") as f:
+                for key in f.keys():
+                    shapes[key] = list(f.get_slice(key).get_shape())
+        except SafetensorError as err:  # truncated (an interrupted download) or not safetensors at all
+            raise ReleasedFormatError(f"cannot read weights file {file}: {err}") from None
     return shapes
 
 

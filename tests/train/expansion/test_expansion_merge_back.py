@@ -1,7 +1,9 @@
 """Merge-back through the launcher: which w each method folds with (lerp's theta, measured or logged alphas)."""
 
 import json
+import os
 import shutil
+import stat
 from pathlib import Path
 
 import pytest
@@ -88,6 +90,7 @@ def test_dlerp_without_alpha_data_uses_the_exports_own_logged_step(main, tmp_pat
     assert main(argv) == 0
     assert_folded_with(tmp_path / "folded", model_dir, [0.2, 0.3])  # step 3's, not the last logged (6)
 
+    argv.append("--overwrite")  # the same --out again: only the alphas may stop it
     (model_dir / "continualm_export.json").write_text(json.dumps({"step": 4}))
     assert main(argv) == 2
     assert "logs no alphas for step 4 (logged: [3, 6])" in capsys.readouterr().err
@@ -119,3 +122,47 @@ def test_plain_llama_folder_is_refused_saying_what_an_export_has(main, tmp_path,
     )
     assert "model_type 'llama', expected 'controlllm_llama' with an 'expansion' section" in err
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("out", ["run/export", "run/export/folded", "run"], ids=["is", "inside", "holds"])
+def test_out_overlapping_the_export_is_refused_before_writing(main, tmp_path, capsys, out):
+    model_dir = export(tmp_path, "lerp", step=1, logged={})
+    before = {p: p.read_bytes() for p in (tmp_path / "run").rglob("*") if p.is_file()}
+    argv = ["expansion", "--model", str(model_dir), "--out", str(tmp_path / out)]
+    capsys.readouterr()
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"merge error: output {tmp_path / out} and input model {model_dir} overlap" in err, err
+    after = {p: p.read_bytes() for p in (tmp_path / "run").rglob("*") if p.is_file()}
+    assert after == before  # the export is intact, nothing written into it
+
+
+def test_non_empty_out_needs_overwrite_and_is_replaced_atomically(main, tmp_path, capsys):
+    model_dir = export(tmp_path, "lerp", step=1, logged={})
+    out = tmp_path / "precious"
+    out.mkdir()
+    (out / "config.json").write_text('{"mine": 1}')
+    argv = ["expansion", "--model", str(model_dir), "--out", str(out)]
+    capsys.readouterr()
+    assert main(argv) == 2
+    assert f"output {out} exists and is not empty; pass --overwrite" in capsys.readouterr().err
+    assert [p.name for p in out.iterdir()] == ["config.json"]
+    assert (out / "config.json").read_text() == '{"mine": 1}'
+    umask = os.umask(0o027)
+    try:
+        assert main(argv + ["--overwrite"]) == 0
+    finally:
+        os.umask(umask)
+    assert json.loads((out / "config.json").read_text())["model_type"] == "llama"
+    assert (out / "tokenizer.json").is_file() and stat.S_IMODE(out.stat().st_mode) == 0o750
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["precious", "run"]  # no temp folders left
+
+
+def test_set_is_refused_for_expansion(main, tmp_path, capsys):
+    argv = ["expansion", "--model", str(tmp_path / "m"), "--out", str(tmp_path / "o")]
+    with pytest.raises(SystemExit) as exit_:
+        main(argv + ["--set", "weight=0.5"])
+    assert exit_.value.code == 2 and "unrecognized arguments: --set weight=0.5" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:
+        main(["--set", "weight=0.5", *argv])
+    assert exit_.value.code == 2 and "--set does not apply to expansion" in capsys.readouterr().err

@@ -202,15 +202,32 @@ def test_top_level_mismatches_name_the_key(tmp_path, base):
     )
 
 
-def test_cli_refuses_weights_that_do_not_match(tmp_path, base, capsys, monkeypatch):
-    raw, state = write_released(tmp_path / "released", base, "concat", "lerp")
-    del state["model.layers.1.interpolation_factor"]
-    save_file(state, tmp_path / "released/model.safetensors", metadata={"format": "pt"})
+def export_main(monkeypatch):
+    """launch/export.py's main, called in-process."""
     spec = importlib.util.spec_from_file_location("launch_export", ROOT / "launch" / "export.py")
     monkeypatch.syspath_prepend(str(ROOT / "launch"))
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
-    code = script.main(["released", "--model", str(tmp_path / "released"), "--out", str(tmp_path / "ours")])
+    return script.main
+
+
+def test_cli_refuses_weights_that_do_not_match(tmp_path, base, capsys, monkeypatch):
+    raw, state = write_released(tmp_path / "released", base, "concat", "lerp")
+    del state["model.layers.1.interpolation_factor"]
+    save_file(state, tmp_path / "released/model.safetensors", metadata={"format": "pt"})
+    main = export_main(monkeypatch)
+    code = main(["released", "--model", str(tmp_path / "released"), "--out", str(tmp_path / "ours")])
     err = capsys.readouterr().err
     assert code == 2 and "missing ['model.layers.1.interpolation_factor']" in err, err
     assert not (tmp_path / "ours").exists()
+
+
+def test_cli_names_a_truncated_weights_file(tmp_path, base, capsys, monkeypatch):
+    write_released(tmp_path / "released", base, "concat", "lerp")
+    weights = tmp_path / "released/model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])  # an interrupted download
+    main = export_main(monkeypatch)
+    code = main(["released", "--model", str(tmp_path / "released"), "--out", str(tmp_path / "ours")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith(f"continualm: error: cannot read weights file {weights}: "), err
+    assert len(err.splitlines()) == 1 and not (tmp_path / "ours").exists()
