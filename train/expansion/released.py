@@ -13,7 +13,6 @@ describes. Anything we cannot reproduce exactly is refused, naming the config ke
 import json
 import logging
 import shutil
-import tempfile
 from pathlib import Path
 from typing import NoReturn
 
@@ -21,6 +20,8 @@ import torch
 from safetensors import SafetensorError, safe_open
 from transformers import LlamaConfig, LlamaForCausalLM
 from transformers.dynamic_module_utils import custom_object_save
+
+from train.merge_io import atomic_dir, check_output
 
 from .build import expanded_config, llama_fields
 from .configuration import DIVERGENCE_TYPES, METHODS, ControlLLMConfig, ExpansionConfig
@@ -222,11 +223,8 @@ def convert_released(src: Path, out: Path, base_model: str | None = None, overwr
     config = released_config(raw, base_model)
     model = _meta_model(config)
     _check_weights(src, model)
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise ReleasedFormatError(f"{out} exists and is not empty (pass overwrite)")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    check_output(out, [src], overwrite, overwrite_hint="--overwrite")
+    with atomic_dir(out) as tmp:
         for file in sorted(src.iterdir()):
             # Weights, index, tokenizer, generation config, evaluation results...: copied as they are.
             if file.is_file() and file.name != "config.json" and file.suffix != ".py":
@@ -235,11 +233,5 @@ def convert_released(src: Path, out: Path, base_model: str | None = None, overwr
         if model.is_remote_code():  # writes auto_map and copies our modeling files, as save_pretrained does
             custom_object_save(model, tmp, config=config)
         config.save_pretrained(tmp)
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     logger.info("converted %s (%s) to %s", src, config.expansion["type"], out)
     return out

@@ -18,6 +18,7 @@ from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 from tests.conftest import ROOT
 from train.expansion import ControlLLMForCausalLM, ExpansionConfig, expand_model
 from train.expansion.released import ReleasedFormatError, convert_released, released_config
+from train.merge_io import _umask
 
 # A Llama-3.1 style config.json as transformers 4.4x writes it (rope_scaling / rope_theta, torch_dtype).
 LLAMA_4X = {
@@ -231,3 +232,18 @@ def test_cli_names_a_truncated_weights_file(tmp_path, base, capsys, monkeypatch)
     err = capsys.readouterr().err
     assert code == 2 and err.startswith(f"continualm: error: cannot read weights file {weights}: "), err
     assert len(err.splitlines()) == 1 and not (tmp_path / "ours").exists()
+
+
+def test_output_is_never_an_input_and_replaces_only_when_asked(tmp_path, base):
+    released = tmp_path / "released"
+    write_released(released, base, "concat")
+    before = sorted((p.name, p.stat().st_size) for p in released.iterdir())
+    for out in (released, released / "ours", tmp_path):  # is, inside, holds the source
+        with pytest.raises(ValueError, match="overlap"):
+            convert_released(released, out, overwrite=True)
+    assert sorted((p.name, p.stat().st_size) for p in released.iterdir()) == before
+    out = convert_released(released, tmp_path / "ours")
+    assert out.stat().st_mode & 0o777 == 0o777 & ~_umask()  # not mkdtemp's 0700
+    with pytest.raises(ValueError, match="not empty; pass --overwrite"):
+        convert_released(released, out)
+    assert convert_released(released, out, overwrite=True) == out
