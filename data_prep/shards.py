@@ -348,6 +348,7 @@ def prepare(data, tokenizer) -> MixedRows:
 
     `data` is any object with `sources`, `seq_len`, `cache_dir` (and optionally the PackOptions names)."""
     plan, rank, local_rank = None, writers.rank(), writers.local_rank()
+    group = writers.waiting_group()
     for node_pass in (False, True):
         failure = None
         try:  # resolving runs on every rank: a failure there, too, must reach the others
@@ -358,6 +359,8 @@ def prepare(data, tokenizer) -> MixedRows:
                     _build(folder, source, tokenizer, opts, key)
         except BaseException as e:
             failure = e
-        writers.settle(failure)  # every rank waits here until this pass's builders are done
+        writers.settle(failure, group)  # every rank waits here until this pass's builders are done
+    if group is not None:
+        torch.distributed.destroy_process_group(group)
     log.info("using packed data %s", ", ".join(str(f) for f, _ in folders))
     return MixedRows([PackedRows(f) for f, _ in folders], [s.label for s in sources])

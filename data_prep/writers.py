@@ -10,6 +10,7 @@ it forever (an OSError such as a full disk, or a bug).
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 
 import torch
 
@@ -57,14 +58,28 @@ def peer_failure(outcomes: list[dict | None]) -> Exception | None:
     return None
 
 
-def settle(error: BaseException | None) -> None:
-    """After a build, on every rank: all ranks exchange outcomes, so each one returns only if every build
-    succeeded. A rank whose build failed re-raises its own exception; the others raise `peer_failure`."""
+# How long the other ranks wait for a build inside a training launch. The process group's own timeout (10
+# minutes under DeepSpeed) would end a run whose corpus takes hours to pack; prepare_data.py avoids the wait.
+BUILD_WAIT = timedelta(hours=48)
+
+
+def waiting_group():
+    """A gloo group for waiting out builds (None outside a distributed run); create it on every rank
+    before anyone builds, since creating a group is itself a collective."""
+    if not distributed():
+        return None
+    return torch.distributed.new_group(backend="gloo", timeout=BUILD_WAIT)
+
+
+def settle(error: BaseException | None, group=None) -> None:
+    """After a build, on every rank: all ranks exchange outcomes (over `group`, from `waiting_group`), so each
+    one returns only if every build succeeded. A rank whose build failed re-raises its own exception; the
+    others raise `peer_failure`."""
     mine = outcome(error, rank())
     outcomes = [mine]
     if distributed():
         outcomes = [None] * torch.distributed.get_world_size()
-        torch.distributed.all_gather_object(outcomes, mine)
+        torch.distributed.all_gather_object(outcomes, mine, group=group)
     if error is not None:
         raise error
     failure = peer_failure(outcomes)

@@ -98,3 +98,16 @@ def test_a_node_leader_that_cannot_see_the_shard_builds_the_same_one(tmp_path, m
     assert a.parent != b.parent and a.name == b.name
     for name in ("input_ids.bin", "position_ids.bin", "manifest.json"):
         assert (a / name).read_bytes() == (b / name).read_bytes()
+
+
+def test_ranks_wait_out_a_build_longer_than_the_process_group_timeout(tmp_path):
+    from tests.conftest import torchrun_helper
+
+    (tmp_path / "c.jsonl").write_text(json.dumps({"text": "some words to pack " * 8}) + "\n")
+    r = torchrun_helper("tests/data_prep/slow_build_worker.py", str(tmp_path), timeout=120)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert (
+        json.loads((tmp_path / "rank0.json").read_text())
+        == json.loads((tmp_path / "rank1.json").read_text())
+        > 0
+    )
