@@ -3,8 +3,9 @@ errors that name the key and the fix. Recipes (train/config.py) and merge config
 
 from __future__ import annotations
 
+import copy
 import difflib
-import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -32,11 +33,31 @@ def _numbers_only(annotation: Any) -> bool:
     return bool(kinds) and all(k in (int, float) for k in kinds)
 
 
+class _Loader(yaml.SafeLoader):
+    """YAML as people write configs: `5e5` and `1e-6` are numbers (PyYAML follows YAML 1.1, where floats need
+    a dot), and `2024-06-01` stays text (a run name or a dataset revision, not a date)."""
+
+
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def parse_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_Loader)  # noqa: S506  (a SafeLoader subclass)
+
+
 def _read_yaml(path: Path) -> dict:
     if not path.is_file():
         raise UserError(f"config file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        data = parse_yaml(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as e:
         raise UserError(f"{path} is not valid YAML: {e}") from None
     except UnicodeDecodeError as e:
@@ -78,13 +99,13 @@ def load_yaml_tree(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict:
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
     """Apply `key.sub=value` strings (a number indexes a list: `data.sources.0.weight=2`); values are parsed
     as YAML (so 3e-5, true, [a, b] keep their types)."""
-    data = json.loads(json.dumps(data))
+    data = copy.deepcopy(data)
     for item in overrides:
         if "=" not in item:
             raise UserError(f"--set expects key=value (dotted key, YAML value), got {item!r}")
         key, raw = item.split("=", 1)
         try:
-            value = yaml.safe_load(raw)
+            value = parse_yaml(raw)
         except yaml.YAMLError:
             value = raw
         parts = key.strip().split(".")

@@ -126,6 +126,16 @@ def test_extends_and_set_overrides(tmp_path):
     assert cfg.tracking.backend == "none"
 
 
+def test_exponents_are_numbers_and_dates_stay_text(tmp_path):
+    # PyYAML reads 5e5 as a string (YAML 1.1 floats need a dot) and 2024-06-01 as a date
+    child = _child(tmp_path, "tracking:\n  run_name: 2024-06-01\nschedule:\n  min_lr: 1e-6\n")
+    overrides = ["model.overrides.rope_theta=5e5", "model.overrides.rms_norm_eps=1e-6", "train.max_steps=2e3"]
+    cfg = load_config(child, [*overrides, "data.sources=[{hub_id: a/b, revision: 2024-06-01}]"])
+    assert cfg.model.overrides == {"rope_theta": 500000.0, "rms_norm_eps": 1e-6}
+    assert cfg.train.max_steps == 2000 and cfg.schedule.min_lr == 1e-6
+    assert cfg.tracking.run_name == "2024-06-01" and cfg.data.sources[0].revision == "2024-06-01"
+
+
 def test_set_indexes_lists(tmp_path):
     cfg = load_config(ROOT / "configs/smoke/sft_tiny.yaml", ["data.sources.1.weight=5"])
     assert [s.weight for s in cfg.data.sources] == [3, 5]
