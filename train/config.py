@@ -11,7 +11,7 @@ import hashlib
 import json
 import math
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
@@ -258,8 +258,8 @@ class TrainConfig(Section):
 class OptimConfig(Section):
     name: Literal["adamw_torch", "fused_adam", "cpu_adam"] = "adamw_torch"
     lr: float = Field(gt=0)
-    betas: tuple[float, float] = (0.9, 0.999)
-    eps: float = 1e-8
+    betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = (0.9, 0.999)
+    eps: float = Field(default=1e-8, gt=0)
     weight_decay: float = Field(default=0.0, ge=0)
     weight_decay_mode: Literal["fixed", "lr_ratio"] = "fixed"
     """lr_ratio re-sets weight decay to weight_decay * current lr each step (the Control-LLM rule)."""
@@ -312,6 +312,7 @@ class TrackingConfig(Section):
 
 class EvalConfig(Section):
     suites: list[str] = Field(default_factory=list)
+    """Suites (control_llm_zh, swallow_ja, swallow_en, mera, ...) or single tasks of eval_hooks/tasks."""
     every_steps: int | None = Field(default=None, gt=0)
     at_checkpoints: bool = False
     limit: int | None = Field(default=None, gt=0)
@@ -324,10 +325,23 @@ class EvalConfig(Section):
     """On any rank's eval failure, every rank raises; else rank 0 logs it and an `eval_error` event, all train on.
     A failure inside generation, or inside a ZeRO-3 forward, stops the run either way (docs/eval.md)."""
 
+    @field_validator("suites")
+    @classmethod
+    def _known(cls, suites: list[str]) -> list[str]:
+        from eval_hooks import task_names
+
+        known = task_names()
+        for name in suites:
+            if name not in known:
+                close = difflib.get_close_matches(name, sorted(known), n=1)
+                hint = f" Did you mean {close[0]!r}?" if close else ""
+                raise ValueError(f"unknown suite or task {name!r}.{hint} (eval_hooks/tasks lists them)")
+        return suites
+
 
 class RunConfig(Section):
     output_dir: str
-    seed: int = 42
+    seed: int = Field(default=42, ge=0)
     model: ModelConfig
     peft: PeftConfig | None = None
     expansion: ExpansionSection | None = None
@@ -368,6 +382,13 @@ class RunConfig(Section):
             raise ValueError(
                 "model.add_tokens needs trainable embeddings: it cannot be combined with peft or expansion"
             )
+        if self.peft is not None and self.train.loss_chunk_tokens is not None:
+            heads = [m for m in self.peft.target_modules if m.split(".")[-1] == "lm_head"]
+            if heads:  # the chunked head computes from the base weight alone: the adapter would never train
+                raise ValueError(
+                    "peft.target_modules adapts lm_head, which train.loss_chunk_tokens replaces by a chunked "
+                    "head of the base weight: drop lm_head from the targets or set train.loss_chunk_tokens: null"
+                )
         if self.peft is not None and self.expansion is not None:
             raise ValueError("peft and expansion cannot be combined: choose LoRA or Control-LLM expansion")
         if self.schedule.min_lr > opt.lr:

@@ -256,6 +256,11 @@ def train(
     folder = checkpoint.find_resume(cfg, resume)  # before any collective: a refusal stops every rank alike
     if cfg.checkpoint.export_at_end:  # fail now, not after the training
         checkpoint.check_export_folder(Path(cfg.output_dir) / "export", overwrite=True)
+    if cfg.eval.suites and not Path(cfg.eval.data_dir).is_dir():
+        raise UserError(
+            f"eval.data_dir {cfg.eval.data_dir} is not a folder (the benchmark files, docs/eval.md)"
+        )
+    build_for_training(cfg, meta=True)  # the model's settings (LoRA targets, overrides) fail before data prep
     dist.init()
     seed_everything(cfg.seed)
     tokenizer = build_tokenizer(cfg.model)

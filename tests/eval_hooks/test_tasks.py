@@ -526,3 +526,9 @@ def test_squadv2_card_column_is_hf_squad_v2_exact(tm):
     assert score(impossible, " ") == {"exact_match": 1.0, "exact_match_unanswerable": 1.0}
     assert score(seine, " Seine.") == {"exact_match": 1.0, "exact_match_unanswerable": 1.0}
     assert score(seine, " unanswerable") == {"exact_match": 0.0, "exact_match_unanswerable": 0.0}
+
+
+def test_config_checks_names_against_lm_evals_own_index(tm):
+    from eval_hooks import task_names
+
+    assert task_names() == set(tm.all_tasks)  # the start-up check of eval.suites reads the YAMLs alone

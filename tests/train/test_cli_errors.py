@@ -166,3 +166,13 @@ def test_a_resume_from_an_earlier_step_sets_the_later_ones_aside(tmp_path, capsy
     assert r.returncode == 0, r.stderr[-2000:]
     (aside,) = ckpts.glob("step-00000004.abandoned-*")  # the first attempt's step 4, kept out of auto's reach
     assert not list(ckpts.glob("*.replaced-*")) and latest_complete(ckpts) == ckpts / "step-00000004"
+
+
+def test_model_and_eval_settings_fail_before_data_preparation(tmp_path, capsys, monkeypatch):
+    r = _train_here(tmp_path, capsys, monkeypatch, "model.overrides.hidden_sizee=2")
+    _check(r, "hidden_sizee")
+    r = _train_here(
+        tmp_path, capsys, monkeypatch, "eval.suites=[cl_mmlu]", "eval.every_steps=1", "eval.data_dir=/nope"
+    )
+    _check(r, "eval.data_dir /nope is not a folder")
+    assert not (tmp_path / "cache").exists()  # nothing was prepared

@@ -112,6 +112,14 @@ def test_missing_required_key(tmp_path):
         (["eval.suites=[control_llm_zh]"], "never runs"),
         (["data.sources=[{path: corpus, data_files: '*.parquet'}]"], "put the glob in the path"),
         (["data.sources=[{path: corpus, revision: main}]"], "'revision' pins a hub dataset"),
+        (["eval.suites=[swallow_jp]"], "unknown suite or task 'swallow_jp'. Did you mean 'swallow_ja'?"),
+        (["seed=-1"], "'seed': Input should be greater than or equal to 0"),
+        (["optim.betas=[1.5, 0.9]"], "'optim.betas.0': Input should be less than 1"),
+        (["optim.eps=0"], "'optim.eps': Input should be greater than 0"),
+        (
+            ["peft={r: 8, alpha: 16, target_modules: [q_proj, lm_head]}", "train.loss_chunk_tokens=64"],
+            "peft.target_modules adapts lm_head, which train.loss_chunk_tokens replaces",
+        ),
     ],
 )
 def test_impossible_combinations(tmp_path, overrides, fragment):
