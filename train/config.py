@@ -72,7 +72,8 @@ class PeftConfig(Section):
     alpha: float = Field(gt=0)
     dropout: float = Field(default=0.0, ge=0, lt=1)
     target_modules: list[str] = Field(min_length=1)
-    """Module names to adapt, e.g. [q_proj, v_proj] (the Control-LLM paper's LoRA baseline)."""
+    """Modules to adapt as peft matches them (a name or dotted suffix), e.g. [q_proj, v_proj] (the Control-LLM
+    paper's LoRA baseline); [all-linear] adapts every linear layer but the head."""
     merge_on_export: bool = True
     """Also write the adapters merged into a full model (export/); the peft adapter goes to export/adapter."""
 

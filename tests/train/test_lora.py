@@ -73,3 +73,35 @@ def test_lora_zero3_trains_only_adapters_and_merges_exactly(tmp_path, data_cache
         torch.testing.assert_close(merged_logits, with_adapter(ids).logits, atol=1e-5, rtol=1e-5)
     # and the adapter changes what the model computes (a no-op adapter merges exactly too); 0.18 measured
     assert (merged_logits - base_logits).abs().max() > 1e-2
+
+
+@pytest.mark.parametrize(
+    ("targets", "fragment"),
+    [
+        ("[q_projj]", "'q_projj' is not a module of this model; its linear and embedding layers are"),
+        ("[self_attn]", "'self_attn' names LlamaAttention modules, which LoRA cannot adapt"),
+    ],
+)
+def test_targets_that_lora_cannot_adapt_are_refused(targets, fragment):
+    from train.errors import UserError
+    from train.model import build_for_training
+
+    with pytest.raises(UserError, match=fragment):
+        build_for_training(load_config(RECIPE, [f"peft.target_modules={targets}"]), meta=True)
+
+
+@pytest.mark.parametrize(
+    ("targets", "adapted"),
+    [
+        ("[self_attn.q_proj]", {"q_proj"}),  # peft's dotted suffix
+        ("[all-linear]", {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}),
+    ],
+)
+def test_targets_as_peft_matches_them(targets, adapted):
+    from train.model import build_for_training
+
+    model = build_for_training(load_config(RECIPE, [f"peft.target_modules={targets}"]), meta=True)
+    trained = {
+        n.split(".lora_")[0].rsplit(".", 1)[-1] for n, p in model.named_parameters() if p.requires_grad
+    }
+    assert trained == adapted
