@@ -40,6 +40,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--overwrite", action="store_true")
+    p.add_argument(
+        "--merge",
+        action=argparse.BooleanOptionalAction,
+        help="LoRA: also write the merged full model (default: the run's peft.merge_on_export)",
+    )
     args = p.parse_args(argv)
 
     from train.checkpoint import export_hf, latest_complete
@@ -49,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
         ckpt = latest_complete(args.checkpoint) if args.checkpoint.name == "checkpoints" else args.checkpoint
         if ckpt is None:
             raise UserError(f"no complete checkpoint in {args.checkpoint}")
-        print(f"exported {ckpt} to {export_hf(ckpt, args.out, overwrite=args.overwrite)}")
+        print(f"exported {ckpt} to {export_hf(ckpt, args.out, args.overwrite, args.merge)}")
     except USER_ERRORS as e:
         print(f"continualm: error: {e}", file=sys.stderr)
         return 2

@@ -347,11 +347,11 @@ def check_export_folder(out: Path, overwrite: bool) -> None:
         raise UserError(f"export folder {out} is not empty; pass --overwrite or choose another --out")
 
 
-def export_hf(checkpoint: Path, out: Path, overwrite: bool = False) -> Path:
+def export_hf(checkpoint: Path, out: Path, overwrite: bool = False, merge: bool | None = None) -> Path:
     """Write a Hugging Face folder (safetensors, config, tokenizer) from a training checkpoint.
 
-    With LoRA the peft adapter goes to `out/adapter`, and the merged full model to `out` when
-    `peft.merge_on_export` is set.
+    With LoRA the peft adapter (and the tokenizer) goes to `out/adapter`, and the merged full model to `out`
+    when `merge` is set (None: the run's `peft.merge_on_export`).
     """
     from train.model import DTYPES, build_for_training, build_tokenizer
 
@@ -379,7 +379,9 @@ def export_hf(checkpoint: Path, out: Path, overwrite: bool = False) -> Path:
     tmp.mkdir(parents=True)
     if cfg.peft is not None:
         model.save_pretrained(tmp / "adapter", safe_serialization=True)
-        model = model.merge_and_unload() if cfg.peft.merge_on_export else None
+        build_tokenizer(cfg.model).save_pretrained(tmp / "adapter")
+        merge = cfg.peft.merge_on_export if merge is None else merge
+        model = model.merge_and_unload() if merge else None
     if model is not None:
         model.config.use_cache = True
         model.save_pretrained(tmp, safe_serialization=True)

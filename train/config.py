@@ -461,6 +461,7 @@ HASHED_AT_DEFAULT = {
     # buckets were shrunk around an OOM resumes
     "deepspeed.reduce_bucket_size": 500_000_000,
     "deepspeed.allgather_bucket_size": 500_000_000,
+    "peft.merge_on_export": True,  # what the export writes, not what trains
 }
 # Keys added later whose default renders data differently for some runs from before them: left out of the hash
 # only at the value that reproduces those runs, so they resume with it set and are refused (naming it) without.
@@ -478,7 +479,8 @@ def config_hash(cfg: RunConfig) -> str:
         node.pop(leaf, None)
     for key, default in HASHED_AT_DEFAULT.items():
         section, leaf = key.split(".")
-        data[section][leaf] = default
+        if data[section] is not None:  # an optional section (peft) may be absent
+            data[section][leaf] = default
     for key, old_value in UNHASHED_AT.items():
         section, leaf = key.split(".")
         if data[section][leaf] == old_value:

@@ -221,6 +221,9 @@ def test_runs_of_before_a_new_key_keep_their_hash():
         "deepspeed.reduce_bucket_size=100000000",
         "deepspeed.allgather_bucket_size=200000000",
     ]
+    lora = ["peft={r: 8, alpha: 16, target_modules: [q_proj]}"]
+    no_merge = load_config(ROOT / "configs/smoke/cpt_tiny.yaml", [*lora, "peft.merge_on_export=false"])
+    assert config_hash(no_merge) == config_hash(load_config(ROOT / "configs/smoke/cpt_tiny.yaml", lora))
     assert (
         config_hash(load_config(ROOT / "configs/smoke/cpt_tiny.yaml", switched + old)) == "0e0e77a0b8800e97"
     )

@@ -74,6 +74,13 @@ def test_lora_zero3_trains_only_adapters_and_merges_exactly(tmp_path, data_cache
     # and the adapter changes what the model computes (a no-op adapter merges exactly too); 0.18 measured
     assert (merged_logits - base_logits).abs().max() > 1e-2
 
+    # the adapter alone, whatever the run's peft.merge_on_export said; it carries the tokenizer
+    from train.checkpoint import export_hf
+
+    alone = export_hf(out / "checkpoints" / "step-00000003", tmp_path / "adapter_only", merge=False)
+    assert sorted(p.name for p in alone.iterdir()) == ["adapter", "continualm_export.json"]
+    assert (alone / "adapter" / "tokenizer.json").is_file()
+
 
 @pytest.mark.parametrize(
     ("targets", "fragment"),
