@@ -155,6 +155,8 @@ def check_complete(folder: Path) -> dict:
     state_file = folder / STATE_FILE
     if not folder.exists():
         raise UserError(f"{folder} does not exist")
+    if not folder.is_dir():  # e.g. `latest`, DeepSpeed's pointer file
+        raise UserError(f"{folder} is a file, not a checkpoint: give a step-XXXXXXXX folder")
     if not state_file.exists():
         if folder.is_dir() and (
             (folder / "checkpoints").is_dir() or any(TAG_RE.match(p.name) for p in folder.iterdir())

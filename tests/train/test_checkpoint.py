@@ -104,6 +104,9 @@ def test_a_resume_path_that_is_not_a_checkpoint_says_what_it_is(tmp_path):
     with pytest.raises(UserError, match="nope does not exist"):
         check_complete(tmp_path / "nope")
     _fake_checkpoint(tmp_path / "run" / "checkpoints", 2)
+    (tmp_path / "run" / "checkpoints" / "latest").write_text(tag_for(2))
+    with pytest.raises(UserError, match="latest is a file, not a checkpoint"):
+        check_complete(tmp_path / "run" / "checkpoints" / "latest")
     for folder in (tmp_path / "run", tmp_path / "run" / "checkpoints"):
         with pytest.raises(UserError, match="is a run or checkpoints folder, not a checkpoint: give a step-"):
             check_complete(folder)
