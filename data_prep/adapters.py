@@ -10,6 +10,7 @@ from __future__ import annotations
 import ast
 import difflib
 import json
+import re
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -19,6 +20,9 @@ from data_prep.errors import BadRow, DataError
 ROLES = ("system", "user", "assistant")
 SHAREGPT_ROLES = {"human": "user", "gpt": "assistant", "system": "system"}
 MESSAGE_KEYS = ("messages", "dialog", "conversation")
+# JSON may escape half of a UTF-16 pair (\ud800); such a str is not Unicode text and the tokenizer
+# cannot encode it (a TypeError, not a bad row), so it is refused where fields are read.
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
 
 
 @dataclass(frozen=True)
@@ -33,15 +37,28 @@ class AdapterOptions:
     """oasst: keep trees whose root prompt has one of these languages (None: all)."""
 
 
+def _unicode(value: str, what: str) -> str:
+    """`value`, or a BadRow if it holds a lone surrogate."""
+    bad = _SURROGATE.search(value)
+    if bad:
+        raise BadRow(
+            f"{what} holds a lone surrogate (\\u{ord(bad.group()):04x} at character {bad.start()}), "
+            "which is not valid Unicode text"
+        )
+    return value
+
+
 def _str_field(row: dict, key: str, required: bool = True) -> str:
     if key not in row or row[key] is None:
-        if required:
-            raise BadRow(f"field '{key}' is missing; the row has: {', '.join(map(str, row)) or 'no fields'}")
-        return ""
+        if not required:
+            return ""
+        if key in row:
+            raise BadRow(f"field '{key}' is null")
+        raise BadRow(f"field '{key}' is missing; the row has: {', '.join(map(str, row)) or 'no fields'}")
     value = row[key]
     if not isinstance(value, str):
         raise BadRow(f"field '{key}' must be a string, found {type(value).__name__}")
-    return value
+    return _unicode(value, f"field '{key}'")
 
 
 def _as_dict(row: object) -> dict:
@@ -101,6 +118,8 @@ def alpaca(row: object, opts: AdapterOptions) -> dict:
     for i, pair in enumerate(history):
         if not (isinstance(pair, list | tuple) and len(pair) == 2 and all(isinstance(t, str) for t in pair)):
             raise BadRow(f"history[{i}] must be a pair of strings [user, assistant]")
+        for t in pair:
+            _unicode(t, f"history[{i}]")
         messages += [{"role": "user", "content": pair[0]}, {"role": "assistant", "content": pair[1]}]
     messages += [{"role": "user", "content": prompt}, {"role": "assistant", "content": output}]
     return {"messages": check_conversation(messages)}
@@ -120,7 +139,7 @@ def _turns(raw: object, role_key: str, content_key: str, roles: dict[str, str] |
             if role not in roles:
                 raise BadRow(f"turn {i}: '{role_key}' '{role}' is not one of {', '.join(roles)}")
             role = roles[role]
-        out.append({"role": role, "content": content})
+        out.append({"role": role, "content": _unicode(content, f"turn {i}: '{content_key}'")})
     return out
 
 
@@ -138,10 +157,10 @@ def messages(row: object, opts: AdapterOptions) -> dict:
     if isinstance(raw, str):  # ControlLLM stores `dialog` as JSON or a Python literal
         try:
             raw = json.loads(raw)
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):  # json's decoder recurses per nesting level
             try:
                 raw = ast.literal_eval(raw)
-            except (ValueError, SyntaxError):
+            except (ValueError, SyntaxError, RecursionError, MemoryError):  # the parser's limits on nesting
                 raise BadRow(f"field '{keys[0]}' is a string but not a JSON list of turns") from None
     return {"messages": check_conversation(_turns(raw, "role", "content", None))}
 
@@ -174,6 +193,7 @@ def _oasst_node(row: object) -> dict:
     ):
         if not isinstance(row.get(key), kinds) or isinstance(row.get(key), bool):
             raise BadRow(f"field '{key}' must be {what}, found {type(row.get(key)).__name__}")
+    _unicode(row["text"], "field 'text'")
     return row
 
 

@@ -9,6 +9,7 @@ strings: the template's own must be parsed as control tokens, and a tokenizer ca
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import re
@@ -19,6 +20,27 @@ IGNORE = -100
 def template_fingerprint(tokenizer) -> str:
     """Hash of the chat template (a template change must rebuild SFT shards)."""
     return hashlib.sha256((tokenizer.chat_template or "").encode()).hexdigest()[:16]
+
+
+@contextlib.contextmanager
+def bare_backend(tokenizer, special_tokens_as_text: bool = False):
+    """The tokenizer's Rust backend with truncation and padding off inside the block (restored after, as is
+    `encode_special_tokens`). A tokenizer.json may store either, and the backend applies them on every
+    encode: documents would be cut or get pad ids as text. Switched in place, not on a copy: copying a
+    128k-token backend per sample would cost more than the encode (workers are processes, not threads)."""
+    backend = tokenizer.backend_tokenizer
+    truncation, padding, special = backend.truncation, backend.padding, backend.encode_special_tokens
+    backend.no_truncation()
+    backend.no_padding()
+    backend.encode_special_tokens = special_tokens_as_text
+    try:
+        yield backend
+    finally:
+        backend.encode_special_tokens = special
+        if truncation is not None:
+            backend.enable_truncation(**truncation)
+        if padding is not None:
+            backend.enable_padding(**padding)
 
 
 @functools.lru_cache(maxsize=8)
@@ -58,8 +80,8 @@ def encode_chat(
         if found:
             raise ValueError(f"turn {i} ({m['role']}): content holds the special token {found.group()!r}")
     text = _render(tokenizer, messages)
-    backend = tokenizer.backend_tokenizer  # one fast encode with offsets instead of one per prefix
-    enc = backend.encode(text, add_special_tokens=False)
+    with bare_backend(tokenizer) as backend:  # one fast encode with offsets instead of one per prefix
+        enc = backend.encode(text, add_special_tokens=False)
     ids = enc.ids
     if ids.count(tokenizer.bos_token_id) != 1 or ids[0] != tokenizer.bos_token_id:
         raise ValueError(f"the rendered conversation must start with exactly one BOS: {text[:80]!r}")

@@ -87,9 +87,11 @@ def iter_records(source: Source, on_error: str = "raise", skips: Skips | None = 
         results = results()
     for where, rec in results:
         if isinstance(rec, BadRow):
+            # a reason may quote the row, and a lone surrogate in it could not be logged or written out
+            reason = f"{where}: {rec}".encode("utf-8", "backslashreplace").decode("utf-8")
             if on_error == "raise":
-                raise DataError(f"{where}: {rec} (adapter '{source.adapter}'; or set data.on_error: skip)")
-            skips.add(f"{where}: {rec}")
+                raise DataError(f"{reason} (adapter '{source.adapter}'; or set data.on_error: skip)")
+            skips.add(reason)
             continue
         n += 1
         yield {**rec, "source": source.label, "id": where}

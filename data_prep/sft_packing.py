@@ -30,6 +30,10 @@ class SftStats:
     dropped_samples: int = 0
     """Over-long samples dropped, plus samples left without any target token."""
     truncated_tokens: int = 0
+    dropped_pieces: int = 0
+    """`overlong: split` pieces dropped for holding no target token (a sample left with none is also
+    counted in dropped_samples)."""
+    dropped_piece_tokens: int = 0
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -65,7 +69,11 @@ class SftPacker:
         pieces = [
             (i, [IGNORE, *lab[1:]]) for i, lab in self._pieces(ids, labels)
         ]  # a start is never a target
-        pieces = [p for p in pieces if any(t != IGNORE for t in p[1])]
+        kept = [p for p in pieces if any(t != IGNORE for t in p[1])]
+        if len(pieces) > 1:  # a split sample: its pieces without a target are dropped, and counted
+            self.stats.dropped_pieces += len(pieces) - len(kept)
+            self.stats.dropped_piece_tokens += sum(len(p[0]) for p in pieces) - sum(len(p[0]) for p in kept)
+        pieces = kept
         if not pieces:
             self.stats.dropped_samples += 1
             return

@@ -10,6 +10,7 @@ SFT shards also store labels, since loss masks cannot be derived from the tokens
 from __future__ import annotations
 
 import collections
+import copy
 import hashlib
 import itertools
 import json
@@ -28,7 +29,7 @@ from tqdm import tqdm
 
 from data_prep import writers
 from data_prep.adapters import record_kind
-from data_prep.chat import encode_chat, template_fingerprint
+from data_prep.chat import bare_backend, encode_chat, template_fingerprint
 from data_prep.errors import DataError
 from data_prep.packing import CptPacker, flatten, labels_for
 from data_prep.records import Skips, iter_records
@@ -62,8 +63,13 @@ class PackOptions:
 
 
 def tokenizer_fingerprint(tokenizer) -> str:
-    """Hash of the tokenizer's full definition (vocab, merges, normalisation, special tokens)."""
+    """Hash of the tokenizer's full definition (vocab, merges, normalisation, special tokens). Truncation
+    and padding are left out: shards are encoded without them, and transformers switches them per call."""
     backend = getattr(tokenizer, "backend_tokenizer", None) or getattr(tokenizer, "_tokenizer", None)
+    if getattr(backend, "truncation", None) is not None or getattr(backend, "padding", None) is not None:
+        backend = copy.deepcopy(backend)  # once per shard key: to_str() has no option to leave them out
+        backend.no_truncation()
+        backend.no_padding()
     blob = backend.to_str() if backend is not None else json.dumps(sorted(tokenizer.get_vocab().items()))
     blob += json.dumps([tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id])
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
@@ -122,11 +128,12 @@ class PackedRows:
     def __len__(self) -> int:
         return self.manifest["rows"]
 
-    @property
-    def summary(self) -> dict:
+    def summary(self, label: str) -> dict:
         """What the rows are, for comparing shards across ranks and resumes: a digest of the manifest without
-        the inputs' paths and times (so a copied dataset matches), with its row and token counts."""
+        the inputs' paths and times (so a copied dataset matches), with its row and token counts. The source's
+        `label` is today's (a shard is reused under a renamed label, and must digest as one built with it)."""
         kept = {k: v for k, v in self.manifest.items() if k != "skip_reasons"}  # reasons name file paths
+        kept["label"] = label
         kept["key"] = {k: v for k, v in kept["key"].items() if k != "data"}
         digest = hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).hexdigest()[:16]
         return {"digest": digest, "rows": self.manifest["rows"], "tokens": self.manifest["tokens_in_rows"]}
@@ -154,7 +161,9 @@ class MixedRows:
 
     def summaries(self) -> dict[str, dict]:
         """{source label: PackedRows.summary}."""
-        return {label: shard.summary for label, shard in zip(self.source_labels, self.shards, strict=True)}
+        return {
+            label: shard.summary(label) for label, shard in zip(self.source_labels, self.shards, strict=True)
+        }
 
     def source_of(self, rows) -> np.ndarray:
         """The source index of each global row id."""
@@ -210,14 +219,15 @@ def _tokenize_texts(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is None or not hasattr(backend, "encode_batch_fast"):
         return flatten(tokenizer(texts, add_special_tokens=False, split_special_tokens=True)["input_ids"])
-    backend.encode_special_tokens = True
-    try:
+    # truncation and padding off, as they are for a clean tokenizer; restored after, as are special tokens
+    # (chat templates in this process need them)
+    with bare_backend(tokenizer, special_tokens_as_text=True) as backend:
         return flatten(e.ids for e in backend.encode_batch_fast(texts, add_special_tokens=False))
-    finally:
-        backend.encode_special_tokens = False  # chat templates in this process need their special tokens
 
 
 def _encode_batch(records: list[dict]) -> list[tuple[list[int], list[int]] | str]:
+    from jinja2.exceptions import TemplateError  # transformers renders chat templates with jinja2
+
     tokenizer, train_on_prompt = _WORKER
     out = []
     for record in records:
@@ -225,6 +235,9 @@ def _encode_batch(records: list[dict]) -> list[tuple[list[int], list[int]] | str
             out.append(encode_chat(tokenizer, record["messages"], train_on_prompt))
         except ValueError as e:
             out.append(f"{record['id']}: {e}")
+        # a template may refuse a sample: raise_exception("System role not supported")
+        except TemplateError as e:
+            out.append(f"{record['id']}: the chat template failed: {e}")
     return out
 
 
@@ -286,7 +299,28 @@ def _sft_rows(source: Source, tokenizer, opts: PackOptions, skips: Skips, stats:
     stats.update(packer.stats.as_dict(), tokens_in_rows=packer.stats.tokens)
 
 
+def _remove_killed_builds(folder: Path) -> None:
+    """Delete the temporary folders of this host's earlier builds of `folder` whose process is gone (a kill
+    leaves partial shards of many GB behind); a live one (another rank's, or a reused pid) is left alone."""
+    host = socket.gethostname()
+    for tmp in folder.parent.glob(f".tmp-{folder.name}-{host}-*"):
+        pid = tmp.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and not _process_alive(int(pid)):
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
 def _build(folder: Path, source: Source, tokenizer, opts: PackOptions, key: dict) -> None:
+    _remove_killed_builds(folder)
     tmp = folder.with_name(f".tmp-{folder.name}-{socket.gethostname()}-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)

@@ -1,4 +1,5 @@
-"""Read raw rows from local files (jsonl, json, parquet, csv, arrow, `save_to_disk` folders) with row numbers.
+"""Read raw rows from local files (jsonl, json, gzipped jsonl/json, parquet, csv, arrow, `save_to_disk` folders)
+with row numbers.
 
 Unreadable input raises a DataError naming the file and the line, so training never starts on
 silently broken data.
@@ -8,14 +9,37 @@ from __future__ import annotations
 
 import csv
 import glob
+import gzip
 import json
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
 from data_prep.errors import BadRow, DataError
 
-SUFFIXES = {".jsonl", ".json", ".parquet", ".csv", ".arrow"}
+SUFFIXES = (".jsonl", ".json", ".jsonl.gz", ".json.gz", ".parquet", ".csv", ".arrow")
+# Names that look like data we cannot read (another compression, tsv): a source naming them is refused,
+# since silently leaving them out trains on part of the data.
+UNREAD_SUFFIXES = (".gz", ".bz2", ".xz", ".zst", ".zstd", ".lz4", ".zip", ".tar", ".tsv", ".ndjson")
 csv.field_size_limit(2**31 - 1)  # long documents are legitimate (default limit 128 KiB); fits any C long
+
+
+def _suffix(path: Path) -> str | None:
+    """The data format of a file name (".jsonl.gz" included), or None for a file we do not read."""
+    return next((s for s in SUFFIXES if path.name.endswith(s)), None)
+
+
+def _data_files(paths, where: str) -> list[Path]:
+    """The readable data files among `paths`; files that look like data but are not readable are an error."""
+    files = [f for f in paths if f.is_file()]
+    unread = [f for f in files if _suffix(f) is None and f.name.endswith(UNREAD_SUFFIXES)]
+    if unread:
+        shown = ", ".join(map(str, unread[:5])) + (f" and {len(unread) - 5} more" if len(unread) > 5 else "")
+        raise DataError(
+            f"{where}: {len(unread)} file(s) look like data in a format that is not read: {shown}. Data files "
+            f"end in {', '.join(sorted(SUFFIXES))}: convert them, or select the files to read with a glob path"
+        )
+    return sorted(f for f in files if _suffix(f))
 
 
 def _split_folders(folder: Path, split: str) -> list[Path]:
@@ -42,42 +66,62 @@ def resolve_files(pattern: str, split: str = "train") -> list[Path]:
             return _split_folders(p, split)
         if (p / "dataset_info.json").exists() or (p / "state.json").exists():
             return [p]
-        files = sorted(f for f in p.rglob("*") if f.suffix in SUFFIXES and f.is_file())
+        files = _data_files(p.rglob("*"), str(p))
     elif p.is_file():
-        if p.suffix not in SUFFIXES:
+        if _suffix(p) is None:
             raise DataError(f"{p}: unsupported file type; data files end in {', '.join(sorted(SUFFIXES))}")
         files = [p]
     else:
-        files = sorted(
-            Path(f)
-            for f in glob.glob(pattern, recursive=True)
-            if Path(f).suffix in SUFFIXES and Path(f).is_file()
-        )
+        files = _data_files(map(Path, glob.glob(pattern, recursive=True)), f"data source '{pattern}'")
     if not files:
         raise DataError(f"data source '{pattern}' matches no data file ({', '.join(sorted(SUFFIXES))})")
     return files
 
 
+def _open(path: Path):
+    """The file as bytes, decompressed if its name ends in .gz."""
+    return gzip.open(path, "rb") if path.name.endswith(".gz") else path.open("rb")
+
+
+def _lines(path: Path, f) -> Iterator[tuple[int, bytes]]:
+    """(line number, bytes) of an open file; a corrupt gzip stream (or a read error) is a DataError naming the
+    line reached."""
+    lines, lineno = iter(f), 0
+    while True:
+        try:
+            raw = next(lines)
+        except StopIteration:
+            return
+        except (OSError, EOFError, zlib.error) as e:  # gzip raises all three for truncated or bad data
+            raise DataError(f"{path}:{lineno + 1}: cannot read the file from this line on ({e})") from None
+        lineno += 1
+        yield lineno, raw
+
+
 def _rows_jsonl(path: Path) -> Iterator[tuple[int, object]]:
-    with path.open("rb") as f:  # decoded per line, so one bad byte is one bad row
-        for lineno, raw in enumerate(f, 1):
+    with _open(path) as f:  # decoded per line, so one bad byte is one bad row
+        for lineno, raw in _lines(path, f):
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as e:  # yielded, not raised, so `on_error: skip` can go on
                 yield lineno, BadRow(f"line is not valid UTF-8 (byte {e.start + 1})")
                 continue
+            if lineno == 1:  # a byte order mark (Windows editors) is not part of the row
+                line = line.removeprefix("\ufeff")
             if not line.strip():
                 continue
             try:
                 yield lineno, json.loads(line)
             except json.JSONDecodeError as e:
                 yield lineno, BadRow(f"line is not valid JSON ({e.msg} at column {e.colno})")
+            except RecursionError:  # json's decoder recurses per nesting level
+                yield lineno, BadRow("line is not valid JSON (nested too deeply)")
 
 
 def _not_utf8(path: Path) -> DataError:
     """The error for a file that is not UTF-8, naming the line of its first bad byte."""
-    with path.open("rb") as f:  # decoded per line: a newline byte is never inside a character
-        for lineno, raw in enumerate(f, 1):
+    with _open(path) as f:  # decoded per line: a newline byte is never inside a character
+        for lineno, raw in _lines(path, f):
             try:
                 raw.decode("utf-8")
             except UnicodeDecodeError:
@@ -86,16 +130,24 @@ def _not_utf8(path: Path) -> DataError:
 
 
 def _read_text(path: Path) -> str:
+    """The whole file as text; utf-8-sig drops a byte order mark, which json.loads would refuse."""
     try:
-        return path.read_text(encoding="utf-8")
+        with _open(path) as f:
+            data = f.read()
+    except (OSError, EOFError, zlib.error) as e:  # gzip raises all three for truncated or bad data
+        raise DataError(f"{path}: cannot read the file ({e})") from None
+    try:
+        return data.decode("utf-8-sig")
     except UnicodeDecodeError:
         raise _not_utf8(path) from None
 
 
-def _rows_json(path: Path) -> Iterator[tuple[int, object]]:
+def _rows_json(path: Path) -> Iterator[tuple[int | str, object]]:
     text = _read_text(path)
     try:
         data = json.loads(text)
+    except RecursionError:  # json's decoder recurses per nesting level; the array is one document
+        raise DataError(f"{path}: not valid JSON (nested too deeply)") from None
     except json.JSONDecodeError as e:
         # probably JSON lines with a .json name; an array is one document, so its error is where it is
         if not text.lstrip().startswith("[") and (e.lineno > 1 or "Extra data" in e.msg):
@@ -111,7 +163,8 @@ def _rows_json(path: Path) -> Iterator[tuple[int, object]]:
         raise DataError(
             f"{path}: a JSON file must hold an array of objects (or be JSON lines), found {type(data).__name__}"
         )
-    yield from enumerate(data, 1)
+    # an array is one document, often pretty-printed: its rows are elements, not lines
+    yield from ((f"element {i}", row) for i, row in enumerate(data, 1))
 
 
 def _rows_parquet(path: Path, key: str | None) -> Iterator[tuple[int, object]]:
@@ -127,22 +180,42 @@ def _rows_parquet(path: Path, key: str | None) -> Iterator[tuple[int, object]]:
             f"{path}: text column '{key}' not found; the columns are: {', '.join(pf.schema_arrow.names)}. "
             "Set the source's text_key."
         )
-    row = 0
-    for batch in pf.iter_batches(columns=[key] if key else None, batch_size=4096):
-        for value in batch.to_pylist():
+    batches, row = pf.iter_batches(columns=[key] if key else None, batch_size=4096), 0
+    while True:
+        try:  # pages are decoded while iterating: a corrupt one fails here, not in ParquetFile()
+            batch = next(batches, None)
+            values = batch.to_pylist() if batch is not None else []
+        except Exception as e:  # pyarrow raises OSError, ArrowInvalid, ... for corrupt data
+            raise DataError(f"{path}: cannot read parquet data from row {row + 1} on ({e})") from None
+        if batch is None:
+            return
+        for value in values:
             row += 1
             yield row, value
 
 
 def _rows_csv(path: Path) -> Iterator[tuple[int, object]]:
-    with path.open(encoding="utf-8", newline="") as f:
-        reader = csv.DictReader(f)
-        try:
-            yield from enumerate(reader, 2)
-        except UnicodeDecodeError:  # text is decoded in blocks: the reader's line is not the bad byte's
-            raise _not_utf8(path) from None
-        except csv.Error as e:  # the DictReader's line_num lags a failed row; its reader's does not
-            raise DataError(f"{path}:{reader.reader.line_num}: not valid CSV ({e})") from None
+    """Rows as csv.DictReader gives them, numbered by their first line (a quoted field may span lines)."""
+    with path.open(encoding="utf-8-sig", newline="") as f:  # -sig: a byte order mark is not the header's
+        reader, header = csv.reader(f), None
+        while True:
+            first = reader.line_num + 1
+            try:
+                values = next(reader)
+            except StopIteration:
+                return
+            except UnicodeDecodeError:  # text is decoded in blocks: the reader's line is not the bad byte's
+                raise _not_utf8(path) from None
+            except csv.Error as e:
+                raise DataError(f"{path}:{reader.line_num}: not valid CSV ({e})") from None
+            if header is None:
+                header = values
+            elif values:  # blank lines are skipped, as csv.DictReader does
+                row = dict(zip(header, values, strict=False))  # rows may be shorter or longer
+                row.update({h: None for h in header[len(values) :]})
+                if len(values) > len(header):
+                    row[None] = values[len(header) :]
+                yield first, row
 
 
 def _rows_arrow(path: Path) -> Iterator[tuple[int, object]]:
@@ -152,11 +225,21 @@ def _rows_arrow(path: Path) -> Iterator[tuple[int, object]]:
         ds = datasets.load_from_disk(str(path)) if path.is_dir() else datasets.Dataset.from_file(str(path))
     except Exception as e:  # datasets and pyarrow raise several types for broken folders and files
         raise DataError(f"{path}: cannot read the dataset ({e})") from None
-    yield from enumerate(ds, 1)  # a Dataset: resolve_files gives a DatasetDict's split folders
+    rows, row = iter(ds), 0  # a Dataset: resolve_files gives a DatasetDict's split folders
+    while True:
+        try:
+            value = next(rows)
+        except StopIteration:
+            return
+        except Exception as e:  # batches are decoded while iterating: corrupt data fails here
+            raise DataError(f"{path}: cannot read the dataset from row {row + 1} on ({e})") from None
+        row += 1
+        yield row, value
 
 
-def iter_rows(path: Path, key: str | None = None) -> Iterator[tuple[int, object]]:
-    """(row number, row) pairs of one local file; the row number is the line for text formats.
+def iter_rows(path: Path, key: str | None = None) -> Iterator[tuple[int | str, object]]:
+    """(where, row) pairs of one local file: where is the line for jsonl (the first line for csv),
+    "element N" for a JSON array, the row number (from 1) for parquet and arrow.
     An unparsable line comes as a BadRow in place of the row.
 
     `key` limits columnar formats to that column; None reads whole rows."""
@@ -164,10 +247,12 @@ def iter_rows(path: Path, key: str | None = None) -> Iterator[tuple[int, object]
         return _rows_arrow(path)
     return {
         ".jsonl": lambda: _rows_jsonl(path),
+        ".jsonl.gz": lambda: _rows_jsonl(path),
         ".json": lambda: _rows_json(path),
+        ".json.gz": lambda: _rows_json(path),
         ".parquet": lambda: _rows_parquet(path, key),
         ".csv": lambda: _rows_csv(path),
-    }[path.suffix]()
+    }[_suffix(path)]()
 
 
 def source_identity(source) -> dict:

@@ -30,9 +30,8 @@ def main() -> int:
     except USER_ERRORS as e:
         print(f"continualm: error: {e}", file=sys.stderr)
         return 2
-    for shard in data.shards:
-        m = shard.manifest
-        print(json.dumps({"source": m["label"], "folder": str(shard.folder), "rows": m["rows"]}))
+    for label, shard in zip(data.source_labels, data.shards, strict=True):
+        print(json.dumps({"source": label, "folder": str(shard.folder), "rows": shard.manifest["rows"]}))
     return 0
 
 

@@ -60,7 +60,7 @@ def test_alpaca_input_mapping(mode, second):
         conv(("user", "为什么金属导电性好？"), ("assistant", "金属中存在大量自由电子。")),
         second,
     ]
-    assert out[1]["id"].endswith("stem_zh_instruction.json:2")
+    assert out[1]["id"].endswith("stem_zh_instruction.json:element 2")  # a JSON array's rows are elements
 
 
 def test_alpaca_history_pairs_come_first():
@@ -217,3 +217,67 @@ def test_empty_after_filtering_and_unknown_names(tmp_path):
         resolve(SimpleNamespace(name="alpaca_zn"))
     with pytest.raises(DataError, match="Did you mean 'sharegpt'"):
         resolve(SimpleNamespace(path="x", adapter="sharegtp"))
+
+
+GOOD = {
+    "text": {"text": "ok"},
+    "alpaca": {"instruction": "q", "input": "", "output": "a"},
+    "messages": {"messages": conv(("user", "hi"), ("assistant", "yo"))},
+    "sharegpt": {"conversations": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "yo"}]},
+}
+
+
+@pytest.mark.parametrize(
+    "adapter, row, reason",
+    [
+        ("text", {"text": "bad \ud800 x"}, r"field 'text' holds a lone surrogate \(\\ud800 at character 4\)"),
+        ("alpaca", {"instruction": "q", "input": "", "output": "a \udfff"}, "field 'output' holds a lone"),
+        (
+            "alpaca",
+            {"instruction": "q", "output": "a", "history": [["h \ud83d", "a"]]},
+            r"history\[0\] holds",
+        ),
+        (
+            "messages",
+            {"messages": conv(("user", "hi \udc00"), ("assistant", "ok"))},
+            "turn 0: 'content' holds",
+        ),
+        (
+            "messages",
+            {"dialog": json.dumps(conv(("user", "hi"), ("assistant", "\ud800")))},
+            "turn 1: 'content'",
+        ),
+        ("sharegpt", {"conversations": [{"from": "human", "value": "\ud800"}]}, "turn 0: 'value' holds"),
+    ],
+)
+def test_a_lone_surrogate_is_a_bad_row(tmp_path, adapter, row, reason):
+    # valid JSON ("\ud800" escaped), but not Unicode text: the tokenizer would fail with a TypeError
+    f = tmp_path / "s.jsonl"
+    f.write_text(json.dumps(row) + "\n" + json.dumps(GOOD[adapter]) + "\n")
+    with pytest.raises(DataError, match=rf"s.jsonl:1: {reason}"):
+        records(adapter=adapter, path=str(f))
+    skips = Skips()
+    assert [r["id"] for r in records("skip", skips, adapter=adapter, path=str(f))] == [f"{f}:2"]
+    assert skips.count == 1 and "lone surrogate" in skips.reasons[0]
+    skips.reasons[0].encode("utf-8")  # the reason itself can be logged and written to the manifest
+
+
+def test_a_lone_surrogate_in_oasst_text_is_a_bad_row(tmp_path):
+    f = tmp_path / "o.jsonl"
+    row = {"message_id": "m", "parent_id": None, "message_tree_id": "t", "role": "prompter", "text": "\udc00"}
+    f.write_text(json.dumps(row) + "\n")
+    skips = Skips()
+    with pytest.raises(DataError, match="has no usable rows"):
+        records("skip", skips, adapter="oasst_top1", path=str(f))
+    assert skips.reasons == [
+        f"{f}:1: field 'text' holds a lone surrogate (\\udc00 at character 0), which is not valid Unicode text"
+    ]
+
+
+def test_deeply_nested_dialog_string_is_a_bad_row(tmp_path):
+    f = tmp_path / "d.jsonl"
+    f.write_text(json.dumps({"dialog": "[" * 100_000}) + "\n")
+    with pytest.raises(
+        DataError, match=r"d.jsonl:1: field 'dialog' is a string but not a JSON list of turns"
+    ):
+        records(adapter="messages", path=str(f))

@@ -216,3 +216,114 @@ def test_memory_stays_flat_as_the_corpus_grows(tmp_path):
         assert rows > copies  # the corpus really was tokenized and packed
     # streamed in batches: 4x the corpus, about the same peak (whole-corpus buffering would be ~4x)
     assert peaks[80] < 1.5 * peaks[20], peaks
+
+
+def _tokenizer_with(tmp_path, setting: dict):
+    """The tiny tokenizer with `setting` (truncation or padding) stored in its tokenizer.json."""
+    import shutil
+
+    from train.config import ModelConfig
+    from train.model import TINY_TOKENIZER
+
+    folder = tmp_path / "tokenizer"
+    shutil.copytree(TINY_TOKENIZER, folder)
+    spec = json.loads((folder / "tokenizer.json").read_text(encoding="utf-8"))
+    spec.update(setting)
+    (folder / "tokenizer.json").write_text(json.dumps(spec), encoding="utf-8")
+    return build_tokenizer(ModelConfig(preset="llama3_tiny", dtype="fp32", tokenizer=str(folder)))
+
+
+STORED_SETTINGS = {
+    "truncation": {
+        "truncation": {"direction": "Right", "max_length": 8, "strategy": "LongestFirst", "stride": 0}
+    },
+    "padding": {
+        "padding": {
+            "strategy": "BatchLongest",
+            "direction": "Right",
+            "pad_to_multiple_of": 64,
+            "pad_id": 2047,
+            "pad_type_id": 0,
+            "pad_token": "<|finetune_right_pad_id|>",
+        }
+    },
+}
+
+
+@pytest.mark.parametrize("recipe", [CPT, SFT], ids=["cpt", "sft"])
+@pytest.mark.parametrize("setting", list(STORED_SETTINGS))
+def test_truncation_or_padding_stored_in_the_tokenizer_does_not_change_the_shard(tmp_path, recipe, setting):
+    cfg = load_config(recipe, [f"data.cache_dir={tmp_path / 'clean'}"])
+    cfg.data.sources = cfg.data.sources[:1]
+    clean = shards.prepare(cfg.data, build_tokenizer(cfg.model)).shards[0]
+    tok = _tokenizer_with(tmp_path, STORED_SETTINGS[setting])
+    stored = (tok.backend_tokenizer.truncation, tok.backend_tokenizer.padding)
+    assert stored != (None, None)
+    cfg.data.cache_dir = str(tmp_path / "stored")
+    shard = shards.prepare(cfg.data, tok).shards[0]
+    assert shard.folder.name == clean.folder.name  # the same key: the setting does not reach the shard
+    for name in ("input_ids.bin", "position_ids.bin", "labels.bin"):
+        if (clean.folder / name).exists():
+            assert (shard.folder / name).read_bytes() == (clean.folder / name).read_bytes(), name
+    assert (tok.backend_tokenizer.truncation, tok.backend_tokenizer.padding) == stored  # left as it was
+
+
+def test_a_lone_surrogate_is_a_skipped_bad_row_not_a_tokenizer_crash(tmp_path):
+    f = tmp_path / "s.jsonl"
+    good = json.dumps({"text": "春天来了，河边的柳树慢慢长出了嫩绿的新芽。" * 4}, ensure_ascii=False)
+    f.write_text(f'{good}\n{{"text": "bad \\ud800 surrogate"}}\n{good}\n')
+    sets = [f"data.cache_dir={tmp_path / 'cache'}", f"data.sources=[{{path: {f}}}]", "data.seq_len=8"]
+    m = shards.prepare(
+        load_config(CPT, [*sets, "data.on_error=skip"]).data, build_tokenizer(load_config(CPT).model)
+    )
+    assert (m.shards[0].manifest["skipped_rows"], m.shards[0].manifest["documents"]) == (1, 2)
+    assert m.shards[0].manifest["skip_reasons"][0].startswith(f"{f}:2: field 'text' holds a lone surrogate")
+
+
+def test_a_chat_template_that_raises_is_a_bad_row_with_file_and_row(tmp_path):
+    f = tmp_path / "chat.jsonl"
+    good = {
+        "messages": [{"role": "user", "content": "Two plus two?"}, {"role": "assistant", "content": "Four."}]
+    }
+    system = {"messages": [{"role": "system", "content": "Be brief."}, *good["messages"]]}
+    f.write_text("".join(json.dumps(r) + "\n" for r in (good, system, good)))
+    sets = [f"data.cache_dir={tmp_path / 'cache'}", f"data.sources=[{{path: {f}, adapter: messages}}]"]
+    tok = build_tokenizer(load_config(SFT).model)
+    refuse = "{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not supported') }}{% endif %}"
+    tok.chat_template = refuse + tok.chat_template
+    reason = f"{f}:2: the chat template failed: System role not supported"
+    m = shards.prepare(load_config(SFT, [*sets, "data.on_error=skip"]).data, tok).shards[0].manifest
+    assert (m["skipped_rows"], m["samples"], m["skip_reasons"]) == (1, 2, [reason])
+    with pytest.raises(DataError, match=rf"{reason} \(or set data.on_error: skip\)"):
+        shards.prepare(load_config(SFT, sets).data, tok)
+
+
+def test_a_renamed_label_reuses_the_shard_and_digests_as_a_fresh_build(tmp_path):
+    # The label is not in the fingerprint: the reused shard's manifest keeps the old one, and the digest that
+    # resumes and ranks compare must not depend on which label the cache was first built under.
+    tok = build_tokenizer(load_config(CPT).model)
+
+    def prepared(cache, label):
+        source = f"data.sources=[{{path: data_prep/samples/multilingual_cpt.jsonl, label: {label}}}]"
+        return shards.prepare(load_config(CPT, [f"data.cache_dir={cache}", source]).data, tok)
+
+    prepared(tmp_path / "a", "old")
+    reused, fresh = prepared(tmp_path / "a", "new"), prepared(tmp_path / "b", "new")
+    assert reused.shards[0].manifest["label"] == "old"
+    assert reused.summaries() == fresh.summaries() and list(fresh.summaries()) == ["new"]
+
+
+def test_a_killed_builds_temporary_folder_is_removed_by_the_next_build(tmp_path):
+    import os
+    import socket
+
+    cfg = load_config(CPT, [f"data.cache_dir={tmp_path}"])
+    folder, _ = shards._plan(cfg.data, build_tokenizer(cfg.model))[2][0]
+    host = socket.gethostname()
+    killed = tmp_path / f".tmp-{folder.name}-{host}-{2**22 + 1}"  # above any pid: its process is gone
+    live = tmp_path / f".tmp-{folder.name}-{host}-{os.getppid()}"  # a running process's build stays
+    for partial in (killed, live):
+        partial.mkdir(parents=True)
+        (partial / "input_ids.bin").write_bytes(b"\0" * 64)
+    shards.prepare(cfg.data, build_tokenizer(cfg.model))
+    assert not killed.exists() and live.exists()

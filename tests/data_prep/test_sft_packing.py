@@ -84,3 +84,17 @@ def test_packed_and_unpacked_loss_are_equal():
         packed = sum(loss_sum(*r) for r in rows)
         alone = sum(loss_sum(ids, list(range(len(ids))), lab) for ids, lab in samples)
     torch.testing.assert_close(packed, alone, rtol=1e-5, atol=1e-5)
+
+
+def test_split_pieces_without_targets_are_dropped_and_counted():
+    # prompt of 6 in rows of 4: the first piece is all prompt and is dropped, the others are kept
+    rows, stats = pack([sample(10, 10, prompt=6)], seq_len=4, overlong="split")
+    assert [r[0] for r in rows] == [[14, 15, 16, 17], [18, 19, PAD, PAD]]
+    assert (stats.dropped_pieces, stats.dropped_piece_tokens, stats.dropped_samples) == (1, 4, 0)
+    rows, stats = pack([([1, 2, 3, 4, 5], [IGNORE] * 5)], seq_len=4, overlong="split")  # no target at all
+    assert rows == [] and (stats.dropped_pieces, stats.dropped_piece_tokens, stats.dropped_samples) == (
+        2,
+        5,
+        1,
+    )
+    assert {"dropped_pieces", "dropped_piece_tokens"} <= set(stats.as_dict())  # what the manifest holds

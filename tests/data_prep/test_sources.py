@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import gzip
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +18,7 @@ from data_prep.errors import DataError
 from data_prep.records import Skips, iter_records
 from data_prep.registry import resolve
 from data_prep.shards import prepare
-from data_prep.sources import source_identity
+from data_prep.sources import iter_rows, source_identity
 from train.model import TINY_TOKENIZER
 
 
@@ -150,7 +151,8 @@ def test_unsupported_file_extension_lists_the_supported_ones(tmp_path):
     f = tmp_path / "data.txt"
     f.write_text("some text\n")
     with pytest.raises(
-        DataError, match=rf"{f}: unsupported file type; .*\.arrow, \.csv, \.json, \.jsonl, \.parquet"
+        DataError,
+        match=rf"{f}: unsupported file type; .*\.arrow, \.csv, \.json, \.json\.gz, \.jsonl, \.jsonl\.gz, \.parquet",
     ):
         _docs(f)
 
@@ -247,3 +249,130 @@ def test_cache_is_reused_and_rebuilt_when_data_changes(tmp_path):
     batch = first.batch([0, 1])
     assert batch["input_ids"][0, 0].item() == tok.bos_token_id
     assert batch["input_ids"].shape == (2, 32)
+
+
+def _where(path, **kw):
+    return [r["id"].rsplit(":", 1)[1] for r in iter_records(resolve(Spec(path=str(path), **kw)))]
+
+
+def test_a_corrupt_parquet_page_names_the_file_and_the_row_reached(tmp_path):
+    f = tmp_path / "c.parquet"
+    texts = [f"document {i} " + "word " * (i % 7) for i in range(4200)]  # a batch is 4096 rows
+    pq.write_table(
+        pa.table({"text": texts}), f, row_group_size=4096, compression="snappy", use_dictionary=False
+    )
+    chunk = pq.ParquetFile(f).metadata.row_group(1).column(0)
+    end = chunk.data_page_offset + chunk.total_compressed_size
+    body = bytearray(f.read_bytes())
+    body[end - 40 : end] = b"\xff" * 40  # the second row group's page data; the footer stays readable
+    f.write_bytes(bytes(body))
+    with pytest.raises(DataError, match=rf"{f}: cannot read parquet data from row 4097 on \(.+\)"):
+        _docs(f)
+
+
+def test_a_corrupt_arrow_batch_names_the_file_and_the_row_reached(tmp_path, monkeypatch):
+    f = tmp_path / "d.arrow"
+    f.write_bytes(b"")
+
+    def broken():  # what a bad record batch does: raise while the rows are iterated
+        yield {"text": "one"}
+        raise OSError("Invalid IPC message")
+
+    monkeypatch.setattr(datasets.Dataset, "from_file", lambda path: broken())
+    with pytest.raises(
+        DataError, match=rf"{f}: cannot read the dataset from row 2 on \(Invalid IPC message\)"
+    ):
+        _docs(f)
+
+
+def test_a_byte_order_mark_is_not_part_of_the_first_row(tmp_path):
+    bom = "\ufeff"
+    (tmp_path / "a.csv").write_text(f"{bom}text,id\nhello,1\n", encoding="utf-8")
+    (tmp_path / "b.jsonl").write_text(f'{bom}{{"text": "one"}}\n{{"text": "two"}}\n', encoding="utf-8")
+    (tmp_path / "c.json").write_text(f'{bom}[{{"text": "three"}}]', encoding="utf-8")
+    (tmp_path / "d.json").write_text(f'{bom}{{"text": "four"}}\n{{"text": "five"}}\n', encoding="utf-8")
+    assert _docs(tmp_path / "a.csv") == ["hello"]
+    assert _docs(tmp_path / "b.jsonl") == ["one", "two"]
+    assert _docs(tmp_path / "c.json") == ["three"]
+    assert _docs(tmp_path / "d.json") == ["four", "five"]
+
+
+def test_null_text_says_null(tmp_path):
+    f = tmp_path / "x.jsonl"
+    f.write_text('{"text": null}\n')
+    with pytest.raises(DataError, match=r"x.jsonl:1: field 'text' is null \(adapter"):
+        _docs(f)
+
+
+def test_gzipped_json_lines_and_json_are_read_like_plain_ones(tmp_path):
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    (folder / "a.jsonl").write_text('{"text": "one"}\n')
+    with gzip.open(folder / "b.jsonl.gz", "wt", encoding="utf-8") as g:
+        g.write('{"text": "two"}\n\n{"text": "three"}\n')
+    with gzip.open(folder / "c.json.gz", "wt", encoding="utf-8") as g:  # mC4's name for JSON lines
+        g.write('{"text": "four"}\n{"text": "five"}\n')
+    with gzip.open(folder / "d.json.gz", "wt", encoding="utf-8") as g:
+        g.write('[{"text": "six"}]')
+    (folder / "README.md").write_text("not data")
+    assert _docs(folder) == ["one", "two", "three", "four", "five", "six"]
+    assert _where(folder / "b.jsonl.gz") == ["1", "3"]
+    assert _docs(folder / "*.gz") == ["two", "three", "four", "five", "six"]
+    assert len(source_identity(resolve(Spec(path=str(folder))))["files"]) == 4
+
+
+def test_a_truncated_gzip_file_names_the_file_and_the_line_reached(tmp_path):
+    f = tmp_path / "b.jsonl.gz"
+    f.write_bytes(gzip.compress("".join(f'{{"text": "row {i}"}}\n' for i in range(2000)).encode())[:-200])
+    with pytest.raises(DataError, match=rf"{f}:\d+: cannot read the file from this line on \(.+\)"):
+        _docs(f)
+
+
+def test_data_files_in_a_format_that_is_not_read_are_an_error_naming_them(tmp_path):
+    folder = tmp_path / "corpus"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "a.jsonl").write_text('{"text": "one"}\n')
+    (folder / "sub" / "b.jsonl.zst").write_bytes(b"zstd")
+    (folder / "c.csv.gz").write_bytes(gzip.compress(b"text\ntwo\n"))
+    match = rf"{folder}: 2 file\(s\) look like data in a format that is not read: {folder / 'c.csv.gz'}, "
+    with pytest.raises(DataError, match=match + rf"{folder / 'sub' / 'b.jsonl.zst'}\. Data files end in"):
+        source_identity(resolve(Spec(path=str(folder))))
+    with pytest.raises(DataError, match=r"1 file\(s\) look like data .*c\.csv\.gz"):
+        _docs(folder / "*")
+    assert _docs(folder / "*.jsonl") == ["one"]  # a glob selects what to read
+    with pytest.raises(DataError, match=rf"{folder / 'c.csv.gz'}: unsupported file type"):
+        _docs(folder / "c.csv.gz")
+
+
+def test_csv_rows_are_numbered_by_their_first_line(tmp_path):
+    f = tmp_path / "ml.csv"
+    f.write_text('text,id\n"multi\nline\nrow",1\n\nok,2\n"two\nlines",3\nlast,4\n')
+    assert _where(f) == ["2", "6", "7", "9"]
+    assert _docs(f) == ["multi\nline\nrow", "ok", "two\nlines", "last"]
+    for body in ('text,id\n"multi\nline",1\n\nok,2\n', "text,id\nshort\nlong,1,extra\n"):
+        f.write_text(body)  # blank lines, short and long rows: the same rows as csv.DictReader gives
+        with f.open(newline="") as g:
+            assert [r for _, r in iter_rows(f)] == list(csv.DictReader(g))
+
+
+def test_json_array_rows_are_named_by_element(tmp_path):
+    f = tmp_path / "rows.json"
+    f.write_text(json.dumps([{"text": "one"}, {"text": "two"}], indent=2))  # pretty-printed: not lines
+    assert _where(f) == ["element 1", "element 2"]
+    f.write_text(json.dumps([{"text": "one"}, {"txt": "two"}], indent=2))
+    with pytest.raises(DataError, match=rf"{f}:element 2: text field 'text' is missing"):
+        _docs(f)
+
+
+def test_deeply_nested_json_is_a_bad_row_or_a_file_error(tmp_path):
+    f = tmp_path / "deep.jsonl"
+    f.write_text('{"text": "ok"}\n' + "[" * 200_000 + "\n")
+    with pytest.raises(DataError, match=rf"{f}:2: line is not valid JSON \(nested too deeply\)"):
+        _docs(f)
+    skips = Skips()
+    assert [r["text"] for r in iter_records(resolve(Spec(path=str(f))), "skip", skips)] == ["ok"]
+    assert skips.count == 1
+    g = tmp_path / "deep.json"
+    g.write_text("[" * 200_000)
+    with pytest.raises(DataError, match=rf"{g}: not valid JSON \(nested too deeply\)"):
+        _docs(g)
