@@ -17,6 +17,7 @@ import json
 import logging
 import multiprocessing as mp
 import os
+import re
 import shutil
 import socket
 from collections.abc import Iterator
@@ -100,6 +101,10 @@ def shard_key(source: Source, tokenizer, opts: PackOptions) -> dict:
     return key
 
 
+# Manifest counters added after checkpoints recorded shard digests.
+STATS_ADDED_LATER = ("dropped_pieces", "dropped_piece_tokens")
+
+
 class PackedRows:
     """Read-only view of one built shard: rows of input_ids, position_ids (and labels for SFT)."""
 
@@ -134,6 +139,10 @@ class PackedRows:
         `label` is today's (a shard is reused under a renamed label, and must digest as one built with it)."""
         kept = {k: v for k, v in self.manifest.items() if k != "skip_reasons"}  # reasons name file paths
         kept["label"] = label
+        for (
+            stat
+        ) in STATS_ADDED_LATER:  # kept out, so a shard rebuilt today digests as its checkpoints recorded
+            kept.pop(stat, None)
         kept["key"] = {k: v for k, v in kept["key"].items() if k != "data"}
         digest = hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).hexdigest()[:16]
         return {"digest": digest, "rows": self.manifest["rows"], "tokens": self.manifest["tokens_in_rows"]}
@@ -302,10 +311,10 @@ def _sft_rows(source: Source, tokenizer, opts: PackOptions, skips: Skips, stats:
 def _remove_killed_builds(folder: Path) -> None:
     """Delete the temporary folders of this host's earlier builds of `folder` whose process is gone (a kill
     leaves partial shards of many GB behind); a live one (another rank's, or a reused pid) is left alone."""
-    host = socket.gethostname()
-    for tmp in folder.parent.glob(f".tmp-{folder.name}-{host}-*"):
-        pid = tmp.name.rsplit("-", 1)[-1]
-        if pid.isdigit() and not _process_alive(int(pid)):
+    ours = re.compile(rf"\.tmp-{re.escape(folder.name)}-{re.escape(socket.gethostname())}-(\d+)")
+    for tmp in folder.parent.glob(f".tmp-{folder.name}-*"):
+        match = ours.fullmatch(tmp.name)  # host "gpu" must not take host "gpu-2"'s folders for its own
+        if match and not _process_alive(int(match[1])):
             shutil.rmtree(tmp, ignore_errors=True)
 
 
@@ -381,8 +390,20 @@ def prepare(data, tokenizer) -> MixedRows:
     each node that cannot see the shards (node-local cache_dir); the other ranks wait, then all read.
 
     `data` is any object with `sources`, `seq_len`, `cache_dir` (and optionally the PackOptions names)."""
-    plan, rank, local_rank = None, writers.rank(), writers.local_rank()
+    rank, local_rank = writers.rank(), writers.local_rank()
     group = writers.waiting_group()
+    try:
+        folders, sources = _build_missing(data, tokenizer, group, rank, local_rank)
+    finally:
+        if group is not None:
+            torch.distributed.destroy_process_group(group)
+    log.info("using packed data %s", ", ".join(str(f) for f, _ in folders))
+    return MixedRows([PackedRows(f) for f, _ in folders], [s.label for s in sources])
+
+
+def _build_missing(data, tokenizer, group, rank: int, local_rank: int):
+    """Both passes of `prepare` (rank 0, then node leaders); (folders, sources) once every build is done."""
+    plan = None
     for node_pass in (False, True):
         failure = None
         try:  # resolving runs on every rank: a failure there, too, must reach the others
@@ -394,7 +415,4 @@ def prepare(data, tokenizer) -> MixedRows:
         except BaseException as e:
             failure = e
         writers.settle(failure, group)  # every rank waits here until this pass's builders are done
-    if group is not None:
-        torch.distributed.destroy_process_group(group)
-    log.info("using packed data %s", ", ".join(str(f) for f, _ in folders))
-    return MixedRows([PackedRows(f) for f, _ in folders], [s.label for s in sources])
+    return folders, sources

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from train import distributed as dist
-from train.config import RunConfig, config_hash, training_diff, validate
+from train.config import RunConfig, accepted_hashes, config_hash, training_diff, validate
 from train.errors import UserError
 from train.faults import maybe_fault
 
@@ -260,7 +260,7 @@ def check_compatible(cfg: RunConfig, state: dict, folder: Path, force: bool) -> 
             "the optimizer shards are laid out per stage, resume with deepspeed.zero_stage="
             f"{saved_stage} (export the checkpoint to start a new run from its weights)"
         )
-    if state["config_hash"] != config_hash(cfg) and not force:
+    if state["config_hash"] not in accepted_hashes(cfg) and not force:
         changes = "; ".join(training_diff(state["config"], cfg.model_dump(mode="json")))
         raise UserError(
             f"{folder} was trained with a different config ({changes}). "
@@ -358,7 +358,7 @@ def export_hf(checkpoint: Path, out: Path, overwrite: bool = False, merge: bool 
     from train.model import DTYPES, build_for_training, build_tokenizer
 
     state = check_complete(checkpoint)
-    cfg = validate(state["config"], source=f"{checkpoint}/{STATE_FILE}")
+    cfg = validate(state["config"], source=f"{checkpoint}/{STATE_FILE}", stored=True)
     out = Path(out)
     _check_export_target(checkpoint, out, overwrite)
     try:
@@ -366,7 +366,7 @@ def export_hf(checkpoint: Path, out: Path, overwrite: bool = False, merge: bool 
     except UNREADABLE as e:
         raise UserError(f"{checkpoint}: the weights cannot be read ({type(e).__name__}: {e})") from None
     cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"activation_checkpointing": "none"})})
-    model = build_for_training(cfg, meta=True)
+    model = build_for_training(cfg, meta=True, stored=True)
     dtype = DTYPES[cfg.model.dtype]
     weights = {k: v.to(dtype) for k, v in weights.items()}
     missing, unexpected = model.load_state_dict(weights, strict=False, assign=True)

@@ -14,10 +14,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from train.errors import UserError
 from train.yaml_config import Section, apply_overrides, describe_errors, load_yaml_tree
+
+
+def _stored(info: ValidationInfo) -> bool:
+    """Validating a checkpoint's own config (`validate(..., stored=True)`), not a new run's."""
+    return bool((info.context or {}).get("stored"))
 
 
 class ModelConfig(Section):
@@ -328,7 +333,9 @@ class EvalConfig(Section):
 
     @field_validator("suites")
     @classmethod
-    def _known(cls, suites: list[str]) -> list[str]:
+    def _known(cls, suites: list[str], info: ValidationInfo) -> list[str]:
+        if _stored(info):
+            return suites
         from eval_hooks import task_names
 
         known = task_names()
@@ -363,7 +370,7 @@ class RunConfig(Section):
         return data
 
     @model_validator(mode="after")
-    def _combinations(self) -> RunConfig:
+    def _combinations(self, info: ValidationInfo) -> RunConfig:
         ds, opt = self.deepspeed, self.optim
         if ds.offload_params and ds.zero_stage != 3:
             raise ValueError("deepspeed.offload_params needs deepspeed.zero_stage: 3")
@@ -383,7 +390,7 @@ class RunConfig(Section):
             raise ValueError(
                 "model.add_tokens needs trainable embeddings: it cannot be combined with peft or expansion"
             )
-        if self.peft is not None and self.train.loss_chunk_tokens is not None:
+        if self.peft is not None and self.train.loss_chunk_tokens is not None and not _stored(info):
             heads = [m for m in self.peft.target_modules if m.split(".")[-1] == "lm_head"]
             if heads:  # the chunked head computes from the base weight alone: the adapter would never train
                 raise ValueError(
@@ -463,13 +470,24 @@ HASHED_AT_DEFAULT = {
     "deepspeed.allgather_bucket_size": 500_000_000,
     "peft.merge_on_export": True,  # what the export writes, not what trains
 }
+# Of those, the ones pinned after checkpoints existed: those hashed the run's own value, accepted on resume.
+PINNED_LATER = ("deepspeed.reduce_bucket_size", "deepspeed.allgather_bucket_size", "peft.merge_on_export")
 # Keys added later whose default renders data differently for some runs from before them: left out of the hash
 # only at the value that reproduces those runs, so they resume with it set and are refused (naming it) without.
 UNHASHED_AT = {"model.chat_template": "tokenizer"}
 
 
-def config_hash(cfg: RunConfig) -> str:
-    """Hash of the keys that change training (a resume with a different hash is refused)."""
+def accepted_hashes(cfg: RunConfig) -> set[str]:
+    """The hashes a checkpoint of this config may hold: today's, and the one from before PINNED_LATER."""
+    return {
+        config_hash(cfg),
+        config_hash(cfg, pinned=[k for k in HASHED_AT_DEFAULT if k not in PINNED_LATER]),
+    }
+
+
+def config_hash(cfg: RunConfig, pinned: list[str] | None = None) -> str:
+    """Hash of the keys that change training (a resume with a different hash is refused); `pinned`: the
+    HASHED_AT_DEFAULT keys to pin (all)."""
     data = cfg.model_dump(mode="json")
     for key in NON_TRAINING_KEYS:
         *parents, leaf = key.split(".")
@@ -478,6 +496,8 @@ def config_hash(cfg: RunConfig) -> str:
             node = node[p]
         node.pop(leaf, None)
     for key, default in HASHED_AT_DEFAULT.items():
+        if pinned is not None and key not in pinned:
+            continue
         section, leaf = key.split(".")
         if data[section] is not None:  # an optional section (peft) may be absent
             data[section][leaf] = default
@@ -513,10 +533,12 @@ def training_diff(a: dict, b: dict, prefix: str = "") -> list[str]:
     return out
 
 
-def validate(data: dict, source: str = "config") -> RunConfig:
-    """Build a RunConfig, turning pydantic's errors into one readable paragraph."""
+def validate(data: dict, source: str = "config", stored: bool = False) -> RunConfig:
+    """Build a RunConfig, turning pydantic's errors into one readable paragraph. `stored`: a checkpoint's
+    config, which trained: refusals added for new runs (unknown eval suites, LoRA on a chunked lm_head) must
+    not lock its weights in."""
     try:
-        return RunConfig.model_validate(data)
+        return RunConfig.model_validate(data, context={"stored": stored})
     except ValidationError as e:
         raise UserError(f"invalid {source}: {describe_errors(e, RunConfig)}") from None
 

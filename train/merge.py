@@ -362,9 +362,10 @@ def _copy_files(plan: MergePlan, cfg: MergeConfig, tmp: Path) -> None:
 def merge(cfg: MergeConfig) -> Path:
     """Run a validated merge config; the output appears complete or not at all."""
     out = cfg.output.resolve()
+    check_output(out, [], cfg.overwrite)  # a non-empty output, before resolving hub ids downloads them
     plan = get_method(cfg.method).plan(cfg)
     models = list(dict.fromkeys([plan.anchor, *(p for t in plan.terms for p in (t.plus, t.minus))]))
-    check_output(out, models, cfg.overwrite)  # before any weights are read or anything is written
+    check_output(out, models, overwrite=True)  # overlap with an input, before any weights are read
     try:
         reader = ShardReader(models)
     except FileNotFoundError as err:

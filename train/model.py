@@ -449,12 +449,14 @@ def _expand(cfg, meta: bool) -> torch.nn.Module:
     return model
 
 
-def build_for_training(cfg, meta: bool = False) -> torch.nn.Module:
-    """The model the engine trains: the base model, expanded (Control-LLM) or with LoRA adapters."""
+def build_for_training(cfg, meta: bool = False, stored: bool = False) -> torch.nn.Module:
+    """The model the engine trains: the base model, expanded (Control-LLM) or with LoRA adapters. `stored`:
+    a checkpoint's model (for its export), which trained as it was: new runs' refusals do not apply."""
     if cfg.expansion is not None:
         model = _expand(cfg, meta)
     else:
-        _continued_expansion(cfg)  # refuses a Control-LLM export, whose frozen blocks would train
+        if not stored:
+            _continued_expansion(cfg)  # refuses a Control-LLM export, whose frozen blocks would train
         model = build_model(cfg.model, meta=meta)
     if cfg.model.add_tokens:
         expand_vocabulary(model, cfg.model, init=not meta)

@@ -322,8 +322,25 @@ def test_a_killed_builds_temporary_folder_is_removed_by_the_next_build(tmp_path)
     host = socket.gethostname()
     killed = tmp_path / f".tmp-{folder.name}-{host}-{2**22 + 1}"  # above any pid: its process is gone
     live = tmp_path / f".tmp-{folder.name}-{host}-{os.getppid()}"  # a running process's build stays
-    for partial in (killed, live):
+    other_host = tmp_path / f".tmp-{folder.name}-{host}-2-{2**22 + 1}"  # host "<host>-2": not ours to judge
+    for partial in (killed, live, other_host):
         partial.mkdir(parents=True)
         (partial / "input_ids.bin").write_bytes(b"\0" * 64)
     shards.prepare(cfg.data, build_tokenizer(cfg.model))
-    assert not killed.exists() and live.exists()
+    assert not killed.exists() and live.exists() and other_host.exists()
+
+
+def test_shards_digest_as_the_checkpoints_before_them_recorded(tmp_path):
+    # Digests of the smoke recipes' shards as built at 6c771d0: a rebuild today must match them, or every
+    # resume of an older run (and ranks mixing old and new caches) would be refused as other data.
+    pinned = {
+        SFT: {
+            "stem_zh_instruction": "9e483c13b690acd8",
+            "tests/fixtures/datasets/sft_smoke.jsonl": "bdbd7398684c6270",
+        },
+        CPT: {"data_prep/samples/multilingual_cpt.jsonl": "c45f672a46362cc4"},
+    }
+    for recipe, digests in pinned.items():
+        cfg = load_config(recipe, [f"data.cache_dir={tmp_path}"])
+        summaries = shards.prepare(cfg.data, build_tokenizer(cfg.model)).summaries()
+        assert {label: s["digest"] for label, s in summaries.items()} == digests, recipe.name

@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from train.config import config_hash, load_config, training_diff
+from train.config import accepted_hashes, config_hash, load_config, training_diff
 from train.errors import UserError
+from train.yaml_config import apply_overrides
 
 ROOT = Path(__file__).resolve().parents[2]
 # base/ holds partial recipes (validated through their children); merge/ has its own schema
@@ -221,9 +222,34 @@ def test_runs_of_before_a_new_key_keep_their_hash():
         "deepspeed.reduce_bucket_size=100000000",
         "deepspeed.allgather_bucket_size=200000000",
     ]
+    # checkpoints from before the buckets and merge_on_export were pinned hashed the run's own value (6c771d0)
+    smoke = ROOT / "configs/smoke/cpt_tiny.yaml"
+    assert "28334824d7506a1b" in accepted_hashes(
+        load_config(smoke, ["deepspeed.reduce_bucket_size=200000000"])
+    )
+    old_lora = ["peft={r: 8, alpha: 16, target_modules: [q_proj]}", "peft.merge_on_export=false"]
+    assert "3fe088014d6f19ad" in accepted_hashes(load_config(smoke, old_lora))
     lora = ["peft={r: 8, alpha: 16, target_modules: [q_proj]}"]
     no_merge = load_config(ROOT / "configs/smoke/cpt_tiny.yaml", [*lora, "peft.merge_on_export=false"])
     assert config_hash(no_merge) == config_hash(load_config(ROOT / "configs/smoke/cpt_tiny.yaml", lora))
     assert (
         config_hash(load_config(ROOT / "configs/smoke/cpt_tiny.yaml", switched + old)) == "0e0e77a0b8800e97"
     )
+
+
+def test_a_checkpoints_own_config_is_not_refused_by_checks_added_since(tmp_path):
+    # Export reads the config a run trained with: a refusal added for new runs must not lock its weights in.
+    from train.config import validate
+
+    lora_head = ["peft={r: 8, alpha: 16, target_modules: [q_proj, lm_head]}", "train.loss_chunk_tokens=64"]
+    renamed_suite = ["eval.suites=[old_suite]", "eval.every_steps=5", "eval.data_dir=x"]
+    for overrides in (lora_head, renamed_suite):
+        with pytest.raises(UserError):
+            load_config(ROOT / "configs/smoke/cpt_tiny.yaml", overrides)
+        dumped = load_config(ROOT / "configs/smoke/cpt_tiny.yaml").model_dump(mode="json")
+        data = apply_overrides(dumped, overrides)
+        stored = validate(data, "trainer_state.json", stored=True)
+        assert (stored.eval.suites, stored.train.loss_chunk_tokens) == (
+            data["eval"]["suites"],
+            data["train"]["loss_chunk_tokens"],
+        )

@@ -53,3 +53,11 @@ def test_an_export_without_its_expansion_section_is_refused(export):
         build_for_training(load_config(TINY, other))
     assert "expansion.method: 'dlerp' here, 'lerp' in the export" in str(refused.value)
     assert "expansion.num_exp_layers: 4 here, 2 in the export" in str(refused.value)
+
+
+def test_a_checkpoint_that_tuned_an_export_without_its_section_still_exports(export):
+    # Runs from before the refusal trained such exports in full; their checkpoints must stay exportable.
+    out, trained = export
+    cfg = load_config(TINY, [*PLAIN, f"model.name_or_path={out}", "expansion=null"])
+    model = build_for_training(cfg, meta=True, stored=True)
+    assert isinstance(model, ControlLLMForCausalLM) and set(model.state_dict()) == set(trained.state_dict())

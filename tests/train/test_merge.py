@@ -366,6 +366,13 @@ def test_existing_output_needs_overwrite(trio, tmp_path):
     out = merge(load_config({**cfg, "overwrite": True}))
     assert not (out / "keep.txt").exists() and (out / "model.safetensors.index.json").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    # refused before hub ids are resolved (a download of every model), not after
+    hub = {
+        "method": "chat_vector",
+        "models": {"cpt": "org/cpt", "vectors": [{"chat": "org/chat", "base": "org/base"}]},
+    }
+    with pytest.raises(MergeError, match="exists and is not empty"):
+        merge(load_config({**hub, "output": str(out)}))
 
 
 @pytest.mark.parametrize(
