@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import tempfile
+import uuid
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -171,21 +172,15 @@ def check_output(
         raise MergeError(f"output {out} exists and is not empty; pass {overwrite_hint} to replace it")
 
 
-def _umask() -> int:
-    mask = os.umask(0)  # os can only read the umask by setting it: put it straight back
-    os.umask(mask)
-    return mask
-
-
 @contextmanager
 def atomic_dir(out: Path) -> Iterator[Path]:
     """Yield a temp dir beside ``out`` that replaces ``out`` only if the block completes."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    # mkdir, not mkdtemp (0700): the output gets the mode any new folder gets under the umask
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    tmp.mkdir()
     try:
         yield tmp
-        # mkdtemp makes the dir 0700 (private while it is filled); the output gets a normal folder's mode.
-        tmp.chmod(0o777 & ~_umask())
         if not out.exists():
             os.replace(tmp, out)
             return

@@ -9,6 +9,7 @@ with the reference's own bookkeeping, independently of our placement code.
 import copy
 import importlib.util
 import json
+import os
 
 import pytest
 import torch
@@ -18,7 +19,6 @@ from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 from tests.conftest import ROOT
 from train.expansion import ControlLLMForCausalLM, ExpansionConfig, expand_model
 from train.expansion.released import ReleasedFormatError, convert_released, released_config
-from train.merge_io import _umask
 
 # A Llama-3.1 style config.json as transformers 4.4x writes it (rope_scaling / rope_theta, torch_dtype).
 LLAMA_4X = {
@@ -242,8 +242,12 @@ def test_output_is_never_an_input_and_replaces_only_when_asked(tmp_path, base):
         with pytest.raises(ValueError, match="overlap"):
             convert_released(released, out, overwrite=True)
     assert sorted((p.name, p.stat().st_size) for p in released.iterdir()) == before
-    out = convert_released(released, tmp_path / "ours")
-    assert out.stat().st_mode & 0o777 == 0o777 & ~_umask()  # not mkdtemp's 0700
+    umask = os.umask(0o027)
+    try:
+        out = convert_released(released, tmp_path / "ours")
+    finally:
+        os.umask(umask)
+    assert out.stat().st_mode & 0o777 == 0o750  # not mkdtemp's 0700
     with pytest.raises(ValueError, match="not empty; pass --overwrite"):
         convert_released(released, out)
     assert convert_released(released, out, overwrite=True) == out
