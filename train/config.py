@@ -391,8 +391,8 @@ class RunConfig(Section):
                 "model.add_tokens needs trainable embeddings: it cannot be combined with peft or expansion"
             )
         if self.peft is not None and self.train.loss_chunk_tokens is not None and not _stored(info):
-            heads = [m for m in self.peft.target_modules if m.split(".")[-1] == "lm_head"]
-            if heads:  # the chunked head computes from the base weight alone: the adapter would never train
+            # the chunked head computes from the base weight alone: the adapter would never train
+            if any(m.split(".")[-1] == "lm_head" for m in self.peft.target_modules):
                 raise ValueError(
                     "peft.target_modules adapts lm_head, which train.loss_chunk_tokens replaces by a chunked "
                     "head of the base weight: drop lm_head from the targets or set train.loss_chunk_tokens: null"

@@ -290,17 +290,17 @@ def train(
         saved = checkpoint.check_complete(folder)
         checkpoint.check_compatible(cfg, saved, folder, allow_config_change)
         checkpoint.check_same_data(saved, state["data"], folder, allow_data_change)
+        if saved["step"] > total_steps:  # before loading: nothing would train
+            raise UserError(
+                f"{folder} is at step {saved['step']}, past this config's {total_steps} steps: raise the budget "
+                "(train.max_steps / max_tokens / epochs), or export the checkpoint (launch/export.py)"
+            )
         saved = checkpoint.load(engine, folder)
         apply_optim_settings(cfg, engine)
         for k in ("step", "consumed_rows", "tokens"):
             state[k] = saved[k]
         for k in ("source_rows", "source_target_tokens"):  # a source added since starts at 0
             state[k].update(saved[k])
-        if state["step"] > total_steps:
-            raise UserError(
-                f"{folder} is at step {state['step']}, past this config's {total_steps} steps: raise the budget "
-                "(train.max_steps / max_tokens / epochs), or export the checkpoint (launch/export.py)"
-            )
         if dist.is_main():
             checkpoint.set_aside_newer(Path(cfg.output_dir) / "checkpoints", folder, state["step"])
         log.info("resumed from %s at step %d", folder, state["step"])
