@@ -21,6 +21,9 @@ SUFFIXES = (".jsonl", ".json", ".jsonl.gz", ".json.gz", ".parquet", ".csv", ".ar
 # Names that look like data we cannot read (another compression, tsv): a source naming them is refused,
 # since silently leaving them out trains on part of the data.
 UNREAD_SUFFIXES = (".gz", ".bz2", ".xz", ".zst", ".zstd", ".lz4", ".zip", ".tar", ".tsv", ".ndjson")
+# Array fields that make a JSON object one conversation, not a {"key": [rows]} wrapper: the adapters'
+# MESSAGE_KEYS and ShareGPT's field.
+CONVERSATION_KEYS = ("messages", "dialog", "conversation", "conversations")
 csv.field_size_limit(2**31 - 1)  # long documents are legitimate (default limit 128 KiB); fits any C long
 
 
@@ -154,11 +157,17 @@ def _rows_json(path: Path) -> Iterator[tuple[int | str, object]]:
             yield from _rows_jsonl(path)
             return
         raise DataError(f"{path}:{e.lineno}: not valid JSON ({e.msg} at column {e.colno})") from None
-    if isinstance(data, dict):  # {"data": [...]} style wrappers
-        lists = [v for v in data.values() if isinstance(v, list)]
-        if len(lists) != 1:
-            raise DataError(f"{path}: expected a JSON array of rows (or an object holding one array)")
-        data = lists[0]
+    if isinstance(data, dict):
+        lists = [k for k, v in data.items() if isinstance(v, list)]
+        if not lists or any(k in CONVERSATION_KEYS for k in lists):
+            data = [data]  # one row, as the same object on one line of a JSON lines file would be
+        elif len(lists) == 1:
+            data = data[lists[0]]  # {"data": [...]} style wrappers
+        else:
+            raise DataError(
+                f"{path}: a JSON object holding several arrays ({', '.join(lists)}) is neither a row nor a "
+                "wrapper of one array of rows; write the rows as a JSON array or as JSON lines"
+            )
     if not isinstance(data, list):
         raise DataError(
             f"{path}: a JSON file must hold an array of objects (or be JSON lines), found {type(data).__name__}"

@@ -14,11 +14,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from data_prep.adapters import MESSAGE_KEYS
 from data_prep.errors import DataError
 from data_prep.records import Skips, iter_records
 from data_prep.registry import resolve
 from data_prep.shards import prepare
-from data_prep.sources import iter_rows, source_identity
+from data_prep.sources import CONVERSATION_KEYS, iter_rows, source_identity
 from train.model import TINY_TOKENIZER
 
 
@@ -353,6 +354,24 @@ def test_csv_rows_are_numbered_by_their_first_line(tmp_path):
         f.write_text(body)  # blank lines, short and long rows: the same rows as csv.DictReader gives
         with f.open(newline="") as g:
             assert [r for _, r in iter_rows(f)] == list(csv.DictReader(g))
+
+
+def test_a_json_object_is_one_row_unless_it_wraps_one_array_of_rows(tmp_path):
+    f = tmp_path / "rows.json"
+    f.write_text('{"text": "only"}')  # one row, as the same line in a JSON lines file is
+    assert _docs(f) == ["only"]
+    chat = {"id": 7, "messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}
+    f.write_text(json.dumps(chat, indent=2))  # its one array is the conversation, not a list of rows
+    assert [r for _, r in iter_rows(f)] == [chat]
+    f.write_text(json.dumps({"version": "1", "data": [{"text": "a"}, {"text": "b"}]}))
+    assert _docs(f) == ["a", "b"]
+    f.write_text(json.dumps({"train": [{"text": "a"}], "test": [{"text": "b"}]}))
+    with pytest.raises(DataError, match=rf"{f}: a JSON object holding several arrays \(train, test\)"):
+        _docs(f)
+
+
+def test_conversation_keys_cover_the_adapters_fields():
+    assert set(MESSAGE_KEYS) | {"conversations"} <= set(CONVERSATION_KEYS)
 
 
 def test_json_array_rows_are_named_by_element(tmp_path):
