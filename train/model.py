@@ -475,10 +475,17 @@ def build_for_training(cfg, meta: bool = False, stored: bool = False) -> torch.n
 
             kwargs["context_fn"] = selective_checkpoint_contexts
         model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+        # transformers (and peft, below) hook the embeddings' output to require a gradient, which only
+        # reentrant checkpointing needs: it runs the backward of the frozen blocks below the lowest trainable
+        # one (Control-LLM's, LoRA's) for an embedding gradient nobody uses. Each enable replaces the list
+        # of hooks that a disable removes, so each is undone at once.
+        model.disable_input_require_grads()
     if cfg.peft is not None:
         from train.lora import apply_lora
 
         model = apply_lora(model, cfg.peft)
+        if cfg.model.activation_checkpointing != "none":
+            model.get_base_model().disable_input_require_grads()
     if cfg.train.loss_chunk_tokens is not None:
         from train.chunked_loss import use_chunked_loss
 

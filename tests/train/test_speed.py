@@ -85,6 +85,23 @@ def test_selective_checkpointing_recomputes_elementwise_ops_not_matmuls():
     assert attention(full) == layers and attention(selective) == 0
 
 
+@pytest.mark.parametrize("recipe", ["synE_concat16_tiny.yaml", "lora_tiny.yaml"])
+@pytest.mark.parametrize("mode", ["full", "selective"])
+def test_checkpointing_runs_no_backward_through_frozen_lower_blocks(recipe, mode):
+    """Block 0 is frozen under both recipes (Control-LLM pairs start at block 1; LoRA trains adapters only):
+    its input must not require a gradient, or the backward runs through the frozen blocks for nothing."""
+    cfg = load_config(SMOKE.parent / recipe, [f"model.activation_checkpointing={mode}", "tracking=none"])
+    model = build_for_training(cfg).train()
+    seen = []
+    block0 = next(m for n, m in model.named_modules() if n.endswith("layers.0"))
+    block0.register_forward_pre_hook(
+        lambda _, args, kw: seen.append((kw.get("hidden_states", *args[:1])).requires_grad), with_kwargs=True
+    )
+    model(input_ids=torch.randint(0, 2000, (1, 16))).logits.float().square().mean().backward()
+    assert seen and not any(seen)
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+
+
 def test_fused_needs_adamw_torch():
     with pytest.raises(UserError, match="optim.fused applies to optim.name 'adamw_torch'"):
         load_config(SMOKE, ["optim.fused=true", "optim.name=fused_adam"])
