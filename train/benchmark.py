@@ -234,6 +234,7 @@ def _timed_steps(shapes: list[tuple], accum: int, warmup: int, steps: int) -> li
 def _build(cfg: RunConfig):
     from train.model import build_for_training
 
+    _reset_memory()  # the previous variant's engine holds reference cycles: free it before the next model
     with torch.device(dist.device()):  # random init on the GPU: an 8B one on the CPU takes minutes
         return build_for_training(cfg)
 

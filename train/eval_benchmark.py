@@ -105,7 +105,7 @@ def main(argv: list[str]) -> int:
                 warmup=args.warmup,
             )
             rows.append({"shape": args.shape, "dtype": dtype, "device": device.type, **row})
+            if args.json:  # after every row: a run stopped at its time cap keeps what it measured
+                Path(args.json).write_text(json.dumps(rows, indent=2))
     print(markdown(rows, COLUMNS), flush=True)
-    if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=2))
     return 0
