@@ -37,7 +37,8 @@ class Gate(nn.Module):
 
 
 class Lerp:
-    """alpha = sigmoid(theta), one scalar per pair."""
+    """alpha = sigmoid(theta), one scalar per pair (in fp32: in bf16 it moves only in steps of 1/256 near 0.5,
+    so training's alpha would lag its fp32 master theta, which merge-back folds with)."""
 
     attr = "interpolation_factor"
 
@@ -56,7 +57,7 @@ class Lerp:
 
     @staticmethod
     def alpha(param: nn.Parameter, x: torch.Tensor, h_pre: torch.Tensor, h_exp: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(param)
+        return torch.sigmoid(param.float())
 
 
 class DLerp:
@@ -81,7 +82,7 @@ class DLerp:
 
     @staticmethod
     def alpha(gate: Gate, x: torch.Tensor, h_pre: torch.Tensor, h_exp: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(gate.fc(torch.cat([h_pre, h_exp], dim=-1)))
+        return torch.sigmoid(gate.fc(torch.cat([h_pre, h_exp], dim=-1)).float())
 
 
 class DLerpIn(DLerp):
@@ -91,7 +92,7 @@ class DLerpIn(DLerp):
 
     @staticmethod
     def alpha(gate: Gate, x: torch.Tensor, h_pre: torch.Tensor, h_exp: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(gate.fc(x))
+        return torch.sigmoid(gate.fc(x).float())
 
 
 INTERPOLATORS = {"lerp": Lerp, "dlerp": DLerp, "dlerpin": DLerpIn}
@@ -107,5 +108,6 @@ def get_interpolator(name: str) -> type:
 
 
 def interpolate(h_pre: torch.Tensor, h_exp: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
-    """(1 - alpha) h_pre + alpha h_exp, written so that identical branches return h_pre bit for bit."""
-    return h_pre + alpha.to(h_pre.dtype) * (h_exp - h_pre)
+    """(1 - alpha) h_pre + alpha h_exp, written so that identical branches return h_pre bit for bit. The
+    blend is computed in fp32 (alpha is fp32) and rounded once to the branches' dtype."""
+    return h_pre + (alpha * (h_exp - h_pre).float()).to(h_pre.dtype)

@@ -163,6 +163,25 @@ def test_identical_branches_have_zero_divergence_and_exact_interpolation(method)
     assert torch.equal(interpolate(h, h.clone(), alpha), h)
 
 
+@pytest.mark.parametrize("method", ["lerp", "dlerp"])
+@torch.no_grad()
+def test_bf16_alpha_and_blend_are_computed_in_fp32(method):
+    """In bf16, sigmoid rounds to steps of 1/256 near 0.5: a theta of 0.005 would mix at exactly 0.5."""
+    torch.manual_seed(0)
+    h_pre, h_exp = torch.randn(2, 3, 8).bfloat16(), torch.randn(2, 3, 8).bfloat16()
+    interpolator = get_interpolator(method)
+    gate = interpolator.build(8, 0.005)
+    if method == "dlerp":
+        gate.fc.weight.zero_()
+    gate = gate.bfloat16()
+    alpha = interpolator.alpha(gate, h_pre, h_pre, h_exp)
+    assert alpha.dtype == torch.float32
+    torch.testing.assert_close(alpha, torch.sigmoid(torch.tensor(0.005)).expand_as(alpha))
+    blend = interpolate(h_pre, h_exp, alpha)
+    expected = (h_pre.double() + alpha.double() * (h_exp.double() - h_pre.double())).bfloat16()
+    assert blend.dtype == torch.bfloat16 and (blend.float() - expected.float()).abs().max() <= 2**-7
+
+
 def test_unknown_names_suggest_the_closest():
     with pytest.raises(ValueError, match="Did you mean 'dlerp'"):
         get_interpolator("dlrep")
