@@ -10,6 +10,7 @@ import difflib
 import hashlib
 import json
 import math
+from fractions import Fraction
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -236,7 +237,8 @@ class TrainConfig(Section):
     """Row tokens to train on (steps x rows per step x seq_len, the padding of SFT rows included; stage
     budgets count real tokens)."""
     epochs: float | None = Field(default=None, gt=0)
-    """Passes over the packed rows (natural proportions only); steps = ceil(epochs x rows / rows per step)."""
+    """Passes over the packed rows (natural proportions only); steps = ceil(epochs x rows / rows per step),
+    the last step's rows past epochs x rows computed without targets (each row trains once a pass)."""
     log_every: int = Field(default=1, gt=0)
     """Log every N steps (and the last, and at a stop): each record covers the steps since the previous one
     (`steps`): loss their token-weighted mean, divergence and alpha/* their step means, tokens_per_s and MFU
@@ -433,9 +435,13 @@ class RunConfig(Section):
             return self.train.max_steps
         if self.train.max_tokens is not None:
             return -(-self.train.max_tokens // self.tokens_per_step)
+        return -(-self.epoch_rows(num_rows) // self.rows_per_step)
+
+    def epoch_rows(self, num_rows: int | None) -> int:
+        """The rows train.epochs trains, each once per pass: the last step masks the rows past them."""
         if num_rows is None:
             raise ValueError("train.epochs needs the packed row count: prepare the data first")
-        return math.ceil(self.train.epochs * num_rows / self.rows_per_step)
+        return math.ceil(Fraction(repr(self.train.epochs)) * num_rows)  # exact: 0.1 x 30 rows is 3, not 4
 
 
 # Keys that do not change what is trained: resuming with a different value is allowed.

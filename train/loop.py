@@ -90,8 +90,10 @@ def as_one_row(batch: dict) -> dict:
     return {**batch, **flat, "labels": labels.reshape(1, -1)}
 
 
-def train_step(engine, data: MixedRows, rows: np.ndarray, cfg: RunConfig) -> dict:
+def train_step(engine, data: MixedRows, rows: np.ndarray, cfg: RunConfig, live: int | None = None) -> dict:
     """One optimizer step over the global `rows` (all ranks' micro-batches); returns step metrics.
+    Rows past the first `live` (the last step of train.epochs, past the end of the data) are computed
+    without targets, so each row trains once while every rank keeps its micro-batch shape.
 
     `loss` is the token-mean cross-entropy; `source_targets` the step's target tokens per source.
     Expanded models add `divergence`, `loss_total` and the mean interpolation weight of each concat
@@ -106,6 +108,9 @@ def train_step(engine, data: MixedRows, rows: np.ndarray, cfg: RunConfig) -> dic
     batches = [
         data.batch(rows[(k * world + rank) * micro : (k * world + rank + 1) * micro]) for k in range(accum)
     ]
+    live = len(rows) if live is None else live
+    for k, b in enumerate(batches):
+        b["labels"][max(0, live - (k * world + rank) * micro) :] = -100
     local_targets = torch.zeros(len(data.source_labels), dtype=torch.float64)
     for b in batches:
         local_targets.index_add_(0, b["source"], (b["labels"][:, 1:] != -100).sum(1).double())
@@ -113,6 +118,9 @@ def train_step(engine, data: MixedRows, rows: np.ndarray, cfg: RunConfig) -> dic
     targets = sum(source_targets)
     # DeepSpeed divides by `accum` and averages over ranks; undo both so the step sums over all targets.
     scale = accum * world / max(targets, 1)
+    # the divergence is a mean per micro-batch: over those holding live rows (all but the last step: all)
+    live_micro = -(-live // micro)
+    div_scale = accum * world / live_micro if live_micro < accum * world else None
     lr = engine.get_lr()[0]
     apply_weight_decay_rule(cfg, engine)
     loss_sum = torch.zeros((), dtype=torch.float64)
@@ -121,7 +129,8 @@ def train_step(engine, data: MixedRows, rows: np.ndarray, cfg: RunConfig) -> dic
     head = chunked_head(engine.module)
     pairs = cfg.expansion is not None and cfg.expansion.type in ("concat", "hybrid")
     one_row = cfg.model.attn_implementation == "flash_attention_2"
-    for batch in batches:
+    for k, batch in enumerate(batches):
+        holds_live = (k * world + rank) * micro < live
         if one_row:
             batch = as_one_row(batch)
         labels = batch["labels"][:, 1:].to(device)
@@ -146,11 +155,13 @@ def train_step(engine, data: MixedRows, rows: np.ndarray, cfg: RunConfig) -> dic
             ce = out.logits
         loss = ce * scale
         divergence = getattr(out, "divergence_loss", None)  # Control-LLM: already a mean, lambda applied
-        if divergence is not None:
-            loss = loss + divergence  # DeepSpeed's 1/accum and rank average make it the step mean
+        if divergence is not None and holds_live:  # (one without live rows has no real tokens: 0)
             div_sum += divergence.detach().double().cpu()
-        if getattr(out, "alphas", None) is not None:
-            alphas = out.alphas.detach().double().cpu()
+            if div_scale is not None:
+                divergence = divergence * div_scale
+            loss = loss + divergence  # DeepSpeed's 1/accum and rank average make it the step mean
+        if getattr(out, "alphas", None) is not None:  # every rank sums (and reduces below), live or not
+            alphas = out.alphas.detach().double().cpu() * holds_live
             alpha_sum = alphas if alpha_sum is None else alpha_sum + alphas
         engine.backward(loss)
         engine.step()
@@ -166,11 +177,10 @@ def train_step(engine, data: MixedRows, rows: np.ndarray, cfg: RunConfig) -> dic
         "tokens": len(rows) * cfg.data.seq_len,
     }
     if cfg.expansion is not None and cfg.expansion.type in ("concat", "hybrid"):
-        per_microbatch = accum * world
-        metrics["divergence"] = dist.all_reduce_sum(div_sum.reshape(1)).item() / per_microbatch
+        metrics["divergence"] = dist.all_reduce_sum(div_sum.reshape(1)).item() / live_micro
         metrics["loss_total"] = metrics["loss"] + metrics["divergence"]
         if alpha_sum is not None:
-            alpha_mean = dist.all_reduce_sum(alpha_sum) / per_microbatch
+            alpha_mean = dist.all_reduce_sum(alpha_sum) / live_micro
             metrics.update({f"alpha/pair_{k}": a for k, a in enumerate(alpha_mean.tolist())})
     return metrics
 
@@ -273,8 +283,17 @@ def train(
     counts = count_parameters(model)
     flops_token = flops_per_token(model, cfg.data.seq_len)
     total_steps = cfg.total_steps(len(data))
+    epoch_rows = None
     if cfg.train.epochs is not None:
-        log.info("train.epochs=%s over %d packed rows: %d steps", cfg.train.epochs, len(data), total_steps)
+        epoch_rows = cfg.epoch_rows(len(data))
+        log.info(
+            "train.epochs=%s over %d packed rows: %d steps; the last trains %d of its %d rows",
+            cfg.train.epochs,
+            len(data),
+            total_steps,
+            epoch_rows - (total_steps - 1) * cfg.rows_per_step,
+            cfg.rows_per_step,
+        )
     engine = build_engine(cfg, model, dist.world_size(), total_steps)
     sampler = make_sampler(data, cfg.data, cfg.seed)
     labels = data.source_labels
@@ -322,12 +341,17 @@ def train(
     while state["step"] < total_steps:
         t0 = time.perf_counter()
         rows = sampler.rows(state["consumed_rows"], rows_per_step)
-        metrics = train_step(engine, data, rows, cfg)
+        live = (
+            rows_per_step if epoch_rows is None else min(rows_per_step, epoch_rows - state["consumed_rows"])
+        )
+        metrics = train_step(engine, data, rows, cfg, live)
         seconds = time.perf_counter() - t0
         state["step"] += 1
         state["consumed_rows"] += rows_per_step
         state["tokens"] += metrics["tokens"]
-        for label, n in zip(labels, np.bincount(data.source_of(rows), minlength=len(labels)), strict=True):
+        for label, n in zip(
+            labels, np.bincount(data.source_of(rows[:live]), minlength=len(labels)), strict=True
+        ):
             state["source_rows"][label] += int(n)
         for label, n in zip(labels, metrics.pop("source_targets"), strict=True):
             state["source_target_tokens"][label] += n

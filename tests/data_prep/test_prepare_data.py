@@ -183,7 +183,7 @@ def test_a_damaged_cached_shard_is_an_error_naming_its_folder(tmp_path):
 
 def test_sft_smoke_recipe_trains_epochs_through_the_launcher(tmp_path):
     # Natural proportions (epochs need them): the smoke data packs into 4 rows (3 + 1 per source) and a
-    # step takes 4 rows, so 1.5 epochs round up to 2 steps.
+    # step takes 4 rows, so 1.5 epochs round up to 2 steps, the second training 2 of its 4 rows.
     sources = (
         "data.sources=[{path: tests/fixtures/datasets/sft_smoke.jsonl, adapter: messages},"
         " {name: stem_zh_instruction, path: tests/fixtures/datasets/stem_zh_instruction.json}]"
@@ -197,7 +197,8 @@ def test_sft_smoke_recipe_trains_epochs_through_the_launcher(tmp_path):
     state = json.loads((tmp_path / "run/checkpoints/step-00000002/trainer_state.json").read_text())
     assert state["step"] == 2 and state["consumed_rows"] == 8
     labels = [s.label for s in load_config(SFT).data.sources]
-    assert state["source_rows"] == {labels[0]: 6, labels[1]: 2}  # two whole passes over the 4 rows
+    rows = state["source_rows"]  # one pass over the 4 rows, then 2 of the second pass's order
+    assert sum(rows.values()) == 6 and rows[labels[0]] >= 3 and rows[labels[1]] >= 1, rows
 
 
 def test_memory_stays_flat_as_the_corpus_grows(tmp_path):

@@ -126,3 +126,36 @@ def test_bf16_compute_with_fp32_master_weights(data_cache):
     master = engine.optimizer.single_partition_of_fp32_groups[0]
     assert master.dtype == torch.float32
     assert bf16["loss"] == pytest.approx(fp32["loss"], rel=2e-2)  # same data, bf16 rounding only
+
+
+def _masked_step(data_cache, recipe, rows, live):
+    cfg = load_config(recipe, ["tracking=none", f"data.cache_dir={data_cache}", "train.max_steps=1"])
+    seed_everything(cfg.seed)
+    data = prepare(cfg.data, build_tokenizer(cfg.model))
+    engine = build_engine(cfg, build_for_training(cfg), 1, 1)
+    engine.train()
+    metrics = train_step(engine, data, rows, cfg, live)
+    return metrics, {n: p.detach().clone() for n, p in engine.module.named_parameters()}
+
+
+@pytest.mark.parametrize(
+    "recipe", [SMOKE.with_name("sft_tiny.yaml"), SMOKE.with_name("synE_concat16_tiny.yaml")]
+)
+def test_rows_past_the_epoch_end_train_nothing(data_cache, recipe):
+    """The last step of train.epochs fills its batch from the next pass; those rows must not train (nor
+    dilute the Control-LLM divergence and alpha means)."""
+    import numpy as np
+
+    # micro-batch 2, accumulation 2 in both recipes: rows 0-1 are the first micro-batch, 2-3 the second
+    first, other = np.array([0, 1, 2, 3]), np.array([0, 1, 1, 0])
+    masked, params = _masked_step(data_cache, recipe, first, live=2)
+    masked_other, params_other = _masked_step(data_cache, recipe, other, live=2)
+    whole, params_whole = _masked_step(data_cache, recipe, first, live=4)
+    assert masked == masked_other and masked["target_tokens"] < whole["target_tokens"]
+    for name, p in params.items():
+        assert torch.equal(p, params_other[name]), name
+    assert any(not torch.equal(p, params_whole[name]) for name, p in params.items())
+    alphas = [k for k in whole if k.startswith("alpha/")]
+    assert ("divergence" in whole) == bool(alphas) == ("concat" in recipe.name)
+    for k in alphas:  # lerp's alpha is one number through a step: a mean over live micro-batches keeps it
+        assert masked[k] == pytest.approx(whole[k], rel=1e-6)
