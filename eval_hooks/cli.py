@@ -76,7 +76,7 @@ def run(command: str, args: argparse.Namespace) -> None:
     if command == "scoreboard":
         from eval_hooks import scoreboard
 
-        board = scoreboard.score(args.card, scoreboard.load_columns(args.card, args.scores))
+        board = scoreboard.load_board(args.card, args.scores)
         print(scoreboard.to_json(board))
         print(scoreboard.markdown_table(args.card, {Path(args.scores).stem: board}))
     elif command == "plot":

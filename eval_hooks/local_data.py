@@ -19,6 +19,7 @@ import datasets
 from lm_eval.api.samplers import ContextSampler
 
 from eval_hooks.prompts import LETTERS
+from eval_hooks.task_metrics import ETHICS_CATEGORIES, ETHICS_QUESTIONS
 
 SHOTS_FIELD = "fewshot"  # per-doc list of its few-shot exemplars, filled by `load`
 HEADER_FIELD = "header"  # per-doc task description (subject header or BBH CoT exemplars), filled by `load`
@@ -49,6 +50,22 @@ def _niilc_rows(path: Path) -> list[dict[str, Any]]:
     ]
 
 
+def _unwrapped(data: dict, path: Path) -> list[dict[str, Any]]:
+    # SQuAD's data[].paragraphs[].qas[] and BBH's examples[] wrap their rows; any other object is one row, as a
+    # one-line JGLUE file (JSON lines under a .json name) parses.
+    articles, examples = data.get("data"), data.get("examples")
+    if isinstance(articles, list) and all(isinstance(a, dict) and "paragraphs" in a for a in articles):
+        try:
+            return _squad_rows(data)
+        except (KeyError, TypeError, AttributeError) as e:
+            raise ValueError(
+                f"{path}: not SQuAD's data[].paragraphs[].qas[] nesting ({type(e).__name__}: {e})"
+            ) from None
+    if isinstance(examples, list):
+        return examples
+    return [data]
+
+
 def _json_lines(path: Path, text: str) -> list[dict[str, Any]]:
     rows = []
     for i, line in enumerate(text.splitlines()):
@@ -64,8 +81,9 @@ def _json_lines(path: Path, text: str) -> list[dict[str, Any]]:
 
 
 def read_rows(path: Path, columns: list[str] | None = None) -> list[dict[str, Any]]:
-    """Rows of a benchmark file: .jsonl; .json (array, BBH {"examples"}, SQuAD nesting, or JSON lines as in
-    JGLUE); .csv with a header, or headerless when `columns` names them (JMMLU); NIILC .xml; .parquet."""
+    """Rows of a benchmark file: .jsonl; .json (array, BBH {"examples"}, SQuAD nesting, JSON lines as in JGLUE, or
+    one object, one row); .csv with a header, or headerless when `columns` names them (JMMLU); NIILC .xml;
+    .parquet."""
     if path.suffix == ".parquet":
         import pyarrow.parquet as pq
 
@@ -81,12 +99,7 @@ def read_rows(path: Path, columns: list[str] | None = None) -> list[dict[str, An
                 raise ValueError(f"{path} line {e.lineno}: not JSON ({e.msg})") from e
             return _json_lines(path, text)
         if isinstance(data, dict):
-            try:
-                return _squad_rows(data) if "data" in data else data["examples"]
-            except (KeyError, TypeError, AttributeError) as e:
-                raise ValueError(
-                    f"{path}: neither SQuAD's data[].paragraphs[].qas[] nor BBH's examples[] ({type(e).__name__}: {e})"
-                ) from None
+            return _unwrapped(data, path)
         return data
     if path.suffix == ".csv":
         stream = io.StringIO(text, newline="")  # quoted fields (XL-Sum articles) may span lines
@@ -122,8 +135,9 @@ _CHOICE_ROWS = {
 }
 
 
-# The fields the other tasks' prompts and scorers read (dotted paths), by benchmark folder; per split where the
-# splits differ (MGSM's exemplars show the worked answer, its test rows are scored on the number).
+# The fields the other tasks' prompts and scorers read (dotted paths; `a[].b`: `a` is a non-empty list whose every
+# element has `b`), by benchmark folder; per split where the splits differ (MGSM's exemplars show the worked
+# answer, its test rows are scored on the number).
 _FIELDS: dict[str, list[str] | dict[str, list[str]]] = {
     "bbh": ["input", "target"],
     "gsm8k": ["question", "answer"],
@@ -142,14 +156,48 @@ _FIELDS: dict[str, list[str] | dict[str, list[str]]] = {
     "openbookqa": ["question_stem", "choices.text", "choices.label", "answerKey"],
     "xwinograd": ["sentence", "option1", "option2", "answer"],
 }
-# MERA records ({instruction, inputs, outputs, meta}), and what some tasks' scorers read besides.
+# MERA records ({instruction, inputs, outputs, meta}), and what some tasks' scorers read inside them (the other
+# tasks' scorers read `outputs` as a whole, as a string).
 _MERA_FIELDS = ["instruction", "inputs", "outputs", "meta"]
 _MERA_EXTRA = {
     "use": ["meta.id_task", "meta.type", "meta.variant"],
     "rucodeeval": ["inputs.function", "inputs.tests", "meta.entry_point"],
     "ruhumaneval": ["inputs.function", "inputs.tests", "meta.entry_point"],
-    "ruethics": ["meta.question"],
+    "ruethics": ["meta.question", *(f"outputs.{c}" for c in ETHICS_CATEGORIES)],
+    "multiq": ["outputs[].segment"],
 }
+
+
+def _lacks(row: Any, path: str) -> bool:
+    """Whether `row` lacks the field at `path` (absent or null; see `_FIELDS` for `a[].b`)."""
+    head, listed, rest = path.partition("[].")
+    if listed:
+        items = _field(row, head)
+        return not isinstance(items, list) or not items or any(_lacks(item, rest) for item in items)
+    return _field(row, path) is None
+
+
+def _mera_value_error(task: str, row: dict) -> str | None:
+    """What in a MERA record its scorer would fail on or silently mis-score (a failure there names no file or
+    row); None if nothing."""
+    import ast
+
+    if task == "ruethics":
+        if row["meta"]["question"] not in ETHICS_QUESTIONS:
+            return f"meta.question is {row['meta']['question']!r}, expected one of {list(ETHICS_QUESTIONS)}"
+        bad = {c: row["outputs"][c] for c in ETHICS_CATEGORIES if str(row["outputs"][c]) not in ("0", "1")}
+        return f"outputs labels {bad} are not 0 or 1" if bad else None
+    if task in ("rucodeeval", "ruhumaneval"):
+        try:
+            cases = ast.literal_eval(row["inputs"]["tests"])
+        except (ValueError, SyntaxError, TypeError) as e:
+            return f"inputs.tests is not a Python literal ({type(e).__name__}: {e})"
+        if not isinstance(cases, list) or not all(isinstance(c, dict) for c in cases):
+            return "inputs.tests must be a list of {argument: value} dicts"
+        outputs = row["outputs"]
+        if not isinstance(outputs, list) or len(outputs) != len(cases):
+            return f"outputs must list one expected result per test case ({len(cases)}), got {outputs!r}"
+    return None
 
 
 def required_fields(rel: str, split: str) -> list[str]:
@@ -170,12 +218,13 @@ def check_rows(rows: list[dict], rel: str, split: str, path: Path) -> list[dict]
     score as wrong. Every rank reads all rows, so a bad one stops every rank alike, before any scoring."""
     fields = required_fields(rel, split)
     for i, row in enumerate(rows):
-        missing = [k for k in fields if _field(row, k) is None]
+        missing = [k for k in fields if _lacks(row, k)]
         if missing:
             raise ValueError(f"{path} row {i}: missing field(s) {missing} ({rel} rows need {fields})")
     if Path(rel).parts[0] == "mera":
         from eval_hooks.prompts import mera_prompt
 
+        task = Path(rel).parts[1] if len(Path(rel).parts) > 2 else ""
         for i, row in enumerate(rows):
             try:
                 mera_prompt(row)
@@ -183,6 +232,9 @@ def check_rows(rows: list[dict], rel: str, split: str, path: Path) -> list[dict]
                 raise ValueError(
                     f"{path} row {i}: the instruction does not render with its inputs ({type(e).__name__}: {e})"
                 ) from None
+            error = _mera_value_error(task, row)
+            if error:
+                raise ValueError(f"{path} row {i}: {error}")
     return _check_choices(rows, Path(rel).parts[0], path)
 
 
@@ -214,16 +266,75 @@ def read_split(
     data_dir: Path, rel: str, split: str, subject_field: str, columns: list[str] | None = None
 ) -> list[dict]:
     """Split `split` from `rel` under `data_dir`: a file, or a folder of per-subject files (the subject is
-    taken from the name); every file's rows are checked (`check_rows`)."""
+    taken from the name); every file's rows are checked (`check_rows`, then `check_types` over the split)."""
     path = _existing(data_dir / rel)
     if path.is_file():
-        return check_rows(read_rows(path, columns), rel, split, path)
-    rows = []
+        rows = check_rows(read_rows(path, columns), rel, split, path)
+        return check_types(rows, [(path, i) for i in range(len(rows))], rel, split)
+    rows, origins = [], []
     for file in sorted(p for p in path.iterdir() if p.suffix in _SUFFIXES):
         subject = _subject(file.stem, split)
-        rows += check_rows(
-            [{**row, subject_field: subject} for row in read_rows(file, columns)], rel, split, file
-        )
+        read = [{**row, subject_field: subject} for row in read_rows(file, columns)]
+        rows += check_rows(read, rel, split, file)
+        origins += [(file, i) for i in range(len(read))]
+    return check_types(rows, origins, rel, split)
+
+
+def _kinds(value: Any, path: str):
+    """(path, type name, value) of `value` and of everything nested in it (`a.b` in dicts, `a[]` in lists)."""
+    if value is None:
+        return
+    yield path, type(value).__name__, value
+    if isinstance(value, dict):
+        for key, item in value.items():
+            yield from _kinds(item, f"{path}.{key}")
+    elif isinstance(value, list):
+        for item in value:
+            yield from _kinds(item, f"{path}[]")
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _mixed_type_error(
+    key: str, rows: list[dict], origins: list[tuple[Path, int]], error: Exception
+) -> ValueError:
+    # The first value whose type differs from the first one seen at its path (row 0's, unless row 0 lacks it).
+    first: dict[str, tuple[str, Any, tuple[Path, int]]] = {}
+    for row, (file, i) in zip(rows, origins, strict=True):
+        for path, kind, value in _kinds(row.get(key), key):
+            seen_kind, seen, (seen_file, j) = first.setdefault(path, (kind, value, (file, i)))
+            if kind != seen_kind and {kind, seen_kind} != {"int", "float"}:  # Arrow reads ints among floats
+                where = "" if seen_file == file else f"{seen_file} "
+                return ValueError(
+                    f"{file} row {i}: field {path!r} is {kind} {_short(value)}, but {where}row {j} has"
+                    f" {seen_kind} {_short(seen)}; give it one type in every row (here {seen_kind})"
+                )
+    return ValueError(
+        f"{origins[0][0]}: field {key!r} cannot be read as one column ({type(error).__name__}: {error})"
+    )
+
+
+def check_types(rows: list[dict], origins: list[tuple[Path, int]], rel: str, split: str) -> list[dict]:
+    """`rows` of one split (from `origins`: file, row) with every column of one type, as a Dataset needs. A
+    column its prompt or scorer reads (`required_fields`) whose rows mix types is refused, naming the first row
+    that differs: Arrow cannot type it, and as JSON text its values would be scored as text (PARus's gold
+    '"1"'). An unread column that mixes types (JEMHopQA's `derivations`, lists of strings and lists) becomes
+    JSON text."""
+    import pyarrow as pa
+
+    read = {re.split(r"[.\[]", f, maxsplit=1)[0] for f in required_fields(rel, split)}
+    for key in dict.fromkeys(k for row in rows for k in row):
+        try:
+            pa.array([row.get(key) for row in rows])
+        except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError) as e:
+            if key in read:
+                raise _mixed_type_error(key, rows, origins, e) from None
+            for row in rows:
+                if key in row:
+                    row[key] = json.dumps(row[key], ensure_ascii=False)
     return rows
 
 
@@ -400,17 +511,9 @@ def _field(row: dict, path: str) -> Any:
 
 
 def _to_dataset(rows: list[dict[str, Any]]) -> datasets.Dataset:
-    """Rows as a Dataset; a column Arrow cannot type (JEMHopQA's mixed-type `derivations`) is kept as JSON text."""
-    import pyarrow as pa
-
+    """Rows as a Dataset (their columns are typable: `check_types`); a row lacking a column holds None there."""
     keys = dict.fromkeys(key for row in rows for key in row)
-    columns = {key: [row.get(key) for row in rows] for key in keys}
-    for key, values in columns.items():
-        try:
-            pa.array(values)
-        except (pa.ArrowInvalid, pa.ArrowTypeError):
-            columns[key] = [json.dumps(v, ensure_ascii=False) for v in values]
-    return datasets.Dataset.from_dict(columns)
+    return datasets.Dataset.from_dict({key: [row.get(key) for row in rows] for key in keys})
 
 
 class DocShotsSampler(ContextSampler):

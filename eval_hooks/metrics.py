@@ -110,8 +110,10 @@ _PUNCT = set(string.punctuation)
 
 
 def last_integer(text: str) -> int | None:
-    """MGSM answer: the last number in the text, commas removed; None unless it is an integer."""
-    found = _NUMBER.findall(text)
+    """MGSM answer: the last number in the text, commas removed; None unless it is an integer. The text is
+    NFKC-normalised first, as llm-jp-eval normalises outputs, so full-width digits, comma, point and minus
+    ("１，２００", "－３") read as ASCII ones; the ideographic comma "、" lists numbers and stays a separator."""
+    found = _NUMBER.findall(_nfkc(text))
     if not found:
         return None
     try:

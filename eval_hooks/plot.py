@@ -7,7 +7,8 @@ from pathlib import Path
 
 
 def collect(run_dir: str | Path) -> dict[str, dict[str, list[tuple[int, float]]]]:
-    """{card: {aggregate: [(step, value), ...]}} from every results JSON (with a step) under run_dir."""
+    """{card: {aggregate: [(step, value), ...]}} from every results JSON (with a step) under run_dir; an aggregate
+    of partial columns is a series of its own, "<aggregate> (partial)"."""
     series: dict[str, dict[str, list[tuple[int, float]]]] = {}
     for path in sorted(Path(run_dir).rglob("*.json")):
         try:
@@ -17,9 +18,12 @@ def collect(run_dir: str | Path) -> dict[str, dict[str, list[tuple[int, float]]]
         if not isinstance(record, dict) or record.get("step") is None or "aggregates" not in record:
             continue
         for card, board in record["aggregates"].items():
+            partial = board.get("partial", [])  # absent in results written before partial boards were marked
             for name, value in board["aggregates"].items():
                 if value is not None:
-                    series.setdefault(card, {}).setdefault(name, []).append((record["step"], value))
+                    # a partial aggregate never joins the line of the card-comparable one
+                    label = f"{name} (partial)" if name in partial else name
+                    series.setdefault(card, {}).setdefault(label, []).append((record["step"], value))
     return {card: {k: sorted(v) for k, v in aggs.items()} for card, aggs in series.items()}
 
 

@@ -149,7 +149,8 @@ def _hellaswag_clean(text: str) -> str:
 
 
 def hellaswag_docs(dataset):
-    """HellaSwag rows as {query, choices, gold}: "activity: ctx_a Ctx_b" and the cleaned endings."""
+    """HellaSwag rows plus {query, choices, gold}: "activity: ctx_a Ctx_b" and the cleaned endings. The raw columns
+    stay, as in lm-eval's hellaswag, whose sampler drops an exemplar equal to the eval doc."""
 
     def convert(row: dict) -> dict:
         ctx = f"{row['ctx_a']} {row['ctx_b'].capitalize()}"
@@ -159,20 +160,21 @@ def hellaswag_docs(dataset):
             "gold": int(row["label"]),
         }
 
-    return dataset.map(convert, remove_columns=dataset.column_names)
+    return dataset.map(convert)
 
 
 def squadv2_docs(dataset):
     """SQuAD 2.0 rows with `golds` as the card's scorer (HF squad_v2, via lm-eval's squadv2) has them: the answer
     texts that normalise to something, else [""] (impossible questions); `target`, the exemplars' answer as
-    lm-eval's squadv2 shows it: the first answer, or "unanswerable"."""
+    lm-eval's squadv2 gives it: a space, then the first answer or "unanswerable" (after the target delimiter's
+    space, so its exemplars read "Answer:  <answer>", two spaces)."""
     from eval_hooks.metrics import squad_normalize
 
     def convert(row: dict) -> dict:
         texts = [a["text"] for a in row["answers"]]
         return {
             "golds": [t for t in texts if squad_normalize(t)] or [""],
-            "target": texts[0] if texts else "unanswerable",
+            "target": " " + (texts[0] if texts else "unanswerable"),
         }
 
     return dataset.map(convert)

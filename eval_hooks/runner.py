@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 
 SUITE_CARDS = {
     "control_llm_zh": "control_llm",
-    "control_llm_zh_meta": "control_llm",
+    "control_llm_zh_meta": "control_llm_meta",  # its own board: both suites in one run keep both
     "swallow_ja": "swallow_ja",
     "swallow_en": "swallow_en",
     "mera": "mera",
@@ -179,7 +179,8 @@ def evaluate(
 
 
 def summarize(out: dict, suites: list[str]) -> dict:
-    """Per-task metrics (stderr dropped), sample counts and the cards' aggregates of lm-eval's output."""
+    """Per-task metrics (stderr dropped), sample counts (scored, and in the data: more under a `limit`) and the
+    cards' boards of lm-eval's output."""
     # A metric without items (a ruEthics question that no doc under `limit` asked) aggregates to None: dropped.
     tasks = {
         name: {k: v for k, v in metrics.items() if "," in k and "_stderr," not in k and v is not None}
@@ -187,12 +188,21 @@ def summarize(out: dict, suites: list[str]) -> dict:
         if name in out.get("n-samples", {})
     }
     n_samples = {name: counts["effective"] for name, counts in out["n-samples"].items()}
+    n_available = {name: counts["original"] for name, counts in out["n-samples"].items()}
     aggregates = {}
     for suite in suites:
         if suite in SUITE_CARDS:
             card = SUITE_CARDS[suite]
-            aggregates[card] = scoreboard.score(card, scoreboard.columns_from_results(card, tasks))
-    return {"suites": suites, "tasks": tasks, "n_samples": n_samples, "aggregates": aggregates}
+            columns = scoreboard.columns_from_results(card, tasks)
+            questions = scoreboard.questions_from_results(card, n_samples, n_available)
+            aggregates[card] = scoreboard.score(card, columns, questions)
+    return {
+        "suites": suites,
+        "tasks": tasks,
+        "n_samples": n_samples,
+        "n_available": n_available,
+        "aggregates": aggregates,
+    }
 
 
 def model_fingerprint(model: torch.nn.Module) -> dict:
@@ -275,12 +285,16 @@ def evaluate_hf_dir(
 
 
 def scalars(results: dict, prefix: str = "eval") -> dict[str, float]:
-    """Flat {"eval/<task>/<metric>": v, "eval/<card>/<aggregate>": v} for wandb or any scalar logger."""
+    """Flat {"eval/<task>/<metric>": v, "eval/<card>/<aggregate>": v} for wandb or any scalar logger; an aggregate
+    built from partial columns (fewer questions than the card's, or a `limit`) is logged as "<aggregate>_partial",
+    so it never extends the series of the card-comparable one."""
     flat = {
         f"{prefix}/{task}/{metric.replace(',', '/')}": float(value)
         for task, metrics in results["tasks"].items()
         for metric, value in metrics.items()
     }
     for card, board in results["aggregates"].items():
-        flat.update({f"{prefix}/{card}/{k}": v for k, v in board["aggregates"].items() if v is not None})
+        for name, value in board["aggregates"].items():
+            if value is not None:
+                flat[f"{prefix}/{card}/{name}" + ("_partial" if name in board["partial"] else "")] = value
     return flat

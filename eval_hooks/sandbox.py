@@ -78,10 +78,9 @@ _expected = {expected!r}
 _got = []
 for _case in _cases:
     try:
-        _result = {entry_point}(**_case)
-        _got.append(None if _result is None else str(_result))
+        _got.append(str({entry_point}(**_case)))  # str(result), so a None result is "None"
     except Exception:
-        _got.append(None)
+        _got.append(None)  # never equals an expected string
 if _got != _expected:
     raise SystemExit(1)
 """
@@ -91,6 +90,6 @@ def check_io(
     code: str, entry_point: str, cases: list[dict], expected: list[str], timeout_s: float = 10.0
 ) -> bool:
     """MERA ruHumanEval / ruCodeEval check: `entry_point(**case)` for every case, each result as `str`, must
-    equal the expected outputs in order (an exception or None counts as a wrong output)."""
+    equal the expected outputs in order (a None result is "None"; an exception counts as a wrong output)."""
     harness = _IO_HARNESS.format(cases=cases, expected=[str(e) for e in expected], entry_point=entry_point)
     return run_program(code + harness, timeout_s=timeout_s).passed

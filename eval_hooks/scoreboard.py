@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from statistics import fmean
 
@@ -17,8 +17,7 @@ class Column:
     name: str
     task: str
     metric: str
-    n: int = 0  # full test size, the weight in the card's micro-averages
-    preferred: tuple[str, str] | None = None  # (task, metric) that fills the column instead, when scored
+    n: int = 0  # the card's number of questions (0: the card states none), the weight in its micro-averages
 
 
 @dataclass(frozen=True)
@@ -41,10 +40,8 @@ class Card:
     diagnostics: tuple[str, ...] = field(default=())
 
 
-def _col(
-    name: str, task: str, metric: str = "acc,none", n: int = 0, preferred: tuple[str, str] | None = None
-) -> Column:
-    return Column(name, task, metric, n, preferred)
+def _col(name: str, task: str, metric: str = "acc,none", n: int = 0) -> Column:
+    return Column(name, task, metric, n)
 
 
 _COT = "exact_match,last-match"
@@ -57,10 +54,9 @@ CONTROL_LLM = Card(
         _col("CEvalC", "cl_ceval_valid_cot_zh", _COT, n=1346),
         _col("CMMLU", "cl_cmmlu", n=11582),
         _col("CMMLUC", "cl_cmmlu_cot_zh", _COT, n=11582),
-        # Meta's own prompts (eval-details files) are what the card ran; the open prompts stand in without them.
-        _col("BBH", "cl_bbh_cot_3shot", _BBH, n=6511, preferred=("cl_meta_bbh_3shot", _BBH)),
-        _col("MMLU", "cl_mmlu", n=14042, preferred=("cl_meta_mmlu_5shot", "acc,none")),
-        _col("MMLU-Pro", "cl_mmlu_pro", _PRO, n=12032, preferred=("cl_meta_mmlu_pro_5shot", _PRO)),
+        _col("BBH", "cl_bbh_cot_3shot", _BBH, n=6511),
+        _col("MMLU", "cl_mmlu", n=14042),
+        _col("MMLU-Pro", "cl_mmlu_pro", _PRO, n=12032),
     ),
     # The card's C-Avg and O-Avg are micro-averages of the CoT / generative columns only.
     aggregates=(
@@ -68,6 +64,15 @@ CONTROL_LLM = Card(
         Aggregate("O-Avg", ("BBH", "MMLU-Pro"), weighted=True),
         Aggregate("Overall", ("C-Avg", "O-Avg")),
     ),
+)
+
+# The same card with Meta's own prompts (eval-details files, what the card ran) for BBH, MMLU and MMLU-Pro: a
+# board of its own (suite control_llm_zh_meta), so the open prompts' board is kept when both suites run.
+_META_TASKS = {"BBH": "cl_meta_bbh_3shot", "MMLU": "cl_meta_mmlu_5shot", "MMLU-Pro": "cl_meta_mmlu_pro_5shot"}
+CONTROL_LLM_META = replace(
+    CONTROL_LLM,
+    name="control_llm_meta",
+    columns=tuple(replace(c, task=_META_TASKS.get(c.name, c.task)) for c in CONTROL_LLM.columns),
 )
 
 SWALLOW_JA = Card(
@@ -150,7 +155,7 @@ MERA = Card(
     diagnostics=MERA_DIAGNOSTIC,
 )
 
-CARDS: dict[str, Card] = {c.name: c for c in (CONTROL_LLM, SWALLOW_JA, SWALLOW_EN, MERA)}
+CARDS: dict[str, Card] = {c.name: c for c in (CONTROL_LLM, CONTROL_LLM_META, SWALLOW_JA, SWALLOW_EN, MERA)}
 
 
 def get_card(name: str) -> Card:
@@ -173,8 +178,23 @@ def _column_value(card: Card, name: str, value: float | dict[str, float]) -> flo
     return float(value)
 
 
-def score(card: Card | str, columns: dict[str, float | dict[str, float]]) -> dict:
-    """Card aggregates from per-column scores (in the card's unit); aggregates with a missing part are None."""
+def _is_partial(counts: dict, card_n: int) -> bool:
+    # Fewer questions than the card's (a missing subject file), or than the data holds (a `limit`).
+    scored, available = counts["scored"], counts.get("available")
+    return (card_n > 0 and scored < card_n) or (available is not None and scored < available)
+
+
+def score(
+    card: Card | str,
+    columns: dict[str, float | dict[str, float]],
+    questions: dict[str, dict[str, int | None]] | None = None,
+) -> dict:
+    """Card aggregates from per-column scores (in the card's unit); aggregates with a missing part are None.
+
+    `questions` ({column: {"scored": n, "available": n in the data or None}}, see `questions_from_results`) go
+    into the board beside the card's own count; a column scored on fewer questions than the card's or than its
+    data holds, and every aggregate built from such a column, is listed in the board's `partial`: its number
+    is not comparable with the card's. Scores given without counts are taken as they are."""
     card = get_card(card) if isinstance(card, str) else card
     known = {c.name for c in card.columns}
     unknown = set(columns) - known
@@ -188,19 +208,36 @@ def score(card: Card | str, columns: dict[str, float | dict[str, float]]) -> dic
     }
     values: dict[str, float] = {k: _column_value(card, k, v) for k, v in columns.items() if k not in unscored}
     weights = {c.name: c.n for c in card.columns}
+    counts = {
+        c.name: {**questions[c.name], "card": c.n or None}
+        for c in card.columns
+        if c.name in (questions or {})
+    }
+    partial = {k for k, q in counts.items() if k in columns and _is_partial(q, weights[k])}
     aggregates: dict[str, float | None] = {}
     for agg in card.aggregates:
         parts = [values.get(p, aggregates.get(p)) for p in agg.parts]
         if any(p is None for p in parts):
             aggregates[agg.name] = None
-        elif agg.weighted:
+            continue
+        if agg.weighted:
             w = [weights[p] for p in agg.parts]
             aggregates[agg.name] = sum(wi * v for wi, v in zip(w, parts, strict=True)) / sum(w)
         else:
             aggregates[agg.name] = fmean(parts)
+        if partial & set(agg.parts):
+            partial.add(agg.name)
     diagnostics = {k: values.get(k, unscored.get(k)) for k in card.diagnostics if k in columns}
     main = {k: v for k, v in values.items() if k not in card.diagnostics}
-    return {"card": card.name, "columns": main, "diagnostics": diagnostics, "aggregates": aggregates}
+    order = [c.name for c in card.columns] + [a.name for a in card.aggregates]
+    return {
+        "card": card.name,
+        "columns": main,
+        "diagnostics": diagnostics,
+        "aggregates": aggregates,
+        "questions": counts,
+        "partial": [k for k in order if k in partial],
+    }
 
 
 def columns_from_results(card: Card | str, results: dict[str, dict]) -> dict[str, float | dict[str, float]]:
@@ -209,40 +246,64 @@ def columns_from_results(card: Card | str, results: dict[str, dict]) -> dict[str
     card = get_card(card) if isinstance(card, str) else card
     out: dict[str, float | dict[str, float]] = {}
     for col in card.columns:
-        task, metric = col.task, col.metric
-        if col.preferred and col.preferred[0] in results:
-            task, metric = col.preferred
-        metrics = results.get(task)
+        metrics = results.get(col.task)
         if metrics is None:
             continue
         if not col.metric:
             out[col.name] = {k.split(",")[0]: float(v) for k, v in metrics.items()}
-        elif metric in metrics:
-            out[col.name] = float(metrics[metric]) * card.scale
+        elif col.metric in metrics:
+            out[col.name] = float(metrics[col.metric]) * card.scale
     return out
 
 
-def load_columns(card: Card | str, path: str | Path) -> dict[str, float | dict[str, float]]:
-    """Per-column scores from a JSON file: {column: score} as on the card, or a results JSON of our runner."""
+def questions_from_results(
+    card: Card | str, scored: dict[str, int], available: dict[str, int] | None = None
+) -> dict[str, dict[str, int | None]]:
+    """{column: {"scored", "available"}} from per-task counts: questions scored (lm-eval's effective n-samples)
+    and questions in the data (its original count; more when a `limit` was applied; None when unknown)."""
+    card = get_card(card) if isinstance(card, str) else card
+    return {
+        c.name: {"scored": scored[c.task], "available": (available or {}).get(c.task)}
+        for c in card.columns
+        if c.task in scored
+    }
+
+
+def load_board(card: Card | str, path: str | Path) -> dict:
+    """The board of a JSON file: {column: score} as on the card (taken as it is), or a results JSON of our
+    runner (recomputed with its question counts)."""
     data = json.loads(Path(path).read_text(encoding="utf-8"))
-    return columns_from_results(card, data["tasks"]) if "tasks" in data else data
+    if "tasks" not in data:
+        return score(card, data)
+    questions = questions_from_results(card, data.get("n_samples", {}), data.get("n_available"))
+    return score(card, columns_from_results(card, data["tasks"]), questions)
 
 
 def markdown_table(card: Card | str, rows: dict[str, dict]) -> str:
-    """A card-style table: one row per model (from `score` outputs), columns then aggregates."""
+    """A card-style table: one row per model (from `score` outputs), columns then aggregates; a partial number
+    is starred, and a note under the table says on how many of the card's questions each was scored."""
     card = get_card(card) if isinstance(card, str) else card
     names = [c.name for c in card.columns if c.name not in card.diagnostics] + [
         a.name for a in card.aggregates
     ]
     digits = 1 if card.scale == 100 else 4
 
-    def cell(v: float | None) -> str:
-        return "-" if v is None else f"{v:.{digits}f}"
+    def cell(v: float | None, partial: bool) -> str:
+        return "-" if v is None else f"{v:.{digits}f}" + ("*" if partial else "")
 
     lines = ["| model | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+    notes = []
     for model, board in rows.items():
-        merged = {**board["columns"], **board["aggregates"]}
-        lines.append(f"| {model} | " + " | ".join(cell(merged.get(n)) for n in names) + " |")
+        merged, partial = {**board["columns"], **board["aggregates"]}, board["partial"]
+        lines.append(f"| {model} | " + " | ".join(cell(merged.get(n), n in partial) for n in names) + " |")
+        counts = [(k, q) for k, q in board["questions"].items() if k in partial]
+        if counts:
+            notes.append(
+                f"{model}: "
+                + ", ".join(f"{k} {q['scored']} of {q['card'] or q['available']}" for k, q in counts)
+            )
+    if notes:  # "\*": a line starting with "* " would be a list item in markdown
+        lines += ["", "\\* partial, not comparable with the card; questions scored: " + "; ".join(notes)]
     return "\n".join(lines) + "\n"
 
 

@@ -95,6 +95,10 @@ def test_mgsm_last_integer():
     assert metrics.last_integer("答えは-3") == -3
     assert metrics.last_integer("答えは2.5です") is None
     assert metrics.last_integer("わかりません") is None
+    # full-width forms read as ASCII ones (NFKC); "、" separates numbers
+    assert metrics.last_integer("答えは１，２００円です") == 1200
+    assert metrics.last_integer("答えは－３") == -3 and metrics.last_integer("答えは２．５") is None
+    assert metrics.last_integer("3、12") == 12
     assert metrics.mgsm_exact_match("ステップ: 3 + 8 = 11。答えは 11", 11) == 1.0
     assert metrics.mgsm_exact_match("11 ではなく 12", 11) == 0.0
 

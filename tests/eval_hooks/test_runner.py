@@ -51,9 +51,13 @@ def test_suite_end_to_end_restores_rng_and_train_mode(tiny_model, tiny_tokenizer
     assert set(board["columns"]) == {"CEval", "CEvalC", "CMMLU", "CMMLUC", "BBH", "MMLU", "MMLU-Pro"}
     assert board["columns"]["CEval"] == 100 * results["tasks"]["cl_ceval_valid"]["acc,none"]
     assert all(0 <= v <= 100 for v in board["aggregates"].values())
+    # 5 of the card's 1346 C-Eval questions: every aggregate is partial, and logged under a name that says so
+    assert board["questions"]["CEval"] == {"scored": 5, "available": 5, "card": 1346}
+    assert board["partial"] == [*board["columns"], "C-Avg", "O-Avg", "Overall"]
     flat = scalars(results)
     assert flat["eval/cl_mmlu/acc/none"] == results["tasks"]["cl_mmlu"]["acc,none"]
-    assert flat["eval/control_llm/Overall"] == board["aggregates"]["Overall"]
+    assert flat["eval/control_llm/Overall_partial"] == board["aggregates"]["Overall"]
+    assert "eval/control_llm/Overall" not in flat
 
     path = write_results(
         tmp_path / "step_10" / "eval.json", results, tiny_model, FIXTURES, step=10, config_hash="abc"
@@ -106,6 +110,69 @@ def test_two_ranks_stay_in_lockstep(tmp_path):
         r[case]["in_step"] for r in (rank0, rank1) for case in ("hook", "after_gather", "forward", "generate")
     )
     assert rank0["again"] == rank0["results"] and rank1["again"] is None  # and the next eval scores as before
+
+
+CARD_SIZES = {
+    "cl_ceval_valid_cot_zh": 1346,
+    "cl_cmmlu_cot_zh": 11582,
+    "cl_bbh_cot_3shot": 6511,
+    "cl_mmlu_pro": 12032,
+    "cl_meta_bbh_3shot": 6511,
+    "cl_meta_mmlu_pro_5shot": 12032,
+}
+
+
+def _lm_eval_output(scored: dict[str, int]) -> dict:
+    """lm-eval's output for the CoT and generative tasks of both Control-LLM suites, Meta's scoring higher."""
+    cot, bbh, pro = "exact_match,last-match", "exact_match,get-answer", "exact_match,custom-extract"
+    results = {
+        "cl_ceval_valid_cot_zh": {cot: 0.3},
+        "cl_cmmlu_cot_zh": {cot: 0.4},
+        "cl_bbh_cot_3shot": {bbh: 0.6},
+        "cl_mmlu_pro": {pro: 0.3},
+        "cl_meta_bbh_3shot": {bbh: 0.7},
+        "cl_meta_mmlu_pro_5shot": {pro: 0.4},
+    }
+    counts = {t: {"original": n, "effective": scored.get(t, n)} for t, n in CARD_SIZES.items()}
+    return {"results": results, "n-samples": counts}
+
+
+def test_both_control_llm_suites_keep_their_boards():
+    # Both map to the Control-LLM card; the open prompts' O-Avg and Overall were dropped for Meta's.
+    results = runner.summarize(_lm_eval_output({}), ["control_llm_zh", "control_llm_zh_meta"])
+    open_board, meta_board = results["aggregates"]["control_llm"], results["aggregates"]["control_llm_meta"]
+    assert open_board["columns"]["BBH"] == pytest.approx(60.0) and meta_board["columns"][
+        "BBH"
+    ] == pytest.approx(70.0)
+    assert open_board["aggregates"]["C-Avg"] == meta_board["aggregates"]["C-Avg"]  # the same CoT columns
+    assert open_board["aggregates"]["O-Avg"] < meta_board["aggregates"]["O-Avg"]
+    flat = scalars(results)
+    assert flat["eval/control_llm/Overall"] == open_board["aggregates"]["Overall"]
+    assert flat["eval/control_llm_meta/Overall"] == meta_board["aggregates"]["Overall"]
+    assert open_board["partial"] == meta_board["partial"] == []
+
+
+def test_an_aggregate_of_partial_columns_is_marked_wherever_it_goes(tiny_model, tmp_path):
+    from eval_hooks import plot, scoreboard
+
+    # ceval/val lost a subject file: 2 of 1346 questions scored, weighted as 1346 in C-Avg
+    results = runner.summarize(_lm_eval_output({"cl_ceval_valid_cot_zh": 2}), ["control_llm_zh"])
+    board = results["aggregates"]["control_llm"]
+    assert board["questions"]["CEvalC"] == {"scored": 2, "available": 1346, "card": 1346}
+    assert board["partial"] == ["CEvalC", "C-Avg", "Overall"]
+    flat = scalars(results)  # wandb and metrics.jsonl
+    assert {k for k in flat if k.startswith("eval/control_llm/")} == {
+        "eval/control_llm/C-Avg_partial",
+        "eval/control_llm/O-Avg",
+        "eval/control_llm/Overall_partial",
+    }
+    path = tmp_path / "run" / "eval" / "step-00000010.json"  # the result JSON, its board and counts
+    write_results(path, results, tiny_model, FIXTURES, step=10)
+    record = json.loads(path.read_text())
+    assert record["aggregates"]["control_llm"]["partial"] == board["partial"]
+    assert record["n_available"]["cl_ceval_valid_cot_zh"] == 1346
+    assert "C-Avg (partial)" in plot.collect(tmp_path / "run")["control_llm"]  # its own plotted series
+    assert scoreboard.load_board("control_llm", path)["partial"] == board["partial"]  # the scoreboard command
 
 
 def test_every_rank_needs_a_doc_of_every_task():
@@ -164,7 +231,7 @@ def test_meta_prompt_suite_end_to_end(tiny_model, tiny_tokenizer):
     meta = {"cl_meta_mmlu_5shot", "cl_meta_mmlu_pro_5shot", "cl_meta_bbh_3shot"}
     assert meta <= results["n_samples"].keys() and all(results["n_samples"][t] == 3 for t in meta)
     assert "acc,none" in results["tasks"]["cl_meta_mmlu_5shot"]
-    board = results["aggregates"]["control_llm"]  # the card's columns filled from Meta's prompts
+    board = results["aggregates"]["control_llm_meta"]  # the card's columns filled from Meta's prompts
     assert board["columns"].keys() == {"CEval", "CEvalC", "CMMLU", "CMMLUC", "BBH", "MMLU", "MMLU-Pro"}
     assert board["aggregates"].keys() == {"C-Avg", "O-Avg", "Overall"}
 

@@ -1,6 +1,6 @@
 import time
 
-from eval_hooks.sandbox import check_completion, run_program
+from eval_hooks.sandbox import check_completion, check_io, run_program
 
 PROMPT = 'def add(a, b):\n    """Sum of a and b."""\n'
 TEST = "def check(f):\n    assert f(2, 3) == 5\n"
@@ -30,3 +30,12 @@ def test_memory_limit():
     result = run_program("x = bytearray(512 * 2**20)\n", memory_mb=256)
     assert not result.passed and "MemoryError" in result.stderr
     assert run_program("x = bytearray(16 * 2**20)\n", memory_mb=256).passed
+
+
+def test_io_check_compares_str_of_every_result_none_included():
+    # ruHumanEval's HumanEval/12: longest([]) returns None, and the record's expected output is "None".
+    code = "def longest(strings):\n    return max(strings, key=len) if strings else None\n"
+    cases = [{"strings": []}, {"strings": ["a", "bb"]}]
+    assert check_io(code, "longest", cases, ["None", "bb"])
+    assert not check_io(code, "longest", cases, ["", "bb"])
+    assert not check_io("def longest(strings):\n    raise ValueError\n", "longest", cases, ["None", "bb"])

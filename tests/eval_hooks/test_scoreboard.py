@@ -152,11 +152,36 @@ def test_mera_columns_from_results_use_main_metrics():
     assert board["diagnostics"] == {"BPS": 0.5} and board["aggregates"]["Total"] is None
 
 
-def test_meta_prompt_tasks_fill_their_columns_when_scored():
+def test_meta_prompt_tasks_fill_the_meta_cards_columns():
     results = {
         "cl_mmlu": {"acc,none": 0.25},
         "cl_meta_mmlu_5shot": {"acc,none": 0.5},
         "cl_mmlu_pro": {"exact_match,custom-extract": 0.1},
     }
-    cols = scoreboard.columns_from_results("control_llm", results)
-    assert cols == {"MMLU": 50.0, "MMLU-Pro": 10.0}  # Meta's MMLU replaces the open one; MMLU-Pro stays open
+    assert scoreboard.columns_from_results("control_llm", results) == {"MMLU": 25.0, "MMLU-Pro": 10.0}
+    # Meta's prompts fill their columns on a card of their own; the open prompts' MMLU is not taken for Meta's
+    assert scoreboard.columns_from_results("control_llm_meta", results) == {"MMLU": 50.0}
+
+
+def test_partial_columns_and_their_aggregates_are_marked():
+    # ceval/val with a subject file missing: 2 of the card's 1346 questions; C-Avg still weighs CEvalC by 1346
+    questions = {
+        "CEvalC": {"scored": 2, "available": 2},
+        "CMMLUC": {"scored": 11582, "available": 11582},
+        "BBH": {"scored": 6511, "available": 6511},
+        "MMLU-Pro": {"scored": 12032, "available": 12032},
+    }
+    columns = {"CEvalC": 34.84, "CMMLUC": 37.37, "BBH": 64.43, "MMLU-Pro": 35.8}
+    board = scoreboard.score("control_llm", columns, questions)
+    assert board["partial"] == ["CEvalC", "C-Avg", "Overall"]  # O-Avg is built from complete columns
+    assert board["questions"]["CEvalC"] == {"scored": 2, "available": 2, "card": 1346}
+    table = scoreboard.markdown_table("control_llm", {"lerp": board})
+    assert "| lerp | - | 34.8* | - | 37.4 | 64.4 | - | 35.8 | 37.1* | 45.9 | 41.5* |" in table
+    assert table.endswith(
+        "\\* partial, not comparable with the card; questions scored: lerp: CEvalC 2 of 1346\n"
+    )
+    # A `limit` scores fewer questions than the data holds: partial too, on cards that state no counts as well
+    en = scoreboard.score("swallow_en", {"MMLU": 0.5}, {"MMLU": {"scored": 200, "available": 14042}})
+    assert en["partial"] == ["MMLU"] and en["questions"]["MMLU"]["card"] is None
+    full = {**questions, "CEvalC": {"scored": 1346, "available": 1346}}
+    assert scoreboard.score("control_llm", columns, full)["partial"] == []

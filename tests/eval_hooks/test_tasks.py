@@ -22,6 +22,7 @@ def tm():
 
 def _prompts(tm, name: str) -> list[str]:
     task = tm.load(name)["tasks"][name]
+    task.set_fewshot_seed(1234)  # as simple_evaluate seeds lm-eval's random sampler (Swallow's English tasks)
     task.build_all_requests(rank=0, world_size=1)
     return [inst.args[0] for inst in task.instances if inst.idx == 0]
 
@@ -90,6 +91,16 @@ def test_a_bad_json_line_is_named_by_file_and_line(tmp_path, rel):
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     with pytest.raises(ValueError, match=rf"^{re.escape(str(path))} line 3: not JSON \("):
         load(data_dir=str(tmp_path), files={"test": rel.rsplit(".", 1)[0]})
+
+
+def test_a_one_line_json_lines_file_is_one_row(tmp_path):
+    # A one-line JGLUE file parses as one object: a row, not BBH's {"examples": [...]} wrapper.
+    line = (FIXTURES / "jcommonsenseqa" / "valid-v1.1.json").read_text(encoding="utf-8").splitlines()[0]
+    path = tmp_path / "jcommonsenseqa" / "valid-v1.1.json"
+    path.parent.mkdir()
+    path.write_text(line + "\n", encoding="utf-8")
+    rows = load(data_dir=str(tmp_path), files={"valid": "jcommonsenseqa/valid-v1.1"})["valid"]
+    assert rows["question"] == ["寒い日に首に巻くものは？"] and rows["label"] == [1]
 
 
 MMLU_ROW = {"question": "2 + 2 = ?", "subject": "math", "choices": ["3", "4", "5", "6"], "answer": 1}
@@ -164,6 +175,9 @@ def _local_task_files() -> list[tuple[str, str, str, list[str] | None]]:
 
 def _without(row: dict, dotted: str) -> dict:
     head, _, rest = dotted.partition(".")
+    if head.endswith("[]"):  # `a[].b`: one element of the list `a` loses `b`
+        items = row[head[:-2]]
+        return {**row, head[:-2]: [*items[:-1], _without(items[-1], rest)]}
     return {k: (_without(v, rest) if rest and k == head else v) for k, v in row.items() if rest or k != head}
 
 
@@ -192,6 +206,77 @@ def test_a_mera_instruction_its_inputs_cannot_fill_is_refused():
         ValueError, match=r"^rcb row 1: the instruction does not render with its inputs \(KeyError"
     ):
         check_rows(broken, "mera/rcb/dev", "dev", Path("rcb"))
+
+
+@pytest.mark.parametrize(
+    ("task", "change", "message"),
+    [
+        # what the scorers read inside the records: before, a TypeError/KeyError mid-scoring naming no row
+        ("ruethics", lambda r: r["outputs"].pop("law"), r"missing field\(s\) \['outputs.law'\]"),
+        ("multiq", lambda r: r["outputs"][0].pop("segment"), r"missing field\(s\) \['outputs\[\].segment'\]"),
+        ("multiq", lambda r: r.update(outputs=[]), r"missing field\(s\) \['outputs\[\].segment'\]"),
+        (
+            "ruethics",
+            lambda r: r["meta"].update(question="fair"),
+            r"meta.question is 'fair', expected one of",
+        ),
+        (
+            "ruethics",
+            lambda r: r["outputs"].update(moral="yes"),
+            r"outputs labels \{'moral': 'yes'\} are not 0 or 1",
+        ),
+        (
+            "rucodeeval",
+            lambda r: r["inputs"].update(tests="[{'a': 1"),
+            r"inputs.tests is not a Python literal",
+        ),
+        (
+            "rucodeeval",
+            lambda r: r.update(outputs="3"),
+            r"outputs must list one expected result per test case \(2\)",
+        ),
+    ],
+    ids=["no-law", "no-segment", "no-answers", "question", "label", "tests", "outputs"],
+)
+def test_mera_fields_the_scorers_read_inside_records_are_checked(task, change, message):
+    rows = read_split(FIXTURES, f"mera/{task}/dev", "dev", "subject")
+    change(rows[-1])
+    with pytest.raises(ValueError, match=rf"^{task} row {len(rows) - 1}: {message}"):
+        check_rows(rows, f"mera/{task}/dev", "dev", Path(task))
+
+
+@pytest.mark.parametrize(
+    ("task", "change", "message"),
+    [
+        # Arrow cannot type the column: it became JSON text, every PARus gold '"1"' and every row scored 0
+        (
+            "parus",
+            lambda r: r.update(outputs=int(r["outputs"])),
+            r"field 'outputs' is int 1, but row 0 has str '2'",
+        ),
+        # ruCodeEval's expected outputs became one string: pass@k 0
+        (
+            "rucodeeval",
+            lambda r: r["outputs"].__setitem__(0, 5),
+            r"field 'outputs\[\]' is int 5, but row 0 has str '3'",
+        ),
+    ],
+    ids=["parus", "rucodeeval"],
+)
+def test_a_column_the_scorer_reads_must_have_one_type(tmp_path, task, change, message):
+    rows = [json.loads(line) for line in (FIXTURES / "mera" / task / "dev.jsonl").read_text().splitlines()]
+    change(rows[1])
+    path = tmp_path / "mera" / task / "dev.jsonl"
+    path.parent.mkdir(parents=True)
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    with pytest.raises(ValueError, match=rf"^{re.escape(str(path))} row 1: {message}; give it one type"):
+        load(data_dir=str(tmp_path), files={"dev": f"mera/{task}/dev"})
+
+
+def test_an_unread_column_of_mixed_types_is_kept_as_json_text():
+    # JEMHopQA's derivations mix strings and lists; no prompt or scorer reads them.
+    dev = load(data_dir=str(FIXTURES), files={"dev": "jemhopqa/dev"})["dev"]
+    assert json.loads(dev[0]["derivations"]) == [["x", "y", ["z"]]] and dev[0]["answer"] == "大阪市"
 
 
 @pytest.mark.parametrize(
@@ -320,9 +405,10 @@ def test_swallow_en_prompts(tm):
     )
     squad = tm.load("cl_squadv2")["tasks"]["cl_squadv2"]
     assert [d["golds"] for d in squad.eval_docs] == [["the Seine"], ["Paris"], [""]]
-    assert [squad.doc_to_target(d) for d in squad.eval_docs] == ["the Seine", "Paris", "unanswerable"]
+    # lm-eval squadv2's target: a space, then the answer (exemplars read "Answer:  the Seine", as lm-eval's)
+    assert [squad.doc_to_target(d) for d in squad.eval_docs] == [" the Seine", " Paris", " unanswerable"]
     gsm = _prompts(tm, "cl_gsm8k")[0]
-    assert gsm.count("Question:") == 5 and "#### 5\n\nQuestion:" in gsm
+    assert gsm.count("Question:") == 5 and re.search(r"#### \d+\n\nQuestion:", gsm)
 
 
 def test_mera_prompts_and_scoring(tm):
