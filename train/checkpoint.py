@@ -246,6 +246,46 @@ def find_resume(cfg: RunConfig, resume: str | None) -> Path | None:
     return folder
 
 
+def shared_dir_problem(reports: list[tuple[bool, str, str | None]], output_dir: str) -> str | None:
+    """What is wrong with the ranks' view of output_dir, from each rank's (sees rank 0's marker, host, the
+    checkpoint it would resume from); None if they all see one folder."""
+    blind = [r for r, (sees, _, _) in enumerate(reports) if not sees]
+    if blind:
+        hosts = sorted({reports[r][1] for r in blind})
+        return (
+            f"output_dir {output_dir} is not on a file system every node shares: rank 0's file there is not "
+            f"seen by rank(s) {blind} (on {', '.join(hosts)}). Checkpoints need every rank's shards in one "
+            "folder: set output_dir to a shared path (NFS, Lustre, ...)"
+        )
+    choices = sorted({str(folder) for _, _, folder in reports})
+    if len(choices) > 1:
+        return f"the ranks would resume from different checkpoints ({', '.join(choices)}); is {output_dir} shared?"
+    return None
+
+
+def check_shared_output_dir(cfg: RunConfig, folder: Path | None) -> None:
+    """Refuse, on every rank alike, an output_dir the ranks do not share (node-local disks): rank 0 alone
+    would write checkpoints missing the other nodes' shards, and a resume would pair ranks at other steps."""
+    if dist.world_size() == 1:
+        return
+    import secrets
+    import socket
+
+    out = Path(cfg.output_dir)
+    marker = None
+    if dist.is_main():
+        out.mkdir(parents=True, exist_ok=True)
+        marker = out / f".shared-check-{secrets.token_hex(8)}"
+        marker.write_text("rank 0\n")
+    marker = out / dist.all_gather_object(marker and marker.name)[0]  # after rank 0 wrote it, as seen here
+    reports = dist.all_gather_object((marker.is_file(), socket.gethostname(), folder and str(folder)))
+    if dist.is_main():
+        marker.unlink()
+    problem = shared_dir_problem(reports, cfg.output_dir)
+    if problem:
+        raise UserError(problem)
+
+
 def check_compatible(cfg: RunConfig, state: dict, folder: Path, force: bool) -> None:
     """Refuse to resume a checkpoint trained with different settings (unless forced) or world size."""
     if state["world_size"] != dist.world_size():

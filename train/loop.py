@@ -272,6 +272,7 @@ def train(
         )
     build_for_training(cfg, meta=True)  # the model's settings (LoRA targets, overrides) fail before data prep
     dist.init()
+    checkpoint.check_shared_output_dir(cfg, folder)
     seed_everything(cfg.seed)
     tokenizer = build_tokenizer(cfg.model)
     data = prepare(cfg.data, tokenizer)

@@ -9,6 +9,7 @@ import re
 
 import pytest
 
+from tests.conftest import torchrun_helper
 from train.checkpoint import (
     STATE_FILE,
     _prune,
@@ -246,3 +247,23 @@ def test_resume_on_other_prepared_data_names_each_changed_source(tmp_path):
         "template, packing or format differ); source 'code' added; source 'web' (rows 12 -> 13, tokens 424 -> 430)."
     )
     check_same_data(saved, now, tmp_path, force=True)
+
+
+def test_an_output_dir_the_ranks_do_not_share_is_refused_on_every_rank(tmp_path):
+    """Node-local output_dirs gave checkpoints marked complete without the other nodes' shards, and a resume
+    that paired a resumed rank with a fresh one (a hang)."""
+    r = torchrun_helper("tests/train/shared_dir_worker.py", str(tmp_path), timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    lines = set(r.stdout.splitlines())
+    for rank in (0, 1):
+        assert f"shared rank {rank}: ok" in lines
+        local = (
+            f"local rank {rank}: output_dir {tmp_path}/node{rank} is not on a file system every node shares"
+        )
+        assert any(
+            line.startswith(f"{local}: rank 0's file there is not seen by rank(s) [1]") for line in lines
+        )
+        assert (
+            f"diverging rank {rank}: the ranks would resume from different checkpoints ({tmp_path}/step-0, "
+            f"{tmp_path}/step-1); is {tmp_path}/shared shared?"
+        ) in lines
