@@ -280,6 +280,8 @@ class ScheduleConfig(Section):
     name: Literal["cosine", "wsd", "constant"]
     warmup_steps: int = Field(default=0, ge=0)
     min_lr: float = Field(default=0.0, ge=0)
+    """The decay's end, reached at step total_steps, one past the last trained step (as HF's schedules count):
+    the last step trains at one decay step above it (cosine: a hair; wsd: (lr - min_lr) / decay_steps)."""
     decay_steps: int | None = Field(default=None, gt=0)
     """wsd only: length of the final decay phase."""
 
