@@ -226,13 +226,19 @@ def build_tokenizer(cfg: ModelConfig):
 
 
 def new_tokens(cfg: ModelConfig, tokenizer) -> list[str]:
-    """The tokens of `model.add_tokens` that the tokenizer does not have yet, in file order."""
+    """The tokens of `model.add_tokens` that the tokenizer does not have yet, in file order. A token it has
+    is one it encodes as one id: byte-level BPE keys its vocabulary by byte symbols ("æĿ±äº¬" for 東京), so a
+    vocabulary lookup misses every non-ASCII token and would add a duplicate row."""
     path = Path(cfg.add_tokens)
     if not path.is_file():
         raise UserError(f"model.add_tokens: file not found: {path}")
     vocab = tokenizer.get_vocab()
     lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
-    return list(dict.fromkeys(t for t in lines if t and t not in vocab))
+
+    def known(token: str) -> bool:
+        return token in vocab or len(tokenizer(token, add_special_tokens=False)["input_ids"]) == 1
+
+    return list(dict.fromkeys(t for t in lines if t and not known(t)))
 
 
 @torch.no_grad()

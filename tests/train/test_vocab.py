@@ -17,7 +17,8 @@ NEW = ["東京都庁", "continualm", "ステップごとの答え"]
 @pytest.fixture
 def token_file(tmp_path):
     f = tmp_path / "new_tokens.txt"
-    f.write_text("\n".join([*NEW, "the", ""]) + "\n")  # "the" is already a token: skipped
+    # "the" and 東京 are tokens already (東京's vocabulary key is its byte symbols): skipped
+    f.write_text("\n".join([*NEW, "the", "東京", ""]) + "\n")
     return f
 
 
