@@ -110,7 +110,8 @@ def alpaca(row: object, opts: AdapterOptions) -> dict:
             f"field 'history' must be a list of [user, assistant] pairs, found {type(history).__name__}"
         )
     messages = []
-    if inp.strip() and opts.alpaca_input == "system":
+    # without an instruction there is no system turn to make: the input is the prompt
+    if inp.strip() and instruction.strip() and opts.alpaca_input == "system":
         messages.append({"role": "system", "content": instruction})
         prompt = inp
     else:

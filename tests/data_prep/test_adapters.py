@@ -63,6 +63,20 @@ def test_alpaca_input_mapping(mode, second):
     assert out[1]["id"].endswith("stem_zh_instruction.json:element 2")  # a JSON array's rows are elements
 
 
+@pytest.mark.parametrize("mode", ["system", "concat"])
+def test_alpaca_row_with_only_an_input_is_a_user_turn(tmp_path, mode):
+    # system mode made an empty system turn of the missing instruction: a bad row that stopped preparation
+    f = tmp_path / "rows.jsonl"
+    f.write_text(
+        json.dumps({"instruction": "", "input": "只有输入", "output": "好"}, ensure_ascii=False) + "\n"
+    )
+    (out,) = records(adapter="alpaca", path=str(f), alpaca_input=mode)
+    assert [(m["role"], m["content"].strip()) for m in out["messages"]] == [
+        ("user", "只有输入"),
+        ("assistant", "好"),
+    ]
+
+
 def test_alpaca_history_pairs_come_first():
     (out,) = records(adapter="alpaca", path=str(FIX / "oaast_sft_zh.jsonl"))
     assert out["messages"] == conv(
