@@ -14,6 +14,8 @@ from statistics import fmean
 
 import torch
 
+from data_prep.chat import stop_token_ids
+
 # FastChat's MT-Bench sampling temperature per category (0 means greedy); other categories get 0.7.
 MT_BENCH_TEMPERATURE = {
     "writing": 0.7,
@@ -69,6 +71,7 @@ def _reply(model, tokenizer, messages: list[dict], max_new_tokens: int, temperat
         out = model.generate(
             **inputs,
             max_new_tokens=max_new_tokens,
+            eos_token_id=stop_token_ids(tokenizer, model.generation_config.eos_token_id),
             pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id,
             **sampling,
         )

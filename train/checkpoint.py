@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from data_prep.chat import stop_token_ids
 from train import distributed as dist
 from train.config import RunConfig, accepted_hashes, config_hash, training_diff, validate
 from train.errors import UserError
@@ -426,8 +427,11 @@ def export_hf(checkpoint: Path, out: Path, overwrite: bool = False, merge: bool 
         model = model.merge_and_unload() if merge else None
     if model is not None:
         model.config.use_cache = True
+        tokenizer = build_tokenizer(cfg.model)
+        # a base model's config stops generating only at <|end_of_text|>; a reply ends at <|eot_id|>
+        model.generation_config.eos_token_id = stop_token_ids(tokenizer, model.generation_config.eos_token_id)
         model.save_pretrained(tmp, safe_serialization=True)
-        build_tokenizer(cfg.model).save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
     (tmp / EXPORT_MARKER).write_text(
         json.dumps(
             {"checkpoint": str(checkpoint), "step": state["step"], "config_hash": state["config_hash"]}

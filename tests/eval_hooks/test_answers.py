@@ -43,6 +43,25 @@ def test_mt_bench_answers_are_multi_turn_in_fastchat_format(tiny_model, tiny_tok
     assert rows[1]["choices"][0]["turns"] == [first, _greedy(tiny_model, tiny_tokenizer, history, 4)]
 
 
+def test_a_reply_stops_at_the_end_of_its_turn(tiny_model, tiny_tokenizer):
+    """SFT trains replies to end with <|eot_id|>; a base model's generation config stops only at
+    <|end_of_text|>, so the reply ran on (fake turns, role names) up to max_new_tokens."""
+    eot = tiny_tokenizer.convert_tokens_to_ids("<|eot_id|>")
+    assert eot not in [tiny_model.generation_config.eos_token_id]
+    calls = []
+
+    def emit_eot(module, args, logits):
+        calls.append(1)
+        return logits.index_fill(-1, torch.tensor([eot]), 1e4)
+
+    hook = tiny_model.lm_head.register_forward_hook(emit_eot)
+    try:
+        reply = answers._reply(tiny_model, tiny_tokenizer, [{"role": "user", "content": "hi"}], 6, 0.0)
+    finally:
+        hook.remove()
+    assert reply == "" and len(calls) == 1
+
+
 @pytest.mark.parametrize("name", ["answers.jsonl", "model_outputs.json"])
 def test_alpaca_eval_answers_through_the_cli(tiny_model, tiny_tokenizer, tmp_path, name):
     from eval_hooks.cli import main

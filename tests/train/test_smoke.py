@@ -87,6 +87,8 @@ def test_export_loads_and_generates(smoke_run):
     out, _, _ = smoke_run
     model = AutoModelForCausalLM.from_pretrained(out / "export").eval()
     tok = AutoTokenizer.from_pretrained(out / "export")
+    stops = model.generation_config.eos_token_id  # a reply ends at the end of its turn, as in Meta's Instruct
+    assert stops == [tok.eos_token_id, tok.convert_tokens_to_ids("<|eot_id|>")]
     ids = tok("The river", return_tensors="pt").input_ids
     assert type(model).__name__ == "ControlLLMForCausalLM"
     with torch.no_grad():
