@@ -1,6 +1,7 @@
 """Test helper run under torchrun (2 ranks): check_shared_output_dir with a shared output_dir, with one
 folder per rank (node-local disks, as two nodes see one path), and with ranks that would resume from different
-checkpoints. Prints one line per case and rank: the case, then "ok" or the refusal."""
+checkpoints. Writes ROOT/rank<r>.txt, one line per case: the case, then "ok" or the refusal (files, not
+stdout, where two ranks' lines could interleave)."""
 
 import sys
 from pathlib import Path
@@ -20,12 +21,14 @@ cases = {
     "local": (root / f"node{rank}", None),
     "diverging": (root / "shared", root / f"step-{rank}"),
 }
+results = []
 for name, (out, folder) in cases.items():
     try:
         check_shared_output_dir(SimpleNamespace(output_dir=str(out)), folder)
-        print(f"{name} rank {rank}: ok", flush=True)
+        results.append(f"{name} rank {rank}: ok")
     except UserError as e:
-        print(f"{name} rank {rank}: {e}", flush=True)
+        results.append(f"{name} rank {rank}: {e}")
     leftovers = [p.name for p in out.glob(".shared-check-*")]
     assert not leftovers or rank != 0, leftovers
+(root / f"rank{rank}.txt").write_text("\n".join(results) + "\n")
 dist.shutdown()
