@@ -120,7 +120,7 @@ def train_step(engine, data: MixedRows, rows: np.ndarray, cfg: RunConfig, live: 
     scale = accum * world / max(targets, 1)
     # the divergence is a mean per micro-batch: over those holding live rows (all but the last step: all)
     live_micro = -(-live // micro)
-    div_scale = accum * world / live_micro if live_micro < accum * world else None
+    div_scale = accum * world / live_micro  # 1.0 (exact) unless the step ends an epoch
     lr = engine.get_lr()[0]
     apply_weight_decay_rule(cfg, engine)
     loss_sum = torch.zeros((), dtype=torch.float64)
@@ -157,9 +157,7 @@ def train_step(engine, data: MixedRows, rows: np.ndarray, cfg: RunConfig, live: 
         divergence = getattr(out, "divergence_loss", None)  # Control-LLM: already a mean, lambda applied
         if divergence is not None and holds_live:  # (one without live rows has no real tokens: 0)
             div_sum += divergence.detach().double().cpu()
-            if div_scale is not None:
-                divergence = divergence * div_scale
-            loss = loss + divergence  # DeepSpeed's 1/accum and rank average make it the step mean
+            loss = loss + divergence * div_scale  # DeepSpeed's 1/accum and rank average make it the step mean
         if getattr(out, "alphas", None) is not None:  # every rank sums (and reduces below), live or not
             alphas = out.alphas.detach().double().cpu() * holds_live
             alpha_sum = alphas if alpha_sum is None else alpha_sum + alphas
