@@ -22,13 +22,7 @@ def stop_token_ids(tokenizer, eos_token_id: int | list[int] | None) -> list[int]
     """`eos_token_id` (a generation config's: an int, a list or None) plus the end-of-turn token when the
     vocabulary has it, so a chat reply stops at the end of its turn (a base model's config stops only at
     <|end_of_text|>; Meta's Instruct configs list both)."""
-    ids = (
-        []
-        if eos_token_id is None
-        else [eos_token_id]
-        if isinstance(eos_token_id, int)
-        else list(eos_token_id)
-    )
+    ids = [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id or [])
     eot = tokenizer.convert_tokens_to_ids(END_OF_TURN)
     if eot is not None and eot != tokenizer.unk_token_id and eot not in ids:
         ids.append(eot)

@@ -17,7 +17,9 @@ import os
 import pickle
 import random
 import re
+import secrets
 import shutil
+import socket
 import time
 from pathlib import Path
 
@@ -269,9 +271,6 @@ def check_shared_output_dir(cfg: RunConfig, folder: Path | None) -> None:
     would write checkpoints missing the other nodes' shards, and a resume would pair ranks at other steps."""
     if dist.world_size() == 1:
         return
-    import secrets
-    import socket
-
     out = Path(cfg.output_dir)
     marker = None
     if dist.is_main():

@@ -4,6 +4,7 @@ Control-LLM weight-decay rule reaches the optimizer."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -144,8 +145,6 @@ def _masked_step(data_cache, recipe, rows, live):
 def test_rows_past_the_epoch_end_train_nothing(data_cache, recipe):
     """The last step of train.epochs fills its batch from the next pass; those rows must not train (nor
     dilute the Control-LLM divergence and alpha means)."""
-    import numpy as np
-
     # micro-batch 2, accumulation 2 in both recipes: rows 0-1 are the first micro-batch, 2-3 the second
     first, other = np.array([0, 1, 2, 3]), np.array([0, 1, 1, 0])
     masked, params = _masked_step(data_cache, recipe, first, live=2)
