@@ -109,5 +109,5 @@ def get_interpolator(name: str) -> type:
 
 def interpolate(h_pre: torch.Tensor, h_exp: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
     """(1 - alpha) h_pre + alpha h_exp, written so that identical branches return h_pre bit for bit. The
-    blend is computed in fp32 (alpha is fp32) and rounded once to the branches' dtype."""
+    product with alpha (fp32) is taken in fp32; the difference and the sum stay in the branches' dtype."""
     return h_pre + (alpha * (h_exp - h_pre).float()).to(h_pre.dtype)
