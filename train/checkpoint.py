@@ -39,6 +39,7 @@ STATE_KEYS = ("step", "consumed_rows", "tokens", "config_hash", "config", "world
 TAG_RE = re.compile(r"^step-(\d{8})$")
 # What torch.load raises on a file of the right size holding the wrong bytes.
 UNREADABLE = (pickle.UnpicklingError, EOFError, RuntimeError, ValueError)
+SHAPE_MISMATCH = re.compile(r"size mismatch for|must match the size of tensor")
 
 
 def tag_for(step: int) -> str:
@@ -334,14 +335,34 @@ def check_same_data(saved: dict, data: dict[str, dict], folder: Path, force: boo
     )
 
 
+def check_same_added_tokens(saved: dict, added: list[str], folder: Path) -> None:
+    """Refuse to resume with other added tokens than the checkpoint's: their rows would mean other tokens,
+    whatever the flags. Checkpoints from before this record are checked by the shapes alone."""
+    before = saved.get("added_tokens")
+    if before is None or before == added:
+        return
+    gone, new = [t for t in before if t not in added], [t for t in added if t not in before]
+    what = f"dropped {gone[:5]}, new {new[:5]}" if gone or new else "the same tokens in another order"
+    raise UserError(
+        f"{folder} was trained with {len(before)} added tokens, model.add_tokens now gives {len(added)} ({what}). "
+        "Restore the token file it trained with (the list is in its trainer_state.json, 'added_tokens'), or "
+        "export the checkpoint (launch/export.py) and start a new run from its weights."
+    )
+
+
 def load(engine, folder: Path) -> dict:
     """Restore engine, optimizer, scheduler and RNG from a complete checkpoint; return its state."""
     state = check_complete(folder)
     try:
         path, _ = engine.load_checkpoint(str(folder.parent), tag=folder.name)
         rng = torch.load(folder / f"rng_rank{dist.rank()}.pt", weights_only=False)
-    except UNREADABLE as e:  # right sizes, wrong bytes
-        raise UserError(f"{folder}: a file cannot be read ({type(e).__name__}: {e})") from None
+    except UNREADABLE as e:
+        if SHAPE_MISMATCH.search(str(e)):  # ZeRO-1/2 and ZeRO-3 word it differently
+            raise UserError(
+                f"{folder}: its weights have other shapes than this run's model ({e}). The model settings must "
+                "be the ones it trained with (model.add_tokens and the file's tokens, overrides, expansion)"
+            ) from None
+        raise UserError(f"{folder}: a file cannot be read ({type(e).__name__}: {e})") from None  # wrong bytes
     if path is None:
         raise UserError(f"DeepSpeed could not load the checkpoint {folder}")
     set_rng_state(rng)
@@ -389,6 +410,25 @@ def check_export_folder(out: Path, overwrite: bool) -> None:
         raise UserError(f"export folder {out} is not empty; pass --overwrite or choose another --out")
 
 
+def _check_shapes(checkpoint: Path, cfg: RunConfig, model: torch.nn.Module, weights: dict) -> None:
+    expected = model.state_dict()
+    wrong = [
+        f"{k} {tuple(v.shape)} (the model: {tuple(expected[k].shape)})"
+        for k, v in weights.items()
+        if k in expected and v.shape != expected[k].shape
+    ]
+    if not wrong:
+        return
+    hint = ""
+    if cfg.model.add_tokens and any("embed_tokens" in w or "lm_head" in w for w in wrong):
+        hint = (
+            f". Its vocabulary is not the one model.add_tokens ({cfg.model.add_tokens}) gives now: the file "
+            "changed since training, or the checkpoint predates the record of its added tokens and lists "
+            "tokens the tokenizer already encodes as one id, which are no longer added again"
+        )
+    raise UserError(f"{checkpoint}: the weights' shapes differ from the model's: {'; '.join(wrong)}{hint}")
+
+
 def export_hf(checkpoint: Path, out: Path, overwrite: bool = False, merge: bool | None = None) -> Path:
     """Write a Hugging Face folder (safetensors, config, tokenizer) from a training checkpoint.
 
@@ -406,7 +446,16 @@ def export_hf(checkpoint: Path, out: Path, overwrite: bool = False, merge: bool 
     except UNREADABLE as e:
         raise UserError(f"{checkpoint}: the weights cannot be read ({type(e).__name__}: {e})") from None
     cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"activation_checkpointing": "none"})})
-    model = build_for_training(cfg, meta=True, stored=True)
+    added = state.get("added_tokens")
+    if added is None and cfg.model.add_tokens:
+        log.warning(
+            "%s predates the record of its added tokens: they are read again from %s, which must be the file "
+            "it trained with",
+            checkpoint,
+            cfg.model.add_tokens,
+        )
+    model = build_for_training(cfg, meta=True, stored=True, added=added)
+    _check_shapes(checkpoint, cfg, model, weights)
     dtype = DTYPES[cfg.model.dtype]
     weights = {k: v.to(dtype) for k, v in weights.items()}
     missing, unexpected = model.load_state_dict(weights, strict=False, assign=True)
@@ -421,12 +470,12 @@ def export_hf(checkpoint: Path, out: Path, overwrite: bool = False, merge: bool 
     tmp.mkdir(parents=True)
     if cfg.peft is not None:
         model.save_pretrained(tmp / "adapter", safe_serialization=True)
-        build_tokenizer(cfg.model).save_pretrained(tmp / "adapter")
+        build_tokenizer(cfg.model, added).save_pretrained(tmp / "adapter")
         merge = cfg.peft.merge_on_export if merge is None else merge
         model = model.merge_and_unload() if merge else None
     if model is not None:
         model.config.use_cache = True
-        tokenizer = build_tokenizer(cfg.model)
+        tokenizer = build_tokenizer(cfg.model, added)
         # a base model's config stops generating only at <|end_of_text|>; a reply ends at <|eot_id|>
         model.generation_config.eos_token_id = stop_token_ids(tokenizer, model.generation_config.eos_token_id)
         model.save_pretrained(tmp, safe_serialization=True)

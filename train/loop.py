@@ -32,6 +32,7 @@ from train.errors import UserError
 from train.faults import maybe_fault
 from train.model import (
     PEAK_TFLOPS,
+    added_tokens,
     build_for_training,
     build_tokenizer,
     count_parameters,
@@ -303,11 +304,13 @@ def train(
         "source_rows": dict.fromkeys(labels, 0),
         "source_target_tokens": dict.fromkeys(labels, 0),
         "data": check_same_data_on_all_ranks(data),
+        "added_tokens": added_tokens(model),
     }
     if folder is not None:
         saved = checkpoint.check_complete(folder)
         checkpoint.check_compatible(cfg, saved, folder, allow_config_change)
         checkpoint.check_same_data(saved, state["data"], folder, allow_data_change)
+        checkpoint.check_same_added_tokens(saved, state["added_tokens"], folder)
         if saved["step"] > total_steps:  # before loading: nothing would train
             raise UserError(
                 f"{folder} is at step {saved['step']}, past this config's {total_steps} steps: raise the budget "

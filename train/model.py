@@ -199,8 +199,9 @@ def build_model(cfg: ModelConfig, meta: bool = False) -> PreTrainedModel:
     return model
 
 
-def build_tokenizer(cfg: ModelConfig):
-    """The tokenizer named by the config, or the bundled tiny Llama-3-style one for `llama3_tiny`."""
+def build_tokenizer(cfg: ModelConfig, added: list[str] | None = None):
+    """The tokenizer named by the config, or the bundled tiny Llama-3-style one for `llama3_tiny`. `added`: a
+    checkpoint's own added tokens (`added_tokens`), used instead of reading `model.add_tokens` again."""
     source = cfg.tokenizer or cfg.name_or_path
     if source is None and cfg.preset == "llama3_tiny":
         source = str(TINY_TOKENIZER)
@@ -221,7 +222,7 @@ def build_tokenizer(cfg: ModelConfig):
             )
         tok.chat_template = LLAMA3_CHAT_TEMPLATE.read_text(encoding="utf-8")
     if cfg.add_tokens:
-        tok.add_tokens(new_tokens(cfg, tok))
+        tok.add_tokens(new_tokens(cfg, tok) if added is None else added)
     return tok
 
 
@@ -242,12 +243,14 @@ def new_tokens(cfg: ModelConfig, tokenizer) -> list[str]:
 
 
 @torch.no_grad()
-def expand_vocabulary(model: PreTrainedModel, cfg: ModelConfig, init: bool = True) -> list[int]:
-    """Add `model.add_tokens` rows: each new input/output embedding is the mean of its pieces' rows.
-
-    `init=False` only resizes (a meta-device model whose trained rows are loaded afterwards)."""
+def expand_vocabulary(
+    model: PreTrainedModel, cfg: ModelConfig, init: bool = True, added: list[str] | None = None
+) -> list[int]:
+    """Add `model.add_tokens` rows (or `added`'s, a checkpoint's own list): each new input/output embedding is
+    the mean of its pieces' rows. `init=False` only resizes (a meta-device model whose trained rows are loaded
+    afterwards)."""
     tok = build_tokenizer(cfg.model_copy(update={"add_tokens": None}))
-    tokens = new_tokens(cfg, tok)
+    tokens = new_tokens(cfg, tok) if added is None else added
     pieces = [tok(t, add_special_tokens=False)["input_ids"] for t in tokens]
     # The new ids are the tokenizer's, not the embedding's size: embeddings are often padded past
     # the tokenizer (rows rounded up for the matmuls), and those rows must neither be cut nor reused
@@ -267,8 +270,15 @@ def expand_vocabulary(model: PreTrainedModel, cfg: ModelConfig, init: bool = Tru
         "file": Path(cfg.add_tokens).name,
         "count": len(tokens),
         "first_id": min(ids) if ids else None,
+        "tokens": tokens,
     }
     return ids
+
+
+def added_tokens(model: torch.nn.Module) -> list[str]:
+    """The tokens `expand_vocabulary` gave this model rows for, in id order (empty when none): a checkpoint
+    keeps them, so its export and resume do not depend on the token file or the rule that filtered it."""
+    return list(getattr(model.config, "continualm_added_tokens", {}).get("tokens", []))
 
 
 @dataclass(frozen=True)
@@ -455,9 +465,12 @@ def _expand(cfg, meta: bool) -> torch.nn.Module:
     return model
 
 
-def build_for_training(cfg, meta: bool = False, stored: bool = False) -> torch.nn.Module:
+def build_for_training(
+    cfg, meta: bool = False, stored: bool = False, added: list[str] | None = None
+) -> torch.nn.Module:
     """The model the engine trains: the base model, expanded (Control-LLM) or with LoRA adapters. `stored`:
-    a checkpoint's model (for its export), which trained as it was: new runs' refusals do not apply."""
+    a checkpoint's model (for its export), which trained as it was: new runs' refusals do not apply; `added`:
+    its added tokens (`added_tokens`)."""
     if cfg.expansion is not None:
         model = _expand(cfg, meta)
     else:
@@ -465,7 +478,7 @@ def build_for_training(cfg, meta: bool = False, stored: bool = False) -> torch.n
             _continued_expansion(cfg)  # refuses a Control-LLM export, whose frozen blocks would train
         model = build_model(cfg.model, meta=meta)
     if cfg.model.add_tokens:
-        expand_vocabulary(model, cfg.model, init=not meta)
+        expand_vocabulary(model, cfg.model, init=not meta, added=added)
     if cfg.model.liger and not meta:  # a dry run only counts shapes
         from train.speed import apply_liger
 

@@ -3,13 +3,19 @@ and tokenizer know the new tokens."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from tests.conftest import SMOKE, run_entry
+from train import checkpoint
+from train import distributed as dist
 from train.config import load_config
-from train.model import build_for_training, build_model, build_tokenizer
+from train.engine import build_engine
+from train.errors import UserError
+from train.model import added_tokens, build_for_training, build_model, build_tokenizer
 
 NEW = ["東京都庁", "continualm", "ステップごとの答え"]
 
@@ -91,3 +97,67 @@ def test_padded_embedding_keeps_its_rows_and_new_tokens_get_the_tokenizers_ids(t
         pieces = base_tok(token, add_special_tokens=False)["input_ids"]
         torch.testing.assert_close(emb[new_id], emb[pieces].mean(0), rtol=0, atol=0)
         torch.testing.assert_close(head[new_id], head[pieces].mean(0), rtol=0, atol=0)
+
+
+@pytest.fixture
+def saved_with_tokens(tmp_path, token_file):
+    """A real one-rank checkpoint of a run that added NEW, as the loop saves it."""
+    dist.init()
+    cfg = load_config(
+        SMOKE, ["tracking=none", f"output_dir={tmp_path / 'run'}", f"model.add_tokens={token_file}"]
+    )
+    model = build_for_training(cfg)
+    engine = build_engine(cfg, model, 1, cfg.total_steps())
+    state = {"step": 1, "consumed_rows": 4, "tokens": 512, "added_tokens": added_tokens(model)}
+    return checkpoint.save(engine, cfg, 1, state)
+
+
+def test_export_uses_the_checkpoints_own_tokens_not_the_edited_file(saved_with_tokens, token_file, tmp_path):
+    assert checkpoint.check_complete(saved_with_tokens)["added_tokens"] == NEW
+    token_file.write_text("later\n" + "\n".join(reversed(NEW)) + "\n")  # edited after training
+    out = checkpoint.export_hf(saved_with_tokens, tmp_path / "export")
+    tok = AutoTokenizer.from_pretrained(out)
+    assert [tok.convert_ids_to_tokens(i) for i in range(len(tok) - 3, len(tok))] == NEW
+    assert "later" not in tok.get_vocab()
+    token_file.unlink()  # and gone
+    checkpoint.export_hf(saved_with_tokens, out, overwrite=True)
+
+
+def test_a_checkpoint_from_before_the_record_with_another_vocabulary_is_a_clear_error(
+    saved_with_tokens, token_file, tmp_path
+):
+    state_file = saved_with_tokens / checkpoint.STATE_FILE
+    state = json.loads(state_file.read_text())
+    del state["added_tokens"]
+    state_file.write_text(json.dumps(state))
+    token_file.write_text("\n".join(NEW[:2]) + "\n")  # one token fewer than it trained with
+    with pytest.raises(UserError, match=r"shapes differ.*embed_tokens.*model\.add_tokens"):
+        checkpoint.export_hf(saved_with_tokens, tmp_path / "export")
+    assert not (tmp_path / "export").exists()
+
+
+@pytest.mark.parametrize(
+    ("now", "says"),
+    [
+        (
+            NEW[:2],
+            r"3 added tokens, model.add_tokens now gives 2 \(dropped \['ステップごとの答え'\], new \[\]\)",
+        ),
+        (list(reversed(NEW)), "the same tokens in another order"),
+    ],
+)
+def test_resume_with_other_added_tokens_is_refused(now, says, tmp_path):
+    with pytest.raises(UserError, match=says):
+        checkpoint.check_same_added_tokens({"added_tokens": NEW}, now, tmp_path)
+    checkpoint.check_same_added_tokens({"added_tokens": NEW}, list(NEW), tmp_path)
+    checkpoint.check_same_added_tokens({}, now, tmp_path)  # before the record: the shapes decide
+
+
+def test_resuming_into_a_model_of_other_shapes_says_so(saved_with_tokens, token_file, tmp_path):
+    token_file.write_text("\n".join(NEW[:2]) + "\n")
+    cfg = load_config(
+        SMOKE, ["tracking=none", f"output_dir={tmp_path / 'run'}", f"model.add_tokens={token_file}"]
+    )
+    engine = build_engine(cfg, build_for_training(cfg), 1, cfg.total_steps())
+    with pytest.raises(UserError, match=r"(?s)other shapes than this run's model \(.*embed_tokens"):
+        checkpoint.load(engine, saved_with_tokens)
