@@ -145,6 +145,10 @@ def _read_text(path: Path) -> str:
         raise _not_utf8(path) from None
 
 
+def _rows_array(value: object) -> bool:
+    return isinstance(value, list) and bool(value) and all(isinstance(v, dict) for v in value)
+
+
 def _rows_json(path: Path) -> Iterator[tuple[int | str, object]]:
     text = _read_text(path)
     try:
@@ -158,15 +162,19 @@ def _rows_json(path: Path) -> Iterator[tuple[int | str, object]]:
             return
         raise DataError(f"{path}:{e.lineno}: not valid JSON ({e.msg} at column {e.colno})") from None
     if isinstance(data, dict):
-        lists = [k for k, v in data.items() if isinstance(v, list)]
-        if not lists or any(k in CONVERSATION_KEYS for k in lists):
+        # a wrapper ({"data": [...]}) holds an array of rows; a row's own arrays hold strings or pairs
+        # (tags, Alpaca's history) or are its conversation
+        wrapped = [k for k, v in data.items() if _rows_array(v)]
+        if list(data.values()) == [[]]:
+            data = []  # an empty wrapper: no rows
+        elif not wrapped or any(k in CONVERSATION_KEYS for k in data):
             data = [data]  # one row, as the same object on one line of a JSON lines file would be
-        elif len(lists) == 1:
-            data = data[lists[0]]  # {"data": [...]} style wrappers
+        elif len(wrapped) == 1:
+            data = data[wrapped[0]]
         else:
             raise DataError(
-                f"{path}: a JSON object holding several arrays ({', '.join(lists)}) is neither a row nor a "
-                "wrapper of one array of rows; write the rows as a JSON array or as JSON lines"
+                f"{path}: a JSON object holding several arrays of rows ({', '.join(wrapped)}) is neither a row "
+                "nor a wrapper of one array of rows; write the rows as a JSON array or as JSON lines"
             )
     if not isinstance(data, list):
         raise DataError(

@@ -365,8 +365,17 @@ def test_a_json_object_is_one_row_unless_it_wraps_one_array_of_rows(tmp_path):
     assert [r for _, r in iter_rows(f)] == [chat]
     f.write_text(json.dumps({"version": "1", "data": [{"text": "a"}, {"text": "b"}]}))
     assert _docs(f) == ["a", "b"]
-    f.write_text(json.dumps({"train": [{"text": "a"}], "test": [{"text": "b"}]}))
-    with pytest.raises(DataError, match=rf"{f}: a JSON object holding several arrays \(train, test\)"):
+    alpaca = {"instruction": "and then?", "output": "done", "history": [["hi", "yo"]]}
+    tagged = {"text": "doc", "tags": ["news", "zh"], "scores": []}
+    for row in (alpaca, tagged):  # arrays of strings, pairs or nothing are the row's own fields
+        f.write_text(json.dumps(row))
+        assert [r for _, r in iter_rows(f)] == [row]
+    f.write_text(json.dumps({"data": []}))
+    assert list(iter_rows(f)) == []
+    f.write_text(json.dumps({"train": [{"text": "a"}], "test": [{"text": "b"}], "tags": ["x"]}))
+    with pytest.raises(
+        DataError, match=rf"{f}: a JSON object holding several arrays of rows \(train, test\)"
+    ):
         _docs(f)
 
 
