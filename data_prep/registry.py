@@ -105,11 +105,12 @@ def resolve(spec) -> Source:
     if entry is not None and entry.data_files and data_files is None:
         if path is None and hub_id in (None, entry.hub_id):
             data_files = entry.data_files
-        elif path is not None and (Path(path) / Path(entry.data_files).parts[0]).is_dir():
-            # a local snapshot of the whole hub repo: only the entry's folder
-            if not glob.glob(str(Path(path) / entry.data_files)):
+        elif path is not None and Path(path).is_dir():
+            # a local snapshot of the whole hub repo: only the entry's files (folder or file)
+            if glob.glob(str(Path(path) / entry.data_files)):
+                path = str(Path(path) / entry.data_files)
+            elif (Path(path) / Path(entry.data_files).parts[0]).is_dir():
                 raise DataError(f"{path}: the snapshot has no {entry.data_files} for '{name}'")
-            path = str(Path(path) / entry.data_files)
     return Source(
         label=label,
         adapter=check_adapter(adapter),

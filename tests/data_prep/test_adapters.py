@@ -176,6 +176,16 @@ def test_data_files_select_files_of_the_hub_repo_or_of_a_local_snapshot():
         resolve(SimpleNamespace(name="syne_math_en", path=str(snapshot)))  # the fixture lacks that folder
 
 
+def test_a_local_snapshot_of_ruozhiba_reads_only_the_gpt4o_answers(tmp_path):
+    for name in ("ruozhiba_qa2449_gpt4o.json", "ruozhiba_qa2449_gpt4t.json", "README.md"):
+        (tmp_path / name).write_text("[]")
+    assert resolve(SimpleNamespace(name="ruozhiba_gpt4", path=str(tmp_path))).path == str(
+        tmp_path / "ruozhiba_qa2449_gpt4o.json"
+    )
+    (tmp_path / "ruozhiba_qa2449_gpt4o.json").unlink()  # a folder of the user's own files stays as given
+    assert resolve(SimpleNamespace(name="ruozhiba_gpt4", path=str(tmp_path))).path == str(tmp_path)
+
+
 @pytest.mark.parametrize(
     "line, reason",
     [
