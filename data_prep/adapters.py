@@ -205,15 +205,21 @@ def oasst_top1(
 
     Yields (where, record) or (where, BadRow) so the caller can raise or count a skip."""
     children: dict[str, list[dict]] = defaultdict(list)
-    roots = []
+    roots, first_seen = [], {}
     for where, row in rows:
         try:
             if isinstance(row, BadRow):
                 raise row
             node = {**_oasst_node(row), "where": where}
+            if node["message_id"] in first_seen:  # the same export twice would multiply every thread
+                raise BadRow(
+                    f"message_id '{node['message_id']}' again (first at {first_seen[node['message_id']]}): "
+                    "are two copies of the export read? Select one set of files with a glob path"
+                )
         except BadRow as e:
             yield where, e
             continue
+        first_seen[node["message_id"]] = where
         (roots.append(node) if node["parent_id"] is None else children[node["parent_id"]].append(node))
     for kids in children.values():  # the export lists replies by creation time
         kids.sort(key=lambda m: (m.get("created_date") or "", m["message_id"]))

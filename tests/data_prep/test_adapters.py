@@ -131,6 +131,20 @@ def test_oasst2_top1_threads_and_language_filter():
         records(name="oasst2_en_top1", path=str(FIX / "oasst2_messages.jsonl"), langs=["fr"])
 
 
+def test_the_oasst_export_read_twice_is_refused_not_multiplied(tmp_path):
+    for name in ("a.jsonl", "b.jsonl"):  # e.g. a snapshot holding the parquet files and the export
+        (tmp_path / name).write_text((FIX / "oasst2_messages.jsonl").read_text())
+    with pytest.raises(
+        DataError, match=rf"b.jsonl:1: message_id '\S+' again \(first at {tmp_path}/a.jsonl:1\)"
+    ):
+        records(name="oasst2_en_top1", path=str(tmp_path))
+    skips = Skips()
+    once = records(name="oasst2_en_top1", path=str(FIX / "oasst2_messages.jsonl"))
+    twice = records("skip", skips, name="oasst2_en_top1", path=str(tmp_path))
+    assert [r["messages"] for r in twice] == [r["messages"] for r in once]
+    assert skips.count == len((FIX / "oasst2_messages.jsonl").read_text().splitlines())
+
+
 @pytest.mark.parametrize(
     "field, value, reason",
     [
