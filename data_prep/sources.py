@@ -149,6 +149,17 @@ def _rows_array(value: object) -> bool:
     return isinstance(value, list) and bool(value) and all(isinstance(v, dict) for v in value)
 
 
+def _looks_like_json_lines(text: str) -> bool:
+    """One of the first two lines is an object on its own (the first may be the broken row)."""
+    for line in [line for line in text.splitlines() if line.strip()][:2]:
+        try:
+            if isinstance(json.loads(line), dict):
+                return True
+        except ValueError:
+            pass
+    return False
+
+
 def _rows_json(path: Path) -> Iterator[tuple[int | str, object]]:
     text = _read_text(path)
     try:
@@ -156,8 +167,9 @@ def _rows_json(path: Path) -> Iterator[tuple[int | str, object]]:
     except RecursionError:  # json's decoder recurses per nesting level; the array is one document
         raise DataError(f"{path}: not valid JSON (nested too deeply)") from None
     except json.JSONDecodeError as e:
-        # probably JSON lines with a .json name; an array is one document, so its error is where it is
-        if not text.lstrip().startswith("[") and (e.lineno > 1 or "Extra data" in e.msg):
+        # JSON lines with a .json name are read per line; an array or a pretty-printed object is one
+        # document, so its error is where json found it
+        if not text.lstrip().startswith("[") and ("Extra data" in e.msg or _looks_like_json_lines(text)):
             yield from _rows_jsonl(path)
             return
         raise DataError(f"{path}:{e.lineno}: not valid JSON ({e.msg} at column {e.colno})") from None

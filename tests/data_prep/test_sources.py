@@ -151,8 +151,15 @@ def test_a_broken_json_array_names_its_line_and_is_never_read_as_json_lines(tmp_
     for on_error in ("raise", "skip"):
         with pytest.raises(DataError, match=rf"{f}:93: not valid JSON \(Expecting ':' delimiter"):
             list(iter_records(resolve(Spec(path=str(f))), on_error))
+    f.write_text(json.dumps({"data": [{"text": "a"}, {"text": "b"}]}, indent=2).replace('"b"', "b"))
+    with pytest.raises(DataError, match=rf"{f}:7: not valid JSON \(Expecting value"):  # a wrapper, too
+        _docs(f)
     f.write_text('{"text": "one"}\n{"text": "two"}\n')  # JSON lines named .json still read
     assert _docs(f) == ["one", "two"]
+    f.write_text('{"text": "one"\n{"text": "two"}\n')  # its first row broken: still JSON lines
+    skips = Skips()
+    assert [r["text"] for r in iter_records(resolve(Spec(path=str(f))), "skip", skips)] == ["two"]
+    assert skips.count == 1 and skips.reasons[0].startswith(f"{f}:1:")
 
 
 def test_unsupported_file_extension_lists_the_supported_ones(tmp_path):
