@@ -62,8 +62,16 @@ def _special_strings(tokenizer) -> re.Pattern:
     return re.compile("|".join(map(re.escape, sorted(specials, key=len, reverse=True))) or "(?!)")
 
 
-def _render(tokenizer, messages: list[dict], generation_prompt: bool = False) -> str:
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
+# Llama-3.2/3.3 templates write today's date (strftime_now) into the system turn unless given one: the
+# same data would render differently each day. This is the date Llama-3.1's template always writes.
+TEMPLATE_DATE = "26 Jul 2024"
+
+
+def render(tokenizer, messages: list[dict], generation_prompt: bool = False) -> str:
+    """The conversation as the chat template writes it, on a fixed `date_string` (TEMPLATE_DATE)."""
+    return tokenizer.apply_chat_template(
+        messages, tokenize=False, add_generation_prompt=generation_prompt, date_string=TEMPLATE_DATE
+    )
 
 
 def _boundary(offsets: list[tuple[int, int]], char: int, n_chars: int) -> int:
@@ -91,7 +99,7 @@ def encode_chat(
         found = specials.search(m["content"])
         if found:
             raise ValueError(f"turn {i} ({m['role']}): content holds the special token {found.group()!r}")
-    text = _render(tokenizer, messages)
+    text = render(tokenizer, messages)
     with bare_backend(tokenizer) as backend:  # one fast encode with offsets instead of one per prefix
         enc = backend.encode(text, add_special_tokens=False)
     ids = enc.ids
@@ -107,8 +115,8 @@ def encode_chat(
     for i, m in enumerate(messages):
         if m["role"] != "assistant":
             continue
-        before = _render(tokenizer, messages[:i], generation_prompt=True)
-        through = _render(tokenizer, messages[: i + 1])
+        before = render(tokenizer, messages[:i], generation_prompt=True)
+        through = render(tokenizer, messages[: i + 1])
         if not (text.startswith(through) and through.startswith(before)):
             raise ValueError(
                 f"turn {i}: the template's renderings of earlier turns are not prefixes of the whole"

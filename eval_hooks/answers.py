@@ -14,7 +14,7 @@ from statistics import fmean
 
 import torch
 
-from data_prep.chat import stop_token_ids
+from data_prep.chat import render, stop_token_ids
 
 # FastChat's MT-Bench sampling temperature per category (0 means greedy); other categories get 0.7.
 MT_BENCH_TEMPERATURE = {
@@ -64,7 +64,7 @@ def read_questions(path: str | Path) -> tuple[str, list[dict]]:
 
 def _reply(model, tokenizer, messages: list[dict], max_new_tokens: int, temperature: float) -> str:
     """One assistant turn: the chat template with a generation prompt, then sampling (greedy at temperature 0)."""
-    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    text = render(tokenizer, messages, generation_prompt=True)
     inputs = tokenizer(text, return_tensors="pt", add_special_tokens=False).to(model.device)
     sampling = {"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}
     with torch.no_grad():

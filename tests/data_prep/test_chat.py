@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import pytest
 from transformers import AutoTokenizer
 
-from data_prep.chat import IGNORE, encode_chat
+from data_prep.chat import IGNORE, TEMPLATE_DATE, encode_chat
 from data_prep.records import iter_records
 from data_prep.registry import resolve
 
@@ -96,6 +96,21 @@ def test_a_template_that_adds_text_to_the_answer_is_refused(tok):
     clone.chat_template = bad
     with pytest.raises(ValueError, match="not exactly the assistant's content"):
         encode_chat(clone, [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}])
+
+
+def test_a_template_that_writes_todays_date_renders_the_same_every_time(tok):
+    # Llama-3.2's pattern, with a clock fine enough to differ between two renders
+    dated = (
+        '{%- if not date_string is defined %}{%- set date_string = strftime_now("%d %b %Y %H:%M:%S.%f") %}'
+        "{%- endif %}{{ bos_token }}<|start_header_id|>system<|end_header_id|>\n\nToday Date: {{ date_string }}"
+        "<|eot_id|>"
+    )
+    clone = AutoTokenizer.from_pretrained(tok.name_or_path)
+    clone.chat_template = dated + tok.chat_template.replace("bos_token + content", "content")
+    chat = [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]
+    first, second = encode_chat(clone, chat), encode_chat(clone, chat)
+    assert first == second
+    assert f"Today Date: {TEMPLATE_DATE}" in tok.decode(first[0])
 
 
 def test_special_token_strings_in_contents_are_refused(tok):
