@@ -39,3 +39,18 @@ def test_io_check_compares_str_of_every_result_none_included():
     assert check_io(code, "longest", cases, ["None", "bb"])
     assert not check_io(code, "longest", cases, ["", "bb"])
     assert not check_io("def longest(strings):\n    raise ValueError\n", "longest", cases, ["None", "bb"])
+
+
+def test_exiting_before_the_checks_is_a_failure():
+    for body in ("    import sys; sys.exit(0)\n", "    exit()\n", "    import os; os._exit(0)\n"):
+        assert not check_completion(PROMPT, body, TEST, "add"), body
+    assert not check_io("def add(a, b):\n    quit()\n", "add", [{"a": 2, "b": 3}], ["5"])
+    assert not run_program("raise SystemExit(0)\n").passed
+
+
+def test_a_stderr_flood_is_cut_and_undecodable_bytes_are_kept_readable():
+    start = time.monotonic()
+    flood = run_program("import sys\nwhile True:\n    sys.stderr.write('x' * 65536)\n", timeout_s=3.0)
+    assert not flood.passed and time.monotonic() - start < 6 and len(flood.stderr) <= 2000
+    odd = run_program("import sys\nsys.stderr.buffer.write(b'\\xff\\xfe ok')\n")
+    assert odd.passed and odd.stderr == "\ufffd\ufffd ok"
