@@ -88,7 +88,7 @@ def read_rows(path: Path, columns: list[str] | None = None) -> list[dict[str, An
         import pyarrow.parquet as pq
 
         return pq.read_table(path).to_pylist()
-    text = path.read_text(encoding="utf-8") if path.suffix != ".xml" else ""
+    text = path.read_text(encoding="utf-8-sig") if path.suffix != ".xml" else ""  # Excel writes a BOM
     if path.suffix == ".jsonl":
         return _json_lines(path, text)
     if path.suffix == ".json":

@@ -9,7 +9,7 @@ import pytest
 from lm_eval.filters.extraction import RegexFilter
 
 from eval_hooks import TASKS_DIR
-from eval_hooks.local_data import check_rows, load, read_split, required_fields
+from eval_hooks.local_data import check_rows, load, read_rows, read_split, required_fields
 from eval_hooks.runner import task_manager
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "eval"
@@ -79,6 +79,18 @@ def test_loader_reads_per_subject_folders_and_reports_missing_data(tmp_path):
         load(data_dir=str(tmp_path), files={"test": "cmmlu/test"})
     with pytest.raises(ValueError, match="data_dir"):
         load(files={"test": "cmmlu/test"})
+
+
+def test_a_byte_order_mark_is_not_part_of_the_first_row(tmp_path):
+    src = FIXTURES / "jmmlu" / "high_school_mathematics.csv"
+    path = tmp_path / "subject.csv"
+    path.write_bytes(b"\xef\xbb\xbf" + src.read_bytes())  # as Excel saves a CSV
+    columns = ["question", "A", "B", "C", "D", "answer"]
+    assert read_rows(path, columns) == read_rows(src, columns)
+    assert read_rows(path, columns)[0]["question"] == "2+2は？"
+    path = tmp_path / "rows.json"
+    path.write_bytes(b"\xef\xbb\xbf" + b'[{"q": 1}]')
+    assert read_rows(path) == [{"q": 1}]
 
 
 # JGLUE ships JSON lines under a .json name.
