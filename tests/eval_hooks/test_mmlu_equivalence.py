@@ -1,4 +1,5 @@
-"""Acceptance: our cl_mmlu and lm-eval's built-in mmlu YAMLs, pointed at the same local rows, agree."""
+"""Acceptance: our cl_mmlu and cl_mmlu_pro and lm-eval's built-in mmlu and mmlu_pro YAMLs, pointed at the same local rows,
+agree."""
 
 import json
 from pathlib import Path
@@ -59,3 +60,23 @@ def test_cl_mmlu_equals_builtin_mmlu(tiny_model, tiny_tokenizer, tmp_path, shots
         assert sample["resps"] == theirs[q]["resps"]
     builtin_acc = sum(s["acc"] for s in theirs.values()) / len(theirs)
     assert out["results"]["cl_mmlu"]["acc,none"] == pytest.approx(builtin_acc)
+
+
+def test_cl_mmlu_pro_prompts_equal_builtin_mmlu_pro():
+    from lm_eval.tasks import get_task_dict
+
+    builtin = Path(lm_eval.__file__).parent / "tasks" / "mmlu_pro"
+    cfg = {**load_yaml(builtin / "_default_template_yaml"), **load_yaml(builtin / "mmlu_pro_math.yaml")}
+    cfg.pop("include", None)
+    files = {s: str(FIXTURES / "mmlu_pro" / f"{s}.jsonl") for s in ("test", "validation")}
+    cfg.update(task="builtin_mmlu_pro_math", dataset_path="json", dataset_kwargs={"data_files": files})
+    tm = TaskManager(
+        include_path=str(TASKS_DIR), include_defaults=False, metadata={"data_dir": str(FIXTURES)}
+    )
+    tasks = get_task_dict(["cl_mmlu_pro", cfg], tm)
+    ours = [tasks["cl_mmlu_pro"].fewshot_context(d, 5) for d in tasks["cl_mmlu_pro"].test_docs()]
+    theirs = [
+        tasks["builtin_mmlu_pro_math"].fewshot_context(d, 5)
+        for d in tasks["builtin_mmlu_pro_math"].test_docs()
+    ]
+    assert len(theirs) == 2 and [p for p in ours if "about math." in p] == theirs
