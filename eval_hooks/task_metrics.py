@@ -126,11 +126,12 @@ def mera_acc_f1(doc: dict, results: list[str]) -> dict:
 
 
 def f1_macro(pairs: list[tuple[str, str]]) -> float:
-    """Macro F1 over the gold labels' classes."""
+    """Macro F1 as MERA's generative tasks score it (sklearn's default): over the classes of the golds and of
+    the predictions, so an answer outside the labels is a class of its own with F1 0."""
     from sklearn.metrics import f1_score
 
     preds, golds = zip(*pairs, strict=True)
-    return float(f1_score(golds, preds, labels=sorted(set(golds)), average="macro", zero_division=0))
+    return float(f1_score(golds, preds, average="macro", zero_division=0))
 
 
 def mera_qa(doc: dict, results: list[str]) -> dict:

@@ -441,6 +441,8 @@ def test_mera_prompts_and_scoring(tm):
     assert task_metrics.mera_qa(doc, [" России\nпотому что"]) == {"f1": 1.0, "em": 1.0}
     assert task_metrics.mera_acc_f1({"outputs": "2"}, ["2\n"]) == {"acc": 1.0, "f1_macro": ("2", "2")}
     assert task_metrics.f1_macro([("1", "1"), ("2", "1"), ("2", "2")]) == pytest.approx(2 / 3)
+    # an answer outside the labels is a class of F1 0: (F1 of "1" = 2/3, of "2" = 1, of "maybe" = 0) / 3
+    assert task_metrics.f1_macro([("1", "1"), ("maybe", "1"), ("2", "2")]) == pytest.approx(5 / 9)
 
 
 def test_mera_use_shots_share_the_exam_task_and_grade_norm(tm):
