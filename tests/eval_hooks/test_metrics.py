@@ -12,6 +12,21 @@ def test_char_f1_llm_jp_checks():
     assert metrics.char_f1("大阪", "東京") == 0.0
 
 
+@pytest.mark.parametrize(
+    ("pred", "gold", "fuzzywuzzy"),  # fuzzywuzzy 0.18 + python-Levenshtein's token_sort_ratio / 100, run once
+    [
+        ("snake_case", "snake case", 0.5),  # "_" is a word character to its \W
+        ("a_b", "a b", 0.67),
+        ("Ünïcödé", "unicode", 0.6),  # U+0080-U+00FF are deleted, not spaced
+        ("café au lait", "cafe", 0.4),
+        ("温度は30°", "30°", 0.57),
+        ("!!!", "???", 1.0),  # both empty after processing
+    ],
+)
+def test_char_f1_processes_text_as_fuzzywuzzy_does(pred, gold, fuzzywuzzy):
+    assert metrics.char_f1(pred, gold) == fuzzywuzzy
+
+
 def test_exact_match_nfkc():
     assert metrics.exact_match_nfkc("１８６７年", "1867年") == 1.0
     assert metrics.exact_match_nfkc("Ｂ\n\n説明", "B") == 1.0
