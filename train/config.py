@@ -301,6 +301,10 @@ class DeepSpeedConfig(Section):
     overlap_comm: bool = True
     reduce_bucket_size: int = Field(default=500_000_000, gt=0)
     allgather_bucket_size: int = Field(default=500_000_000, gt=0)
+    grad_accum_dtype: Literal["fp32", "bf16"] = "fp32"
+    """What the gradients of a step's micro-batches are summed in when model.dtype is bf16 (fp32 weights sum in
+    fp32): fp32 as Megatron and torchtitan do; bf16 (DeepSpeed's default, and ours before this key) loses
+    precision over many micro-batches."""
 
 
 class CheckpointConfig(Section):
@@ -380,6 +384,26 @@ class RunConfig(Section):
             raise ValueError("deepspeed.offload_params needs deepspeed.zero_stage: 3")
         if ds.offload_optimizer and ds.zero_stage == 0:
             raise ValueError("deepspeed.offload_optimizer needs deepspeed.zero_stage 1, 2 or 3")
+        if self.model.dtype == "bf16" and ds.zero_stage == 0 and not _stored(info):
+            # DeepSpeed's ZeRO-0 bf16 optimizer steps once with zero gradients while it is built: Adam's bias
+            # correction then starts a step late, and the weights take one decay step at the peak lr
+            raise ValueError(
+                "model.dtype bf16 needs deepspeed.zero_stage 1, 2 or 3 (ZeRO-0 bf16 shifts Adam by one step): "
+                "set deepspeed.zero_stage: 1, which holds no more memory"
+            )
+        if (
+            self.model.dtype == "bf16"
+            and ds.zero_stage == 1
+            and ds.grad_accum_dtype == "fp32"
+            and not _stored(info)
+        ):
+            raise ValueError(
+                "deepspeed.zero_stage 1 with model.dtype bf16 and deepspeed.grad_accum_dtype fp32 runs DeepSpeed's "
+                "BF16_Optimizer, whose checkpoints its zero_to_fp32 cannot export: use deepspeed.zero_stage: 2 "
+                "(no more memory; gradients partitioned too), or set deepspeed.grad_accum_dtype: bf16"
+            )
+        if self.model.dtype == "fp32" and ds.grad_accum_dtype == "bf16":
+            raise ValueError("deepspeed.grad_accum_dtype bf16 needs model.dtype bf16: set it to fp32")
         if opt.name == "cpu_adam" and not ds.offload_optimizer:
             raise ValueError("optim.name 'cpu_adam' runs on the CPU: set deepspeed.offload_optimizer: true")
         if ds.offload_optimizer and opt.name != "cpu_adam":  # DeepSpeed refuses GPU optimizers there
@@ -482,7 +506,7 @@ HASHED_AT_DEFAULT = {
 PINNED_LATER = ("deepspeed.reduce_bucket_size", "deepspeed.allgather_bucket_size", "peft.merge_on_export")
 # Keys added later whose default renders data differently for some runs from before them: left out of the hash
 # only at the value that reproduces those runs, so they resume with it set and are refused (naming it) without.
-UNHASHED_AT = {"model.chat_template": "tokenizer"}
+UNHASHED_AT = {"model.chat_template": "tokenizer", "deepspeed.grad_accum_dtype": "bf16"}
 
 
 def accepted_hashes(cfg: RunConfig) -> set[str]:
@@ -513,6 +537,8 @@ def config_hash(cfg: RunConfig, pinned: list[str] | None = None) -> str:
         section, leaf = key.split(".")
         if data[section][leaf] == old_value:
             data[section].pop(leaf)
+    if data["model"]["dtype"] == "fp32":  # fp32 weights sum their gradients in fp32 whatever it says
+        data["deepspeed"].pop("grad_accum_dtype", None)
     for source in data["data"]["sources"]:
         for key in UNHASHED_WHEN_UNSET:
             if source.get(key) is None:

@@ -31,7 +31,9 @@ def deepspeed_config(cfg: RunConfig, world_size: int) -> dict:
         zero["offload_optimizer"] = {"device": "cpu", "pin_memory": torch.cuda.is_available()}
     if ds.offload_params:
         zero["offload_param"] = {"device": "cpu", "pin_memory": torch.cuda.is_available()}
+    extra = {"data_types": {"grad_accum_dtype": ds.grad_accum_dtype}} if cfg.model.dtype == "bf16" else {}
     return {
+        **extra,
         "train_micro_batch_size_per_gpu": t.micro_batch_size,
         "gradient_accumulation_steps": t.grad_accum_steps,
         "train_batch_size": t.micro_batch_size * t.grad_accum_steps * world_size,

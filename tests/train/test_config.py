@@ -75,6 +75,12 @@ def test_missing_required_key(tmp_path):
             "needs deepspeed.zero_stage 1, 2 or 3",
         ),
         (["optim.name=cpu_adam"], "set deepspeed.offload_optimizer: true"),
+        (["model.dtype=bf16", "deepspeed.zero_stage=0"], "ZeRO-0 bf16 shifts Adam by one step"),
+        (
+            ["model.dtype=bf16", "deepspeed.zero_stage=1"],
+            "BF16_Optimizer, whose checkpoints its zero_to_fp32",
+        ),
+        (["deepspeed.grad_accum_dtype=bf16"], "grad_accum_dtype bf16 needs model.dtype bf16"),
         (["train.max_tokens=1000"], "exactly one of train.max_steps, train.max_tokens or train.epochs"),
         (["train.max_steps=null"], "exactly one of train.max_steps, train.max_tokens or train.epochs"),
         (
@@ -205,7 +211,16 @@ def test_runs_of_before_a_new_key_keep_their_hash():
     # `tokenizer` (its default, llama3, renders chat data differently for some tokenizers: refused, naming it)
     old = ["model.chat_template=tokenizer"]
     assert config_hash(load_config(ROOT / "configs/smoke/cpt_tiny.yaml", old)) == "0e0e77a0b8800e97"
-    assert config_hash(load_config(ROOT / "configs/synE_concat16.yaml", old)) == "6142d93ff1293a05"
+    # deepspeed.grad_accum_dtype's old behaviour is bf16 for bf16 weights (fp32 weights: the key means nothing)
+    bf16_sums = [*old, "deepspeed.grad_accum_dtype=bf16"]
+    assert config_hash(load_config(ROOT / "configs/synE_concat16.yaml", bf16_sums)) == "6142d93ff1293a05"
+    assert config_hash(load_config(ROOT / "configs/synE_concat16.yaml", old)) != "6142d93ff1293a05"
+    flagship = load_config(ROOT / "configs/synE_concat16.yaml", bf16_sums).model_dump(mode="json")
+    del flagship["deepspeed"]["grad_accum_dtype"]
+    diff = training_diff(
+        flagship, load_config(ROOT / "configs/synE_concat16.yaml", old).model_dump(mode="json")
+    )
+    assert diff == ["deepspeed.grad_accum_dtype: None -> 'fp32'"]
     now = load_config(ROOT / "configs/smoke/cpt_tiny.yaml")
     assert config_hash(now) != "0e0e77a0b8800e97"
     before = load_config(ROOT / "configs/smoke/cpt_tiny.yaml", old).model_dump(mode="json")

@@ -129,6 +129,43 @@ def test_bf16_compute_with_fp32_master_weights(data_cache):
     assert bf16["loss"] == pytest.approx(fp32["loss"], rel=2e-2)  # same data, bf16 rounding only
 
 
+@pytest.mark.parametrize("stage", [2, 3])
+def test_bf16_micro_batch_gradients_are_summed_in_fp32(data_cache, stage):
+    accum = ["train.micro_batch_size=1", "train.grad_accum_steps=4", "optim.grad_clip=null"]
+    cfg = load_config(SMOKE, ["tracking=none", f"data.cache_dir={data_cache}", "model.dtype=bf16", *accum])
+    seed_everything(cfg.seed)
+    data = prepare(cfg.data, build_tokenizer(cfg.model))
+    seed_everything(cfg.seed)
+    reference = build_for_training(cfg)
+    seed_everything(cfg.seed)  # the engine's model: the same initial weights
+    engine = build_engine(cfg, build_for_training(cfg), 1, cfg.total_steps())
+    engine.train()
+    adamw, handed = engine.optimizer.optimizer, []
+    step = adamw.step
+    adamw.step = lambda *a, **k: (handed.extend(p.grad.clone() for g in adamw.param_groups for p in g["params"]),
+                                  step(*a, **k))[1]  # fmt: skip
+    rows = RowSampler(len(data), cfg.seed).rows(0, 4)
+    train_step(engine, data, rows, cfg, None)
+    # the reference: each micro-batch's bf16 gradient (of its share of the token-mean loss), summed in fp32
+    micro = [data.batch(rows[i : i + 1]) for i in range(4)]
+    targets = sum(int((b["labels"][:, 1:] != -100).sum()) for b in micro)
+    sums = {n: torch.zeros(p.shape) for n, p in reference.named_parameters()}
+    for b in micro:
+        reference.zero_grad()
+        logits = reference(input_ids=b["input_ids"], position_ids=b["position_ids"]).logits
+        loss = F.cross_entropy(
+            logits[:, :-1].float().flatten(0, 1), b["labels"][:, 1:].flatten(), reduction="sum"
+        )
+        (loss / targets).backward()
+        for n, p in reference.named_parameters():
+            sums[n] += p.grad.float()
+    names = [n for n, p in reference.named_parameters() if p.ndim >= 2]  # the optimizer's groups, in order
+    names += [n for n, p in reference.named_parameters() if p.ndim < 2]
+    assert {g.dtype for g in handed} == {torch.float32}
+    engine_sum = torch.cat([g.flatten() for g in handed])
+    torch.testing.assert_close(engine_sum, torch.cat([sums[n].flatten() for n in names]), rtol=0, atol=0)
+
+
 def _masked_step(data_cache, recipe, rows, live):
     cfg = load_config(recipe, ["tracking=none", f"data.cache_dir={data_cache}", "train.max_steps=1"])
     seed_everything(cfg.seed)
