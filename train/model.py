@@ -416,6 +416,14 @@ def _continued_expansion(cfg) -> dict | None:
         return None
     shown = {k: saved.get(k) for k in CONTINUED_KEYS if k != "divergence"}
     where = f"model.name_or_path '{cfg.model.name_or_path}' is a Control-LLM export ({shown})"
+    if cfg.expansion is None and saved.get("type") == "stack":
+        return None  # a plain Llama, deeper: tuned in full (LLaMA-Pro's SFT) or with LoRA like any other
+    if cfg.expansion is None and cfg.peft is not None:
+        raise UserError(
+            f"{where}: LoRA on its two branches is not supported; fold it into a plain Llama first "
+            "(docs/merging.md, merge-back) and put the adapters on that, or continue it with an `expansion:` "
+            "section equal to its own"
+        )
     if cfg.expansion is None:
         raise UserError(
             f"{where}: trained as a plain model its frozen pretrained blocks would train; continue it with an "

@@ -10,7 +10,7 @@ from tests.conftest import ROOT
 from train.config import load_config
 from train.errors import UserError
 from train.expansion import ControlLLMForCausalLM
-from train.model import build_for_training, count_parameters
+from train.model import TINY_TOKENIZER, build_for_training, count_parameters
 
 TINY = ROOT / "configs" / "smoke" / "synE_concat16_tiny.yaml"
 PLAIN = ["model.activation_checkpointing=none", "train.loss_chunk_tokens=null"]
@@ -61,3 +61,33 @@ def test_a_checkpoint_that_tuned_an_export_without_its_section_still_exports(exp
     cfg = load_config(TINY, [*PLAIN, f"model.name_or_path={out}", "expansion=null"])
     model = build_for_training(cfg, meta=True, stored=True)
     assert isinstance(model, ControlLLMForCausalLM) and set(model.state_dict()) == set(trained.state_dict())
+
+
+def test_lora_on_an_export_names_the_way_that_works(export):
+    out, _ = export
+    lora = [
+        *PLAIN,
+        f"model.name_or_path={out}",
+        "expansion=null",
+        "peft={r: 4, alpha: 8, target_modules: [q_proj]}",
+    ]
+    with pytest.raises(UserError, match="LoRA on its two branches is not supported; fold it .*merge-back"):
+        build_for_training(load_config(TINY, lora))
+
+
+def test_a_stack_export_is_a_plain_llama_to_tune_in_full_or_with_lora(tmp_path):
+    torch.manual_seed(0)
+    model = build_for_training(load_config(TINY, [*PLAIN, "expansion.type=stack"]))
+    model.save_pretrained(tmp_path)
+    tuned = [
+        *PLAIN,
+        f"model.name_or_path={tmp_path}",
+        "model.preset=null",
+        f"model.tokenizer={TINY_TOKENIZER}",
+    ]
+    plain = build_for_training(load_config(TINY, [*tuned, "expansion=null"]))
+    assert count_parameters(plain).frozen == 0 and len(plain.model.layers) == len(model.model.layers) == 6
+    lora = build_for_training(
+        load_config(TINY, [*tuned, "expansion=null", "peft={r: 4, alpha: 8, target_modules: [q_proj]}"])
+    )
+    assert 0 < count_parameters(lora).trainable < count_parameters(lora).frozen
