@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
         return released(argv[1:])
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument(
-        "--checkpoint", required=True, type=Path, help="a step-XXXXXXXX folder, or a run's checkpoints/"
+        "--checkpoint", required=True, type=Path, help="a step-XXXXXXXX folder, or a run (its latest)"
     )
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--overwrite", action="store_true")
@@ -51,7 +51,10 @@ def main(argv: list[str] | None = None) -> int:
     from train.errors import USER_ERRORS, UserError
 
     try:
-        ckpt = latest_complete(args.checkpoint) if args.checkpoint.name == "checkpoints" else args.checkpoint
+        root = (
+            args.checkpoint / "checkpoints" if (args.checkpoint / "checkpoints").is_dir() else args.checkpoint
+        )
+        ckpt = latest_complete(root) if root.name == "checkpoints" else root
         if ckpt is None:
             raise UserError(f"no complete checkpoint in {args.checkpoint}")
         print(f"exported {ckpt} to {export_hf(ckpt, args.out, args.overwrite, args.merge)}")

@@ -167,7 +167,7 @@ def check_complete(folder: Path) -> dict:
         ):
             raise UserError(
                 f"{folder} is a run or checkpoints folder, not a checkpoint: give a step-XXXXXXXX folder "
-                "inside it, or resume with --resume auto"
+                "inside it (training resumes its latest with --resume auto)"
             )
         raise UserError(f"{folder}: no {STATE_FILE} (an interrupted save?)")
     try:
@@ -395,17 +395,15 @@ def _check_export_target(checkpoint: Path, out: Path, overwrite: bool) -> None:
     check_export_folder(out, overwrite)
 
 
-def check_export_folder(out: Path, overwrite: bool) -> None:
+def check_export_folder(out: Path, overwrite: bool, fix: str = "choose another --out") -> None:
     """Refuse an export folder that is a file, holds files not written by an export, or (without
-    `overwrite`) an earlier export."""
+    `overwrite`) an earlier export; `fix` says what to do instead."""
     if out.exists() and not out.is_dir():
-        raise UserError(f"export folder {out} is a file; choose another --out")
+        raise UserError(f"export folder {out} is a file; {fix}")
     if not out.exists() or not any(out.iterdir()):
         return
     if not (out / EXPORT_MARKER).is_file():
-        raise UserError(
-            f"{out} holds files that are not an export of ours: move them or choose another --out"
-        )
+        raise UserError(f"{out} holds files that are not an export of ours: move them or {fix}")
     if not overwrite:
         raise UserError(f"export folder {out} is not empty; pass --overwrite or choose another --out")
 

@@ -264,7 +264,9 @@ def train(
     changed prepared data."""
     folder = checkpoint.find_resume(cfg, resume)  # before any collective: a refusal stops every rank alike
     if cfg.checkpoint.export_at_end:  # fail now, not after the training
-        checkpoint.check_export_folder(Path(cfg.output_dir) / "export", overwrite=True)
+        checkpoint.check_export_folder(
+            Path(cfg.output_dir) / "export", overwrite=True, fix="set checkpoint.export_at_end: false"
+        )
     if cfg.eval.suites and not Path(cfg.eval.data_dir).is_dir():
         raise UserError(
             f"eval.data_dir {cfg.eval.data_dir} is not a folder (the benchmark files, docs/eval.md)"

@@ -229,7 +229,9 @@ def test_a_run_that_would_replace_foreign_files_at_its_end_stops_at_start(tmp_pa
     (tmp_path / "export").mkdir()
     (tmp_path / "export" / "MYNOTES.txt").write_text("mine")
     cfg = load_config(SMOKE, [f"output_dir={tmp_path}", "checkpoint.export_at_end=true", "tracking=none"])
-    with pytest.raises(UserError, match="not an export of ours"):
+    with pytest.raises(
+        UserError, match="not an export of ours: move them or set checkpoint.export_at_end: false"
+    ):
         train(cfg)
     assert (tmp_path / "export" / "MYNOTES.txt").read_text() == "mine"
 

@@ -108,7 +108,9 @@ def test_export_matches_training_engine(uninterrupted, tmp_path):
     stage, base = uninterrupted
     final = base / "checkpoints" / f"step-{STEPS:08d}"
     if stage == 2:  # through the command line once
-        r = run_entry("export.py", "--checkpoint", str(base / "checkpoints"), "--out", str(tmp_path / "hf"))
+        r = run_entry(
+            "export.py", "--checkpoint", str(base), "--out", str(tmp_path / "hf")
+        )  # the run: its latest
         assert r.returncode == 0, r.stderr[-3000:]
     else:
         export_hf(final, tmp_path / "hf")
