@@ -107,6 +107,27 @@ class ExpansionSection(Section):
     weight trains (as the reference)."""
     divergence: DivergenceSection = Field(default_factory=DivergenceSection)
 
+    @model_validator(mode="after")
+    def _interpolation_needs_two_branches(self, info: ValidationInfo) -> ExpansionSection:
+        if self.type in ("concat", "hybrid") or _stored(info):
+            return self
+        unused = [
+            f"expansion.{key}"
+            for key, default in (
+                ("method", "lerp"),
+                ("interpolation_factor", 0.0),
+                ("freeze_interpolation", False),
+            )
+            if getattr(self, key) != default
+        ]
+        unused += ["expansion.divergence"] if self.divergence != DivergenceSection() else []
+        if unused:
+            raise ValueError(
+                f"{', '.join(unused)} set the interpolation of a concat or hybrid expansion; a {self.type} "
+                "expansion has none: drop them"
+            )
+        return self
+
 
 class SourceConfig(Section):
     name: str | None = None
@@ -286,11 +307,16 @@ class ScheduleConfig(Section):
     """wsd only: length of the final decay phase."""
 
     @model_validator(mode="after")
-    def _wsd_needs_decay(self) -> ScheduleConfig:
+    def _wsd_needs_decay(self, info: ValidationInfo) -> ScheduleConfig:
         if self.name == "wsd" and self.decay_steps is None:
             raise ValueError("schedule.name 'wsd' needs schedule.decay_steps (length of the decay phase)")
         if self.name != "wsd" and self.decay_steps is not None:
             raise ValueError("schedule.decay_steps only applies to schedule.name 'wsd'")
+        if self.name == "constant" and self.min_lr != 0 and not _stored(info):
+            raise ValueError(
+                "schedule.min_lr is the floor cosine and wsd decay to; a constant schedule never reaches it: "
+                "set schedule.min_lr: 0"
+            )
         return self
 
 
