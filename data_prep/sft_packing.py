@@ -34,6 +34,9 @@ class SftStats:
     """`overlong: split` pieces dropped for holding no target token (a sample left with none is also
     counted in dropped_samples)."""
     dropped_piece_tokens: int = 0
+    split_lost_targets: int = 0
+    """`overlong: split`: targets at the start of a later piece, unpredictable there (their context is in the
+    piece before)."""
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -66,9 +69,9 @@ class SftPacker:
     def add(self, ids: list[int], labels: list[int]) -> Iterator[Row]:
         """Place one sample (labels aligned with ids); yield the rows that were closed."""
         self.stats.samples += 1
-        pieces = [
-            (i, [IGNORE, *lab[1:]]) for i, lab in self._pieces(ids, labels)
-        ]  # a start is never a target
+        raw = self._pieces(ids, labels)
+        self.stats.split_lost_targets += sum(lab[0] != IGNORE for _, lab in raw[1:])
+        pieces = [(i, [IGNORE, *lab[1:]]) for i, lab in raw]  # a start is never a target
         kept = [p for p in pieces if any(t != IGNORE for t in p[1])]
         if len(pieces) > 1:  # a split sample: its pieces without a target are dropped, and counted
             self.stats.dropped_pieces += len(pieces) - len(kept)

@@ -102,7 +102,7 @@ def shard_key(source: Source, tokenizer, opts: PackOptions) -> dict:
 
 
 # Manifest counters added after checkpoints recorded shard digests.
-STATS_ADDED_LATER = ("dropped_pieces", "dropped_piece_tokens")
+STATS_ADDED_LATER = ("dropped_pieces", "dropped_piece_tokens", "split_lost_targets")
 
 
 class PackedRows:

@@ -52,6 +52,7 @@ def test_overlong_policies_are_counted(policy, rows_ids, counts):
     assert (stats.overlong_samples, stats.dropped_samples, stats.truncated_tokens) == counts
     if policy == "split":
         assert rows[1][2][0] == IGNORE  # the continuation's first token is not predicted across rows
+        assert stats.split_lost_targets == 1  # and counted
 
 
 def test_sample_without_targets_is_dropped_and_counted():
@@ -91,6 +92,7 @@ def test_split_pieces_without_targets_are_dropped_and_counted():
     rows, stats = pack([sample(10, 10, prompt=6)], seq_len=4, overlong="split")
     assert [r[0] for r in rows] == [[14, 15, 16, 17], [18, 19, PAD, PAD]]
     assert (stats.dropped_pieces, stats.dropped_piece_tokens, stats.dropped_samples) == (1, 4, 0)
+    assert stats.split_lost_targets == 1  # 18 starts the last piece; 14 (a prompt token) was no target
     rows, stats = pack([([1, 2, 3, 4, 5], [IGNORE] * 5)], seq_len=4, overlong="split")  # no target at all
     assert rows == [] and (stats.dropped_pieces, stats.dropped_piece_tokens, stats.dropped_samples) == (
         2,
