@@ -104,6 +104,10 @@ def save(engine, cfg: RunConfig, step: int, state: dict) -> Path:
         (tmp / STATE_FILE).write_text(json.dumps(full_state, indent=2))
         _fsync_tree(tmp)
         final = root / tag
+        # `latest` first: a kill before the rename leaves it naming no folder, and a resume takes the newest
+        # complete one; the other order would leave a complete checkpoint newer than `latest` (read as
+        # abandoned: its steps trained again)
+        _write_atomic(root / "latest", tag)
         if final.exists():  # a step saved again after a resume from an earlier one: the old one is kept
             kept = root / f"{tag}.replaced-{time.strftime('%Y%m%d-%H%M%S')}"
             os.replace(final, kept)
@@ -111,7 +115,6 @@ def save(engine, cfg: RunConfig, step: int, state: dict) -> Path:
                 "checkpoint %s saved again; the earlier one is kept as %s (delete it if unneeded)", tag, kept
             )
         os.replace(tmp, final)
-        _write_atomic(root / "latest", tag)
         _prune(root, step, cfg.checkpoint.keep_last)
         log.info("saved checkpoint %s", final)
     dist.barrier()
@@ -191,8 +194,8 @@ def check_complete(folder: Path) -> dict:
 def latest_complete(root: Path) -> Path | None:
     """The checkpoint `latest` names when it is complete, else the newest complete one before it, skipping
     (and reporting) incomplete ones. Checkpoints newer than the one `latest` names are left by an earlier
-    attempt that this run was resumed before (resuming them would undo that choice); without a `latest`,
-    the newest complete one."""
+    attempt that this run was resumed before (resuming them would undo that choice); without a `latest`, or
+    with one naming no folder (a save killed before its rename), the newest complete one."""
     if not root.is_dir():
         return None
     pointer, named = root / "latest", None

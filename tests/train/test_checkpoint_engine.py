@@ -4,6 +4,7 @@ with the right sizes but the wrong bytes stop the resume with the folder named."
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -67,3 +68,23 @@ def test_an_export_replaced_is_set_aside_until_the_new_one_is_in_place(saved, tm
     monkeypatch.undo()
     checkpoint.export_hf(folder, out, overwrite=True)
     assert sorted(p.name for p in out.iterdir()) == first and not (tmp_path / ".old-export").exists()
+
+
+def test_a_kill_between_latest_and_the_rename_resumes_the_newest_complete(saved, monkeypatch):
+    engine, folder = saved
+    cfg = load_config(SMOKE, ["tracking=none", f"output_dir={folder.parent.parent}"])
+    real_replace = checkpoint.os.replace
+
+    def killed_before_the_rename(src, dst):
+        if Path(src).name == ".tmp-step-00000003":
+            raise KeyboardInterrupt
+        real_replace(src, dst)
+
+    monkeypatch.setattr(checkpoint.os, "replace", killed_before_the_rename)
+    state = {"step": 3, "consumed_rows": 12, "tokens": 1536, "source_rows": {}, "source_target_tokens": {}}
+    with pytest.raises(KeyboardInterrupt):
+        checkpoint.save(engine, cfg, 3, state)
+    assert (folder.parent / "latest").read_text() == "step-00000003"  # names no folder yet
+    assert checkpoint.find_resume(cfg, "auto") == folder  # step 2, the newest complete
+    monkeypatch.undo()
+    (folder.parent / "latest").write_text(folder.name)  # as it was, for the other tests
