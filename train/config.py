@@ -307,16 +307,11 @@ class ScheduleConfig(Section):
     """wsd only: length of the final decay phase."""
 
     @model_validator(mode="after")
-    def _wsd_needs_decay(self, info: ValidationInfo) -> ScheduleConfig:
+    def _wsd_needs_decay(self) -> ScheduleConfig:
         if self.name == "wsd" and self.decay_steps is None:
             raise ValueError("schedule.name 'wsd' needs schedule.decay_steps (length of the decay phase)")
         if self.name != "wsd" and self.decay_steps is not None:
             raise ValueError("schedule.decay_steps only applies to schedule.name 'wsd'")
-        if self.name == "constant" and self.min_lr != 0 and not _stored(info):
-            raise ValueError(
-                "schedule.min_lr is the floor cosine and wsd decay to; a constant schedule never reaches it: "
-                "set schedule.min_lr: 0"
-            )
         return self
 
 

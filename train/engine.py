@@ -59,6 +59,8 @@ def lr_lambda(cfg: RunConfig, total_steps: int) -> Callable[[int], float]:
             peak,
             "the decay" if s.name != "constant" else "the constant phase",
         )
+    if s.name == "constant" and s.min_lr != 0 and dist.is_main():  # e.g. inherited from a cosine recipe
+        log.warning("schedule.min_lr (%g) is unused: a constant schedule does not decay", s.min_lr)
     if s.name == "wsd" and s.warmup_steps + s.decay_steps > total_steps:
         raise UserError(
             f"schedule.warmup_steps ({s.warmup_steps}) + schedule.decay_steps ({s.decay_steps}) exceed the "

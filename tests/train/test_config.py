@@ -92,7 +92,6 @@ def test_missing_required_key(tmp_path):
             "with data.stages or data.sources[].weight the mixture decides",
         ),
         (["schedule.name=wsd"], "needs schedule.decay_steps"),
-        (["schedule.name=constant", "schedule.min_lr=1e-5"], "never reaches it: set schedule.min_lr: 0"),
         (
             ["expansion={type: stack, num_exp_layers: 2, method: dlerp, divergence: {weight: 0.5}}"],
             "expansion.method, expansion.divergence set the interpolation of a concat or hybrid expansion; a stack",

@@ -50,9 +50,14 @@ def test_a_warmup_longer_than_the_run_is_reported(caplog):
     ]
 
 
-def test_constant_after_warmup():
-    f = lr_lambda(_cfg("schedule.name=constant", "schedule.warmup_steps=2"), 110)
+def test_constant_after_warmup(caplog):
+    with caplog.at_level(logging.WARNING, logger="train.engine"):
+        f = lr_lambda(_cfg("schedule.name=constant", "schedule.warmup_steps=2"), 110)
     assert [f(0), f(1), f(2), f(100)] == [0.5, 1.0, 1.0, 1.0]
+    # the min_lr of _cfg, as one inherited from a cosine recipe: said to be unused
+    assert [r.getMessage() for r in caplog.records] == [
+        "schedule.min_lr (0.1) is unused: a constant schedule does not decay"
+    ]
 
 
 def test_deepspeed_json_from_config():
