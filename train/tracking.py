@@ -44,6 +44,8 @@ class Tracker:
         self.wandb = None
         if self.enabled and fresh:
             self._set_aside_earlier_run()
+        if self.enabled:
+            self._end_a_torn_line()
         if not self.enabled or cfg.tracking.backend == "none":
             return
         import wandb
@@ -86,6 +88,14 @@ class Tracker:
                 log.warning(
                     "a fresh run in %s: the earlier run's %s is kept as %s", self.run_dir, path.name, aside
                 )
+
+    def _end_a_torn_line(self) -> None:
+        """A kill mid-append leaves a line without its newline: end it, so the next record is a line of its own."""
+        if self.metrics_path.is_file() and self.metrics_path.stat().st_size:
+            with open(self.metrics_path, "rb+") as f:
+                f.seek(-1, os.SEEK_END)
+                if f.read(1) != b"\n":
+                    f.write(b"\n")
 
     def _append(self, record: dict) -> None:
         with open(self.metrics_path, "a", encoding="utf-8") as f:
@@ -130,8 +140,12 @@ def read_metrics(path: str | Path) -> dict[int, dict]:
     """The metrics of each step from metrics.jsonl as the run that carried on trained them: a `resume` event
     at step S drops the records past S (an abandoned attempt's), and a step logged twice keeps its last."""
     out: dict[int, dict] = {}
-    for line in Path(path).read_text(encoding="utf-8").splitlines():
-        rec = json.loads(line)
+    for lineno, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:  # a kill mid-append tears the line; the run appends after it on resume
+            log.warning("%s:%d: not a complete record (an interrupted write?), skipped", path, lineno)
+            continue
         if rec.get("event") == "resume":
             out = {step: r for step, r in out.items() if step <= rec["step"]}
         elif "step" in rec and "event" not in rec:

@@ -63,3 +63,15 @@ def test_a_fresh_run_sets_an_earlier_runs_files_aside(tmp_path):
     assert list(read_metrics(old_metrics)) == [1, 2]
     (old_id,) = tmp_path.glob("wandb_run_id.prev-*")  # the next wandb run gets a new id
     assert old_id.read_text() == "733a8f26" and not (tmp_path / "wandb_run_id").exists()
+
+
+def test_a_record_torn_by_a_kill_is_skipped_and_the_resumed_run_logs_after_it(tmp_path, caplog):
+    cfg = load_config(ROOT / "configs/smoke/cpt_tiny.yaml", [f"output_dir={tmp_path}", "tracking=none"])
+    Tracker(cfg).log(1, {"loss": 3.0})
+    with open(tmp_path / "metrics.jsonl", "a") as f:
+        f.write('{"step": 2, "lo')  # killed mid-write
+    tracker = Tracker(cfg)  # the resumed run
+    tracker.event("resume", step=1, checkpoint="step-00000001")
+    tracker.log(2, {"loss": 2.0})
+    assert {s: m["loss"] for s, m in read_metrics(tmp_path / "metrics.jsonl").items()} == {1: 3.0, 2: 2.0}
+    assert "metrics.jsonl:2: not a complete record" in caplog.text
