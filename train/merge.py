@@ -54,6 +54,7 @@ TOKENIZER_FILES = (
     "added_tokens.json",
 )
 TEMPLATE_FILES = ("chat_template.jinja", "generation_config.json")
+EXTRA_TEMPLATES = "additional_chat_templates"  # the folder transformers writes named chat templates to
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -188,7 +189,10 @@ def _read_config(model: Path) -> dict:
     path = model / "config.json"
     if not path.is_file():
         raise MergeError(f"{model} has no config.json")
-    return read_json(path)
+    config = read_json(path)
+    if not isinstance(config, dict):
+        raise MergeError(f"{path} is not a JSON object (a model config)")
+    return config
 
 
 def _is_vocab(name: str) -> bool:
@@ -314,6 +318,29 @@ def _check_tokenizer(plan: MergePlan, reader: ShardReader) -> None:
         )
 
 
+def _check_eos(plan: MergePlan, reader: ShardReader) -> None:
+    """The EOS ids the output's configs carry (the chat model's) must be rows of the output embedding."""
+    rows = _vocab_rows(reader, plan.anchor)
+    generation = plan.file_sources.get("generation_config.json")
+    sources = [("config.json", plan.config_updates.get("eos_token_id"))]
+    if generation is not None and (generation / "generation_config.json").is_file():
+        sources.append(
+            (
+                f"{generation}/generation_config.json",
+                read_json(generation / "generation_config.json").get("eos_token_id"),
+            )
+        )
+    for where, eos in sources:
+        ids = [eos] if isinstance(eos, int) else [i for i in eos or [] if isinstance(i, int)]
+        past = [i for i in ids if rows is not None and i >= rows]
+        if past:
+            raise MergeError(
+                f"the merged model would stop at EOS id {past} ({where}), past the {rows} embedding rows of "
+                f"{plan.anchor}: it would never stop generating. The chat model has tokens the CPT model "
+                "lacks; give the CPT model the chat model's vocabulary first (model.add_tokens)"
+            )
+
+
 def _merge_tensor(plan: MergePlan, name: str, tensors: dict[Path, torch.Tensor]) -> torch.Tensor:
     """The fp32 result for one tensor; ``tensors`` holds each input's copy in fp32."""
     out = tensors[plan.anchor]
@@ -343,9 +370,19 @@ def _copy_files(plan: MergePlan, cfg: MergeConfig, tmp: Path) -> None:
     # Older checkpoints keep the chat template inside tokenizer_config.json; it must follow the template
     # source even when the tokenizer comes from another model.
     template_src = plan.file_sources["chat_template.jinja"]
+    extra = template_src / EXTRA_TEMPLATES  # named templates (tool_use, ...) beside the default one
+    if extra.is_dir():
+        shutil.copytree(extra, tmp / EXTRA_TEMPLATES)
     tok_config = template_src / "tokenizer_config.json"
     if not (tmp / "chat_template.jinja").exists() and tok_config.is_file():
         inline = read_json(tok_config).get("chat_template")
+        if isinstance(inline, list):  # [{"name": ..., "template": ...}]: the default and named ones
+            named = {t.get("name"): t.get("template") for t in inline if isinstance(t, dict)}
+            inline = named.pop("default", None)
+            for name, text in named.items():
+                if isinstance(name, str) and isinstance(text, str):
+                    (tmp / EXTRA_TEMPLATES).mkdir(exist_ok=True)
+                    (tmp / EXTRA_TEMPLATES / f"{name}.jinja").write_text(text)
         if isinstance(inline, str):
             (tmp / "chat_template.jinja").write_text(inline)
     # Custom architectures and tokenizers (`auto_map`) need their code for trust_remote_code; the
@@ -372,6 +409,7 @@ def merge(cfg: MergeConfig) -> Path:
         raise MergeError(str(err)) from None
     _check_inputs(plan, reader, cfg)
     _check_tokenizer(plan, reader)
+    _check_eos(plan, reader)
     with atomic_dir(out) as tmp:
         writer = ShardWriter(tmp, cfg.max_shard_size)
         for name in reader.ordered_names(plan.anchor):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -21,9 +21,12 @@ class MergeConfigError(MergeError):
     """A merge YAML or flag set that does not validate."""
 
 
+Coefficient = Annotated[float, Field(allow_inf_nan=False)]  # a NaN or inf would write a NaN model
+
+
 class TaskModel(Section):
     path: str
-    weight: float = 1.0
+    weight: Coefficient = 1.0
 
 
 class TaskArithmeticModels(Section):
@@ -34,7 +37,7 @@ class TaskArithmeticModels(Section):
 class ChatVector(Section):
     chat: str
     base: str
-    ratio: float = 1.0
+    ratio: Coefficient = 1.0
 
 
 class ChatVectorModels(Section):
@@ -90,7 +93,7 @@ class ExpoConfig(MergeConfig):
 
     method: Literal["expo"] = "expo"
     models: ExpoModels
-    alpha: float = 0.3
+    alpha: Coefficient = 0.3
 
 
 def parse_size(value: int | str) -> int:

@@ -39,13 +39,19 @@ def open_shard(file: Path) -> Any:
 
 def weight_map(model: Path) -> dict[str, Path]:
     """Tensor name -> shard file, from the index or a single model.safetensors."""
-    index = model / INDEX
+    index, single = model / INDEX, model / "model.safetensors"
+    if index.is_file() and single.is_file():  # transformers would load the single file, we the index
+        raise MergeError(
+            f"{model} holds both model.safetensors and {INDEX}: one is stale; move the one the model is not"
+        )
     if index.is_file():
         entries = read_json(index)
         if not isinstance(entries, dict) or not isinstance(entries.get("weight_map"), dict):
             raise MergeError(f"{index} has no 'weight_map' object (tensor name -> shard file)")
+        bad = [k for k, v in entries["weight_map"].items() if not isinstance(v, str)]
+        if bad:
+            raise MergeError(f"{index}: the weight_map entries of {bad[:3]} are not shard file names")
         return {k: model / v for k, v in entries["weight_map"].items()}
-    single = model / "model.safetensors"
     if not single.is_file():
         raise FileNotFoundError(
             f"{model} has no model.safetensors(.index.json); only safetensors can be merged"

@@ -251,6 +251,68 @@ def test_chat_tokenizer_past_the_cpt_rows_is_refused(trio, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_an_eos_past_the_output_rows_is_refused(trio, tmp_path):
+    # the chat model's EOS is a token of its own (id 2049) that the CPT's 2048 rows lack: it would never stop
+    root, _ = trio
+    chat = tmp_path / "chat_own_eos"
+    make_model(chat, 5, vocab_size=2050)
+    cfg = json.loads((chat / "config.json").read_text())
+    (chat / "config.json").write_text(json.dumps({**cfg, "eos_token_id": 2049}))
+    cfg = chat_vector_cfg(
+        root, root / "cpt", tmp_path / "out", vocab_policy="shared_rows", tokenizer_from="cpt"
+    )
+    cfg["models"]["vectors"][0]["chat"] = str(chat)
+    with pytest.raises(
+        MergeError, match=r"stop at EOS id \[2049\] \(config.json\), past the 2048 embedding rows"
+    ):
+        merge(load_config(cfg))
+    assert not (tmp_path / "out").exists()
+
+
+def test_named_chat_templates_follow_the_default_one(trio, tmp_path):
+    root, _ = trio
+    chat = tmp_path / "chat_tools"
+    shutil.copytree(root / "chat", chat)
+    (chat / "additional_chat_templates").mkdir()
+    (chat / "additional_chat_templates" / "tool_use.jinja").write_text("TOOLS")
+    cfg = chat_vector_cfg(root, root / "cpt", tmp_path / "out", tokenizer_from="cpt")
+    cfg["models"]["vectors"][0]["chat"] = str(chat)
+    out = merge(load_config(cfg))
+    assert (out / "additional_chat_templates" / "tool_use.jinja").read_text() == "TOOLS"
+    # the older layout: a list of named templates inside tokenizer_config.json
+    shutil.rmtree(chat / "additional_chat_templates")
+    (chat / "chat_template.jinja").unlink()
+    tok_config = json.loads((chat / "tokenizer_config.json").read_text())
+    named = [{"name": "default", "template": "DEFAULT"}, {"name": "tool_use", "template": "TOOLS"}]
+    (chat / "tokenizer_config.json").write_text(json.dumps({**tok_config, "chat_template": named}))
+    out = merge(load_config({**cfg, "overwrite": True}))
+    assert (out / "chat_template.jinja").read_text() == "DEFAULT"
+    assert (out / "additional_chat_templates" / "tool_use.jinja").read_text() == "TOOLS"
+    tok = AutoTokenizer.from_pretrained(out)
+    assert tok.chat_template == {"default": "DEFAULT", "tool_use": "TOOLS"}
+
+
+def test_a_stale_single_file_beside_an_index_and_a_nan_coefficient_are_refused(trio, tmp_path):
+    root, _ = trio
+    sft = tmp_path / "sft"
+    shutil.copytree(root / "base", sft)
+    make_model(tmp_path / "single", 5, shard="100MB")
+    shutil.copy(tmp_path / "single" / "model.safetensors", sft)  # which one would be the model?
+    cfg = {
+        "method": "expo",
+        "models": {"dpo": str(root / "chat"), "sft": str(sft)},
+        "output": str(tmp_path / "o"),
+    }
+    with pytest.raises(MergeError, match="holds both model.safetensors and model.safetensors.index.json"):
+        merge(load_config(cfg))
+    with pytest.raises(MergeConfigError, match="'alpha'.*finite"):
+        load_config({**cfg, "alpha": float("nan")})
+    (sft / "model.safetensors").unlink()
+    (sft / "config.json").write_text("[]")
+    with pytest.raises(MergeError, match=rf"{sft}/config.json is not a JSON object"):
+        merge(load_config(cfg))
+
+
 def test_custom_code_files_are_copied(trio, tmp_path):
     root, _ = trio
     cpt, chat = tmp_path / "cpt", tmp_path / "chat"

@@ -22,7 +22,14 @@ from .modeling import ConcatPair, ControlLLMForCausalLM
 
 _PAIR_KEY = re.compile(r"model\.layers\.(\d+)\.(.+)")
 # Files besides weights and config that a model folder carries and the merged model keeps.
-_CARRIED = ("tokenizer*", "special_tokens_map.json", "chat_template*", "generation_config.json")
+_CARRIED = (
+    "tokenizer*",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "chat_template*",
+    "additional_chat_templates",
+    "generation_config.json",
+)
 
 
 def _pair_weights(model: ControlLLMForCausalLM, weight: float | Sequence[float] | None) -> dict[int, float]:
@@ -158,7 +165,10 @@ def merge_back(
             f"expected {ControlLLMConfig.model_type!r} with an 'expansion' section listing the concat pairs"
         )
     out = Path(out_dir)
-    check_output(out, [Path(model_dir)], overwrite, overwrite_hint="--overwrite (overwrite=True)")
+    inputs = [
+        Path(x) for x in (model_dir, alpha_data, metrics) if x is not None
+    ]  # replacing out must spare them
+    check_output(out, inputs, overwrite, overwrite_hint="--overwrite (overwrite=True)")
     model = ControlLLMForCausalLM.from_pretrained(model_dir, config=config, dtype="auto")
     if weight is None and model.config.expansion["method"] != "lerp":
         weight = _dynamic_weight(model, Path(model_dir), alpha_data, metrics, max_tokens)
@@ -167,7 +177,10 @@ def merge_back(
         merged.save_pretrained(tmp)
         for pattern in _CARRIED:
             for path in Path(model_dir).glob(pattern):
-                shutil.copy2(path, tmp / path.name)
+                if path.is_dir():
+                    shutil.copytree(path, tmp / path.name)
+                else:
+                    shutil.copy2(path, tmp / path.name)
     return out
 
 
