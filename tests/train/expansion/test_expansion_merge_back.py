@@ -137,6 +137,15 @@ def test_out_overlapping_the_export_is_refused_before_writing(main, tmp_path, ca
     assert after == before  # the export is intact, nothing written into it
 
 
+def test_out_holding_the_alpha_data_is_refused_even_with_overwrite(main, tmp_path, capsys):
+    model_dir = export(tmp_path, "dlerp", step=3, logged={})
+    (tmp_path / "o").mkdir()
+    (tmp_path / "o" / "eval.jsonl").write_text('{"text": "x"}\n')
+    argv = ["expansion", "--model", str(model_dir), "--out", str(tmp_path / "o"), "--overwrite"]
+    assert main([*argv, "--alpha-data", str(tmp_path / "o" / "eval.jsonl")]) == 2
+    assert "overlap" in capsys.readouterr().err and (tmp_path / "o" / "eval.jsonl").is_file()
+
+
 def test_non_empty_out_needs_overwrite_and_is_replaced_atomically(main, tmp_path, capsys):
     model_dir = export(tmp_path, "lerp", step=1, logged={})
     out = tmp_path / "precious"
