@@ -11,6 +11,8 @@ def collect(run_dir: str | Path) -> dict[str, dict[str, list[tuple[int, float]]]
     of partial columns is a series of its own, "<aggregate> (partial)"."""
     series: dict[str, dict[str, list[tuple[int, float]]]] = {}
     for path in sorted(Path(run_dir).rglob("*.json")):
+        if any(".prev-" in part for part in path.relative_to(run_dir).parts):
+            continue  # an earlier run's results, set aside by a fresh run in the folder
         try:
             record = json.loads(path.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError):

@@ -139,7 +139,7 @@ def _step_of(folder: Path) -> int:
 
 def set_aside_newer(root: Path, resumed: Path, step: int) -> None:
     """After a resume from `step`, rename the checkpoints past it (an abandoned attempt's) to
-    step-N.abandoned-<time> and point `latest` at the resumed one, so a later `--resume auto` (after a
+    step-N.abandoned-<time>, and its eval results past it likewise, and point `latest` at the resumed one, so a later `--resume auto` (after a
     crash before this run's first save) cannot go back to them. Nothing is deleted."""
     if not root.is_dir():
         return
@@ -153,6 +153,13 @@ def set_aside_newer(root: Path, resumed: Path, step: int) -> None:
             step,
             aside,
         )
+    # the abandoned attempt's eval results past the step, which this run's evals would replace
+    for result in sorted((root.parent / "eval").glob("step-*.json")):
+        tag = TAG_RE.match(result.stem)
+        if tag and int(tag.group(1)) > step:
+            aside = result.with_name(f"{result.name}.abandoned-{stamp}")
+            os.replace(result, aside)
+            log.warning("eval result %s is past the resumed step %d: kept as %s", result.name, step, aside)
     if resumed.resolve().parent == root.resolve():
         _write_atomic(root / "latest", resumed.name)
 

@@ -24,6 +24,17 @@ def due(cfg: RunConfig, step: int, saved: bool) -> bool:
     )
 
 
+def result_path(cfg: RunConfig, step: int) -> Path:
+    return Path(cfg.output_dir) / "eval" / f"step-{step:08d}.json"
+
+
+def pending(cfg: RunConfig, step: int) -> bool:
+    """An eval due at the checkpoint `step` that has no result: a stop signal there saves and skips it (to
+    exit fast), or the run died during it. Rank 0's view, on every rank (the runs see one output_dir)."""
+    missing = not result_path(cfg, step).is_file() if dist.is_main() else None
+    return due(cfg, step, saved=True) and dist.all_gather_object(missing)[0]
+
+
 def _score_and_write(engine, tokenizer, cfg: RunConfig, step: int, tracker: Tracker) -> None:
     from eval_hooks.runner import evaluate, scalars, write_results
 
@@ -38,7 +49,7 @@ def _score_and_write(engine, tokenizer, cfg: RunConfig, step: int, tracker: Trac
     )
     if not dist.is_main() or results is None:
         return
-    path = Path(cfg.output_dir) / "eval" / f"step-{step:08d}.json"
+    path = result_path(cfg, step)
     write_results(path, results, engine.module, cfg.eval.data_dir, step=step, config_hash=config_hash(cfg))
     tracker.log_eval(step, scalars(results), results["tasks"])
     log.info("eval at step %d written to %s", step, path)

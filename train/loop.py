@@ -334,6 +334,8 @@ def train(
     tracker = Tracker(cfg, extra, fresh=folder is None)
     if folder is not None:
         tracker.event("resume", step=state["step"], checkpoint=str(folder))
+    if folder is not None and evaluation.pending(cfg, state["step"]):  # a stop at its step skipped it
+        evaluation.run(engine, tokenizer, cfg, state["step"], tracker)
     stop = StopRequest()
     every = cfg.checkpoint.every_steps
     world = dist.world_size()

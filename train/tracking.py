@@ -5,7 +5,7 @@ plotted without wandb. After a resume, steps past the checkpoint are logged agai
 drops what an earlier attempt logged past the step its successor resumed from. wandb plots against
 our `step` metric rather than its own `_step`, which only increases: a resumed run's re-logged steps
 would otherwise be dropped. A fresh run in an output_dir with an earlier run's files sets them aside
-(`metrics.prev-<time>.jsonl`, `wandb_run_id.prev-<time>`) and starts a new wandb run.
+(`metrics.prev-<time>.jsonl`, `wandb_run_id.prev-<time>`, `eval.prev-<time>/`) and starts a new wandb run.
 """
 
 from __future__ import annotations
@@ -82,6 +82,7 @@ class Tracker:
         for path, aside in (
             (self.metrics_path, self.run_dir / f"metrics.prev-{stamp}.jsonl"),
             (self.run_dir / "wandb_run_id", self.run_dir / f"wandb_run_id.prev-{stamp}"),
+            (self.run_dir / "eval", self.run_dir / f"eval.prev-{stamp}"),  # its results would join this run's
         ):
             if path.exists():
                 os.replace(path, aside)

@@ -172,6 +172,9 @@ def test_an_aggregate_of_partial_columns_is_marked_wherever_it_goes(tiny_model, 
     assert record["aggregates"]["control_llm"]["partial"] == board["partial"]
     assert record["n_available"]["cl_ceval_valid_cot_zh"] == 1346
     assert "C-Avg (partial)" in plot.collect(tmp_path / "run")["control_llm"]  # its own plotted series
+    (tmp_path / "run" / "eval.prev-20261201-120000").mkdir()  # an earlier run's, set aside by a fresh one
+    (tmp_path / "run" / "eval.prev-20261201-120000" / "step-00000005.json").write_text(path.read_text())
+    assert [s for s, _ in plot.collect(tmp_path / "run")["control_llm"]["O-Avg"]] == [10]
     assert scoreboard.load_board("control_llm", path)["partial"] == board["partial"]  # the scoreboard command
 
 

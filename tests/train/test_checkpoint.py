@@ -101,6 +101,17 @@ def test_a_resume_sets_the_abandoned_attempts_checkpoints_aside(tmp_path):
     assert check_complete(tmp_path / names[3])["step"] == 8
 
 
+def test_a_resume_sets_the_abandoned_attempts_eval_results_aside(tmp_path):
+    root, results = tmp_path / "checkpoints", tmp_path / "eval"
+    _fake_checkpoint(root, 4)
+    results.mkdir()
+    for step in (2, 4, 6):
+        (results / f"{tag_for(step)}.json").write_text(json.dumps({"step": step}))
+    set_aside_newer(root, root / tag_for(4), 4)
+    names = sorted(re.sub(r"-\d{8}-\d{6}$", "", p.name) for p in results.iterdir())
+    assert names == ["step-00000002.json", "step-00000004.json", "step-00000006.json.abandoned"]
+
+
 def test_a_resume_path_that_is_not_a_checkpoint_says_what_it_is(tmp_path):
     with pytest.raises(UserError, match="nope does not exist"):
         check_complete(tmp_path / "nope")

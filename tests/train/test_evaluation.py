@@ -100,3 +100,22 @@ def test_failure_the_peers_cannot_survive_stops_the_run(tmp_path, monkeypatch):
     with pytest.raises(OutOfStep, match="inside generation"):
         evaluation.run(engine, tokenizer, cfg, 4, tracker)
     assert not [e for e in _events(cfg) if e.get("event") == "eval_error"]
+
+
+def test_an_eval_a_stop_skipped_at_the_last_step_runs_on_resume(tmp_path, data_cache):
+    from tests.conftest import run_entry
+
+    out = tmp_path / "run"
+    sets = [f"output_dir={out}", f"data.cache_dir={data_cache}", "train.max_steps=2", "tracking=none"]
+    sets += ["eval.suites=[cl_mmlu]", f"eval.data_dir={FIXTURES}", "eval.limit=1", "eval.every_steps=2"]
+    args = ["--config", str(SMOKE), *(a for s in sets for a in ("--set", s))]
+    r = run_entry("train.py", *args, env={"CONTINUALM_FAULT": "sigterm@2:0"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert not (out / "eval").exists()  # stopping: saved at once, the eval skipped
+    r = run_entry("train.py", *args, "--resume", "auto")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert json.loads((out / "eval" / "step-00000002.json").read_text())["step"] == 2
+    r = run_entry("train.py", *args, "--resume", "auto")  # done already: not run again
+    assert r.returncode == 0 and [
+        e["step"] for e in _events(SimpleNamespace(output_dir=out)) if e.get("event") == "eval"
+    ] == [2]

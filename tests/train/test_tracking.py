@@ -57,7 +57,12 @@ def test_a_fresh_run_sets_an_earlier_runs_files_aside(tmp_path):
     (tmp_path / "wandb_run_id").write_text("733a8f26")
     Tracker(cfg).log(2, {"loss": 2.0})  # a resumed run appends
     assert list(read_metrics(tmp_path / "metrics.jsonl")) == [1, 2]
+    (tmp_path / "eval").mkdir()
+    (tmp_path / "eval" / "step-00000002.json").write_text("{}")
     Tracker(cfg, fresh=True).log(1, {"loss": 5.0})  # checkpoints moved away, started over
+    assert (
+        not (tmp_path / "eval").exists() and len(list(tmp_path.glob("eval.prev-*/step-00000002.json"))) == 1
+    )
     assert {s: m["loss"] for s, m in read_metrics(tmp_path / "metrics.jsonl").items()} == {1: 5.0}
     (old_metrics,) = tmp_path.glob("metrics.prev-*.jsonl")
     assert list(read_metrics(old_metrics)) == [1, 2]
