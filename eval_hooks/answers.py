@@ -226,6 +226,9 @@ def judge(
     records = []
     if kind == "mt_bench":
         by_id = {a["question_id"]: a["choices"][0]["turns"] for a in answer_rows}
+        missing = [q["question_id"] for q in rows if q["question_id"] not in by_id]
+        if missing:  # checked before any judge call is paid for
+            raise ValueError(f"{answers} has no answers to questions {missing[:10]} of {questions}")
         for q in rows:
             conversation = ""
             for i, (turn, reply) in enumerate(zip(q["turns"], by_id[q["question_id"]], strict=True)):
@@ -252,6 +255,11 @@ def judge(
     if reference is None:
         raise ValueError("AlpacaEval judging compares with reference answers: pass --reference FILE")
     ref = {r["instruction"]: r["output"] for r in _read_rows(reference)}
+    unmatched = [a["instruction"][:60] for a in answer_rows if a["instruction"] not in ref]
+    if unmatched:
+        raise ValueError(
+            f"{reference} has no reference answer to the instructions {unmatched[:5]} of {answers}"
+        )
     wins = []
     for a in answer_rows:
         prompt = PAIRWISE_PROMPT.format(instruction=a["instruction"], a=ref[a["instruction"]], b=a["output"])

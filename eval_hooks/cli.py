@@ -15,6 +15,13 @@ from pathlib import Path
 import train.expansion  # noqa: F401  (registers controlllm_llama, so Control-LLM exports load)
 
 
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -32,7 +39,7 @@ def main(argv: list[str]) -> int:
             "--questions", required=True, help="MT-Bench (turns) or AlpacaEval (instruction) file"
         )
         parser.add_argument("--out", required=True)
-        parser.add_argument("--max-new-tokens", type=int, default=1024)
+        parser.add_argument("--max-new-tokens", type=positive_int, default=1024)
         parser.add_argument(
             "--model-id", default="", help="name written into the answers (default: folder name)"
         )
@@ -53,9 +60,10 @@ def main(argv: list[str]) -> int:
         parser.add_argument("--suite", required=True, action="append", help="suite or task (repeatable)")
         parser.add_argument("--data-dir", required=True)
         parser.add_argument("--out", required=True)
-        parser.add_argument("--limit", type=int)
-        parser.add_argument("--batch-size", type=int, default=8)
-        parser.add_argument("--max-gen-tokens", type=int)
+        parser.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+        parser.add_argument("--limit", type=positive_int)
+        parser.add_argument("--batch-size", type=positive_int, default=8)
+        parser.add_argument("--max-gen-tokens", type=positive_int)
     args = parser.parse_args(argv[1:] if command != "run" else argv)
     from train.errors import USER_ERRORS
 
@@ -99,6 +107,12 @@ def run(command: str, args: argparse.Namespace) -> None:
         print({k: v for k, v in verdict.items() if k != "judgments"})
     else:
         from eval_hooks.runner import evaluate_hf_dir
+
+        out = Path(args.out)
+        if out.is_dir():  # checked before the model loads and the suites run, not after
+            raise ValueError(f"--out {out} is a folder; give a file name such as {out}/results.json")
+        if out.exists() and not args.overwrite:
+            raise ValueError(f"--out {out} exists; pass --overwrite to replace it, or choose another file")
 
         evaluate_hf_dir(
             args.model, args.suite, args.data_dir, args.out, args.limit, args.batch_size, args.max_gen_tokens

@@ -196,6 +196,7 @@ def score(
     data holds, and every aggregate built from such a column, is listed in the board's `partial`: its number
     is not comparable with the card's. Scores given without counts are taken as they are."""
     card = get_card(card) if isinstance(card, str) else card
+    columns = {k: v for k, v in columns.items() if v is not None}  # a null score is a missing column
     known = {c.name for c in card.columns}
     unknown = set(columns) - known
     if unknown:

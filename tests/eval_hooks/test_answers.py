@@ -140,3 +140,12 @@ def test_judge_client_posts_chat_completions_and_parses_ratings(tmp_path, monkey
     assert path == "/v1/chat/completions" and auth == "Bearer secret" and body["model"] == "judge-model"
     # The second turn is judged with the whole conversation so far.
     assert body["messages"][1]["content"].count("[User]") == 2
+
+
+def test_judging_answers_that_miss_a_question_is_refused_before_any_call(tmp_path):
+    answer_file = tmp_path / "answers.jsonl"
+    answer_file.write_text(
+        json.dumps({"question_id": 81, "choices": [{"index": 0, "turns": ["a", "b"]}]}) + "\n"
+    )
+    with pytest.raises(ValueError, match=r"has no answers to questions \[111, 131\]"):
+        answers.judge(MT_BENCH, answer_file, "http://127.0.0.1:9/v1", "judge-model")  # nothing listens there

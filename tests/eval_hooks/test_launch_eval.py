@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from eval_hooks.cli import main
 
 REPO = Path(__file__).resolve().parents[2]
@@ -93,3 +95,15 @@ def test_damaged_rows_or_weights_are_one_error_line_naming_the_file(
     assert capsys.readouterr().err.startswith(
         f"continualm: error: cannot load the model weights in {model_dir}"
     )
+
+
+def test_out_and_counts_are_checked_before_the_model_loads(tmp_path, capsys):
+    argv = ["--model", str(tmp_path / "no_model"), "--suite", "cl_mmlu", "--data-dir", str(FIXTURES)]
+    assert main([*argv, "--out", str(tmp_path)]) == 2
+    assert f"--out {tmp_path} is a folder" in capsys.readouterr().err
+    (tmp_path / "r.json").write_text("{}")  # an earlier result
+    assert main([*argv, "--out", str(tmp_path / "r.json")]) == 2
+    assert "exists; pass --overwrite" in capsys.readouterr().err and (tmp_path / "r.json").read_text() == "{}"
+    with pytest.raises(SystemExit):
+        main([*argv, "--out", str(tmp_path / "s.json"), "--limit", "0"])
+    assert "--limit: must be a positive integer, got 0" in capsys.readouterr().err

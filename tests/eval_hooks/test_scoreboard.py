@@ -42,6 +42,8 @@ def test_control_llm_excludes_mmlu_and_missing_parts_are_none():
     assert board["aggregates"]["C-Avg"] == pytest.approx(10.0)
     assert board["aggregates"]["O-Avg"] is None
     assert board["aggregates"]["Overall"] is None
+    # a null score (a task that did not run) is a missing column too
+    assert scoreboard.score("control_llm", {"CEvalC": 50.0, "CMMLUC": None})["aggregates"]["C-Avg"] is None
 
 
 def test_swallow_averages():
