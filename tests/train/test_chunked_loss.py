@@ -69,6 +69,20 @@ def test_bf16_is_as_accurate_as_the_plain_bf16_head():
     assert error <= 2 * plain_error, (error, plain_error)
 
 
+def test_a_step_scale_bf16_cannot_hold_is_not_rounded_to_bf16():
+    grads = []
+    for factor in (1.0, 1 / 3):  # 1/3 is 0.333984375 in bf16: 0.2% off
+        hidden, head, labels = _case(torch.bfloat16)
+        chunked = ChunkedLossHead(head, 8)
+        with chunked.targets(labels[None]):
+            loss = chunked(hidden[None])
+        (loss * factor).backward()
+        grads.append(torch.cat([hidden.grad.flatten(), head.weight.grad.flatten()]).double())
+    nonzero = grads[0] != 0
+    ratio = (3 * grads[1][nonzero] / grads[0][nonzero]).mean().item()
+    assert abs(ratio - 1) < 3e-4, ratio  # one bf16 rounding per element, no bias
+
+
 def test_outside_targets_it_is_the_linear_layer():
     hidden, head, labels = _case(torch.float32)
     chunked = ChunkedLossHead(head, 8)
