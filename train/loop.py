@@ -35,6 +35,7 @@ from train.model import (
     added_tokens,
     build_for_training,
     build_tokenizer,
+    check_hardware,
     count_parameters,
     flops_per_token,
     peak_tflops,
@@ -272,6 +273,7 @@ def train(
             f"eval.data_dir {cfg.eval.data_dir} is not a folder (the benchmark files, docs/eval.md)"
         )
     build_for_training(cfg, meta=True)  # the model's settings (LoRA targets, overrides) fail before data prep
+    check_hardware(cfg.model)  # and the GPU-only ones
     dist.init()
     checkpoint.check_shared_output_dir(cfg, folder)
     seed_everything(cfg.seed)

@@ -123,6 +123,15 @@ def _check_attention(cfg: ModelConfig) -> None:
             )
 
 
+def check_hardware(cfg: ModelConfig) -> None:
+    """The GPU-only settings' needs (attention kernels, liger), before data preparation; dry runs skip this."""
+    _check_attention(cfg)
+    if cfg.liger:
+        from train.speed import check_liger
+
+        check_liger()
+
+
 def architecture(cfg: ModelConfig):
     """The model's config (overrides applied): the weights' config.json when it is on this machine (a
     folder or the hub cache; exports need its eos ids and rope settings), else the preset's (a dry run
@@ -177,9 +186,11 @@ def build_model(cfg: ModelConfig, meta: bool = False) -> PreTrainedModel:
     if meta or cfg.name_or_path is None:
         if not meta:
             _check_attention(cfg)
+        # shapes only: any kernel will do, and dry runs and exports must work where flash-attn is not installed
+        attention = "sdpa" if meta else cfg.attn_implementation
         with torch.device("meta") if meta else contextlib.nullcontext():
             model = AutoModelForCausalLM.from_config(
-                architecture(cfg), dtype=dtype, attn_implementation=cfg.attn_implementation
+                architecture(cfg), dtype=dtype, attn_implementation=attention
             )
     else:
         _check_attention(cfg)

@@ -12,20 +12,25 @@ from train.errors import UserError
 log = logging.getLogger(__name__)
 
 
+def check_liger() -> None:
+    if not torch.cuda.is_available():
+        raise UserError("model.liger needs a CUDA GPU (Liger's kernels are Triton); set model.liger: false")
+    try:
+        import liger_kernel.transformers  # noqa: F401
+    except ImportError:
+        raise UserError(
+            "model.liger needs the liger-kernel package: pip install liger-kernel (or set model.liger: false)"
+        ) from None
+
+
 def apply_liger(model: torch.nn.Module) -> int:
     """Swap each Llama RMSNorm and SwiGLU MLP of `model` for Liger's Triton module; returns how many.
 
     The new modules take over the original Parameter objects, so names, tying and requires_grad are kept.
     RoPE and the fused linear cross-entropy are not swapped: Liger patches those as module-level functions.
     """
-    if not torch.cuda.is_available():
-        raise UserError("model.liger needs a CUDA GPU (Liger's kernels are Triton); set model.liger: false")
-    try:
-        from liger_kernel.transformers import LigerRMSNorm, LigerSwiGLUMLP
-    except ImportError:
-        raise UserError(
-            "model.liger needs the liger-kernel package: pip install liger-kernel (or set model.liger: false)"
-        ) from None
+    check_liger()
+    from liger_kernel.transformers import LigerRMSNorm, LigerSwiGLUMLP
     from transformers.models.llama.modeling_llama import LlamaMLP, LlamaRMSNorm
 
     swaps = [(n, m) for n, m in model.named_modules() if isinstance(m, (LlamaRMSNorm, LlamaMLP))]

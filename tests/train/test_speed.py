@@ -9,6 +9,7 @@ from collections import Counter
 import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
+from transformers.utils import is_flash_attn_2_available
 
 from data_prep.sampler import RowSampler
 from data_prep.shards import prepare
@@ -134,3 +135,22 @@ def test_flex_attention_refuses_to_train_on_cpu_but_dry_runs():
     with pytest.raises(UserError, match="'flex_attention' trains on a CUDA GPU only"):
         build_for_training(cfg)
     build_for_training(cfg, meta=True)
+
+
+@pytest.mark.skipif(is_flash_attn_2_available(), reason="checks the refusal without flash-attn")
+def test_flash_attention_without_the_package_dry_runs_and_stops_a_run_before_data_prep(tmp_path):
+    from train.loop import train
+
+    cfg = load_config(
+        SMOKE,
+        [
+            "model.attn_implementation=flash_attention_2",
+            f"output_dir={tmp_path / 'run'}",
+            f"data.cache_dir={tmp_path / 'cache'}",
+            "tracking=none",
+        ],
+    )
+    build_for_training(cfg, meta=True)  # --dry-run and exports build shapes anywhere
+    with pytest.raises(UserError, match="'flash_attention_2' needs a CUDA GPU and the flash-attn package"):
+        train(cfg)
+    assert not (tmp_path / "cache").exists()  # before any data was prepared
