@@ -109,7 +109,13 @@ def build_optimizer(cfg: RunConfig, model: torch.nn.Module) -> torch.optim.Optim
             raise UserError("optim.name 'fused_adam' needs a CUDA GPU; use 'adamw_torch' on CPU")
         from deepspeed.ops.adam import FusedAdam
 
-        return FusedAdam(groups, adam_w_mode=True, **kwargs)
+        try:  # DeepSpeed compiles the op here: no nvcc or ninja, or a CUDA mismatch, fails it
+            return FusedAdam(groups, adam_w_mode=True, **kwargs)
+        except (ImportError, RuntimeError, OSError) as e:
+            raise UserError(
+                f"optim.name 'fused_adam': DeepSpeed could not build its FusedAdam op ({type(e).__name__}: {e}); "
+                "use optim.name 'adamw_torch' with optim.fused: true, torch's own fused kernel"
+            ) from None
     from deepspeed.ops.adam import DeepSpeedCPUAdam
 
     return DeepSpeedCPUAdam(groups, adamw_mode=True, **kwargs)
