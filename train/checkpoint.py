@@ -139,8 +139,9 @@ def _step_of(folder: Path) -> int:
 
 def set_aside_newer(root: Path, resumed: Path, step: int) -> None:
     """After a resume from `step`, rename the checkpoints past it (an abandoned attempt's) to
-    step-N.abandoned-<time>, and its eval results past it likewise, and point `latest` at the resumed one, so a later `--resume auto` (after a
-    crash before this run's first save) cannot go back to them. Nothing is deleted."""
+    step-N.abandoned-<time>, its eval results past it likewise, and point `latest` at the resumed one, so a
+    later `--resume auto` (after a crash before this run's first save) cannot go back to them. Nothing is
+    deleted."""
     if not root.is_dir():
         return
     stamp = time.strftime("%Y%m%d-%H%M%S")
