@@ -54,6 +54,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--zero", type=int, default=2, choices=(0, 1, 2, 3))
     p.add_argument("--micro-batch", type=int, default=1, help="rows per micro-batch (the peer: samples)")
     p.add_argument("--grad-accum", type=int, default=1)
+    p.add_argument(
+        "--grad-accum-dtype",
+        default="fp32",
+        choices=("fp32", "bf16"),
+        help="deepspeed.grad_accum_dtype under bf16 (the peer gets the same)",
+    )
     p.add_argument("--steps", type=int, default=10, help="timed optimizer steps")
     p.add_argument("--warmup", type=int, default=2, help="untimed optimizer steps first")
     p.add_argument(
@@ -151,6 +157,7 @@ def run_config(args: argparse.Namespace, variant: str, out_dir: str) -> RunConfi
             "zero_stage": args.zero,
             "overlap_comm": not args.no_overlap_comm,
             "offload_optimizer": args.offload_optimizer,
+            **({"grad_accum_dtype": args.grad_accum_dtype} if dtype == "bf16" else {}),
         },
         "tracking": {"backend": "none"},
     }

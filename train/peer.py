@@ -128,6 +128,8 @@ def run_peer(
         "bf16": {"enabled": "auto"},
         "zero_optimization": {"stage": cfg.deepspeed.zero_stage, "overlap_comm": cfg.deepspeed.overlap_comm},
     }
+    if cfg.model.dtype == "bf16":  # the same micro-batch sums as ours
+        ds["data_types"] = {"grad_accum_dtype": cfg.deepspeed.grad_accum_dtype}
     args = TrainingArguments(
         output_dir=str(out_dir),
         max_steps=steps,
