@@ -47,5 +47,5 @@ def main() -> int:
 if __name__ == "__main__":
     code = main()
     if "train.distributed" in sys.modules:  # leave the process group before exiting (else a rank can abort)
-        sys.modules["train.distributed"].shutdown()
+        sys.modules["train.distributed"].shutdown(clean=code == 0)
     sys.exit(code)

@@ -85,8 +85,11 @@ def barrier() -> None:
         dist.barrier()
 
 
-def shutdown() -> None:
-    """Leave the process group cleanly: a rank that exits while peers still talk to it can abort."""
+def shutdown(clean: bool = True) -> None:
+    """Leave the process group: after a clean run in step with the peers (a rank that exits while peers still
+    talk to it can abort them); after an error at once, since the peers may be anywhere else (a barrier would
+    hang them both) and the launcher stops them when this rank exits with its error."""
     if dist.is_initialized():
-        dist.barrier()
+        if clean:
+            dist.barrier()
         dist.destroy_process_group()

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from data_prep.mixture import make_sampler
 from data_prep.shards import MixedRows, prepare
+from data_prep.writers import waiting_group
 from train import checkpoint, evaluation
 from train import distributed as dist
 from train.chunked_loss import chunked_head
@@ -46,7 +47,8 @@ log = logging.getLogger(__name__)
 
 
 class StopRequest:
-    """SIGTERM / SIGINT set a flag; the loop finishes the step, saves and exits. A second signal kills."""
+    """SIGTERM / SIGINT set a flag; the loop finishes the step, saves and exits. A second Ctrl-C (SIGINT) kills;
+    more SIGTERMs do not: launchers forward theirs to the workers (a `pkill` or `scancel` reaches both)."""
 
     def __init__(self):
         self.signum: int | None = None
@@ -58,8 +60,9 @@ class StopRequest:
             signal.signal(s, handler)
 
     def _handle(self, signum, frame) -> None:
-        self.signum = signum
-        signal.signal(signum, signal.SIG_DFL)
+        if signum == signal.SIGINT and self.signum is not None:
+            raise KeyboardInterrupt  # asked twice: stop now, without the save
+        self.signum = self.signum or signum
 
     def agreed(self) -> bool:
         """True on every rank once any rank got a signal (the launcher may reach ranks at different times)."""
@@ -367,6 +370,7 @@ def train(
         window.add(metrics, seconds)
         maybe_fault("sigkill", step, dist.rank())
         maybe_fault("sigterm", step, dist.rank())
+        maybe_fault("user_error", step, dist.rank())
         stopping = stop.agreed()
         if step % cfg.train.log_every == 0 or step == total_steps or stopping:
             record = window.flush()
@@ -402,11 +406,17 @@ def train(
     stop.restore()
     tracker.finish()
     dist.barrier()
-    # Rank 0 exports alone; the others wait in the launcher's shutdown barrier, which rank 0 reaches
-    # whether the export succeeds or fails (a barrier after the export would pair wrongly on failure).
-    if cfg.checkpoint.export_at_end and dist.is_main() and state["step"] == total_steps:
-        ckpt = Path(cfg.output_dir) / "checkpoints" / checkpoint.tag_for(state["step"])
-        log.info("exported %s", checkpoint.export_hf(ckpt, Path(cfg.output_dir) / "export", overwrite=True))
+    if cfg.checkpoint.export_at_end and state["step"] == total_steps:
+        # Rank 0 exports alone (a 70B export outlasts the process group's 10-minute timeout): the others wait
+        # on a group without it. An export error exits rank 0 at once, and the launcher stops the others.
+        wait = waiting_group()
+        if dist.is_main():
+            ckpt = Path(cfg.output_dir) / "checkpoints" / checkpoint.tag_for(state["step"])
+            log.info(
+                "exported %s", checkpoint.export_hf(ckpt, Path(cfg.output_dir) / "export", overwrite=True)
+            )
+        if wait is not None:
+            torch.distributed.barrier(group=wait)
 
 
 def dry_run(cfg: RunConfig) -> str:

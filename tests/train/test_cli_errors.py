@@ -176,3 +176,37 @@ def test_model_and_eval_settings_fail_before_data_preparation(tmp_path, capsys, 
     )
     _check(r, "eval.data_dir /nope is not a folder")
     assert not (tmp_path / "cache").exists()  # nothing was prepared
+
+
+def test_an_error_on_one_rank_ends_the_run_instead_of_hanging_it(tmp_path):
+    import time
+
+    start = time.monotonic()
+    r = run_entry(
+        "train.py",
+        *_train_args(tmp_path, "train.max_steps=50"),
+        nproc=2,
+        env={"CONTINUALM_FAULT": "user_error@2:1"},
+        timeout=300,
+    )
+    assert r.returncode != 0 and "continualm: error: injected user_error at step 2 on rank 1" in r.stderr
+    assert time.monotonic() - start < 120  # no barrier left waiting for the peer (10 minutes, then a crash)
+
+
+def test_repeated_sigterms_are_one_stop_request_and_a_second_ctrl_c_kills():
+    import os
+    import signal
+
+    import pytest
+
+    from train.loop import StopRequest
+
+    stop = StopRequest()
+    try:
+        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), signal.SIGTERM)  # a launcher forwarding its own: still alive, still one request
+        assert stop.signum == signal.SIGTERM
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)  # asked again by hand
+    finally:
+        stop.restore()
