@@ -101,8 +101,8 @@ def shard_key(source: Source, tokenizer, opts: PackOptions) -> dict:
     return key
 
 
-# Manifest counters added after checkpoints recorded shard digests.
-STATS_ADDED_LATER = ("dropped_pieces", "dropped_piece_tokens", "split_lost_targets")
+# Manifest entries added after checkpoints recorded shard digests (the rows' hash is compared on its own).
+STATS_ADDED_LATER = ("dropped_pieces", "dropped_piece_tokens", "split_lost_targets", "content_sha256")
 
 
 class PackedRows:
@@ -135,7 +135,8 @@ class PackedRows:
 
     def summary(self, label: str) -> dict:
         """What the rows are, for comparing shards across ranks and resumes: a digest of the manifest without
-        the inputs' paths and times (so a copied dataset matches), with its row and token counts. The source's
+        the inputs' paths and times (so a copied dataset matches), its row and token counts, and a hash of the
+        rows themselves (`content`: documents reordered or edited at the same counts differ there). The source's
         `label` is today's (a shard is reused under a renamed label, and must digest as one built with it)."""
         kept = {k: v for k, v in self.manifest.items() if k != "skip_reasons"}  # reasons name file paths
         kept["label"] = label
@@ -145,7 +146,10 @@ class PackedRows:
             kept.pop(stat, None)
         kept["key"] = {k: v for k, v in kept["key"].items() if k != "data"}
         digest = hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).hexdigest()[:16]
-        return {"digest": digest, "rows": self.manifest["rows"], "tokens": self.manifest["tokens_in_rows"]}
+        out = {"digest": digest, "rows": self.manifest["rows"], "tokens": self.manifest["tokens_in_rows"]}
+        if "content_sha256" in self.manifest:  # shards built before it have none
+            out["content"] = self.manifest["content_sha256"][:16]
+        return out
 
     @property
     def tokens_per_row(self) -> float:
@@ -334,6 +338,7 @@ def _build(folder: Path, source: Source, tokenizer, opts: PackOptions, key: dict
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     kind, skips, stats, rows = key["kind"], Skips(), {}, 0
+    content = hashlib.sha256()  # of the rows as written: what a resume compares, whatever the inputs' paths
     produce = _cpt_rows if kind == "cpt" else _sft_rows
     try:
         with (
@@ -343,10 +348,10 @@ def _build(folder: Path, source: Source, tokenizer, opts: PackOptions, key: dict
         ):
             bar = tqdm(desc=f"tokenize+pack {source.label}", unit="tok", unit_scale=True, disable=None)
             for ids, pos, labels in produce(source, tokenizer, opts, skips, stats):
-                ids.tofile(f_ids)
-                pos.tofile(f_pos)
-                if labels is not None:
-                    labels.tofile(f_lab)
+                for array, f in ((ids, f_ids), (pos, f_pos), (labels, f_lab)):
+                    if array is not None:
+                        array.tofile(f)
+                        content.update(np.ascontiguousarray(array))
                 rows += ids.size // opts.seq_len  # CPT gives blocks of rows, SFT one row at a time
                 bar.update(ids.size)
             bar.close()
@@ -363,7 +368,7 @@ def _build(folder: Path, source: Source, tokenizer, opts: PackOptions, key: dict
     if kind == "cpt":
         (tmp / "labels.bin").unlink()
     manifest = {"key": key, "label": source.label, "rows": rows, "seq_len": opts.seq_len, **stats}
-    manifest.update(skipped_rows=skips.count, skip_reasons=skips.reasons)
+    manifest.update(skipped_rows=skips.count, skip_reasons=skips.reasons, content_sha256=content.hexdigest())
     (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False))
     if (folder / "manifest.json").exists():  # another node's writer finished the same shard first
         shutil.rmtree(tmp, ignore_errors=True)

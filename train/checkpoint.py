@@ -320,11 +320,19 @@ def check_compatible(cfg: RunConfig, state: dict, folder: Path, force: bool) -> 
         )
 
 
+def _as_recorded(old: dict | None, new: dict) -> dict:
+    """`new` as `old` was recorded: checkpoints from before the rows' hash have no `content`."""
+    return new if old is None or "content" in old else {k: v for k, v in new.items() if k != "content"}
+
+
 def check_same_data(saved: dict, data: dict[str, dict], folder: Path, force: bool) -> None:
     """Refuse (unless forced) to resume on prepared data other than the checkpoint's (`MixedRows.summaries`):
     the sampler's row ids would name other rows. Checkpoints from before this record are not checked."""
     before = saved.get("data")
-    if before is None or before == data or force:
+    if before is None or force:
+        return
+    data = {label: _as_recorded(before.get(label), summary) for label, summary in data.items()}
+    if before == data:
         return
     changes = []
     for label in sorted(set(before) | set(data)):
@@ -334,6 +342,10 @@ def check_same_data(saved: dict, data: dict[str, dict], folder: Path, force: boo
         elif (old["rows"], old["tokens"]) != (new["rows"], new["tokens"]):
             changes.append(
                 f"source '{label}' (rows {old['rows']} -> {new['rows']}, tokens {old['tokens']} -> {new['tokens']})"
+            )
+        elif {**old, "content": None} == {**new, "content": None}:
+            changes.append(
+                f"source '{label}' (the same counts and settings, other rows: its documents changed)"
             )
         elif old != new:
             changes.append(

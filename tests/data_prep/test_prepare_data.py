@@ -345,3 +345,29 @@ def test_shards_digest_as_the_checkpoints_before_them_recorded(tmp_path):
         cfg = load_config(recipe, [f"data.cache_dir={tmp_path}"])
         summaries = shards.prepare(cfg.data, build_tokenizer(cfg.model)).summaries()
         assert {label: s["digest"] for label, s in summaries.items()} == digests, recipe.name
+
+
+def test_documents_reordered_at_the_same_counts_change_the_rows_hash_not_the_digest(tmp_path):
+    tok = build_tokenizer(load_config(CPT).model)
+    docs = [
+        json.loads(line)
+        for line in (ROOT / "data_prep/samples/multilingual_cpt.jsonl").read_text().splitlines()
+    ]
+
+    def summary(name, rows):
+        f = tmp_path / name / "docs.jsonl"
+        f.parent.mkdir()
+        f.write_text("".join(json.dumps(d) + "\n" for d in rows))
+        cfg = load_config(
+            CPT, [f"data.cache_dir={tmp_path / 'cache'}", f"data.sources=[{{path: {f}, label: web}}]"]
+        )
+        return shards.prepare(cfg.data, tok).summaries()["web"]
+
+    first, swapped = summary("a", docs), summary("b", [docs[1], docs[0], *docs[2:]])
+    assert (first["digest"], first["rows"], first["tokens"]) == (
+        swapped["digest"],
+        swapped["rows"],
+        swapped["tokens"],
+    )
+    assert first["content"] != swapped["content"]
+    assert summary("c", docs)["content"] == first["content"]  # the same rows, another path: equal

@@ -262,6 +262,19 @@ def test_resume_on_other_prepared_data_names_each_changed_source(tmp_path):
     check_same_data(saved, now, tmp_path, force=True)
 
 
+def test_the_rows_hash_tells_documents_changed_at_the_same_counts(tmp_path):
+    web = {"digest": "a", "rows": 12, "tokens": 424, "content": "c1"}
+    check_same_data({"data": {"web": web}}, {"web": web}, tmp_path, force=False)
+    with pytest.raises(
+        UserError, match=r"source 'web' \(the same counts and settings, other rows: its documents"
+    ):
+        check_same_data({"data": {"web": web}}, {"web": {**web, "content": "c2"}}, tmp_path, force=False)
+    recorded_without = {k: v for k, v in web.items() if k != "content"}  # a checkpoint from before the hash
+    check_same_data(
+        {"data": {"web": recorded_without}}, {"web": {**web, "content": "c2"}}, tmp_path, force=False
+    )
+
+
 def test_an_output_dir_the_ranks_do_not_share_is_refused_on_every_rank(tmp_path):
     """Node-local output_dirs gave checkpoints marked complete without the other nodes' shards, and a resume
     that paired a resumed rank with a fresh one (a hang)."""
