@@ -370,11 +370,14 @@ def _build(folder: Path, source: Source, tokenizer, opts: PackOptions, key: dict
     manifest = {"key": key, "label": source.label, "rows": rows, "seq_len": opts.seq_len, **stats}
     manifest.update(skipped_rows=skips.count, skip_reasons=skips.reasons, content_sha256=content.hexdigest())
     (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False))
-    if (folder / "manifest.json").exists():  # another node's writer finished the same shard first
-        shutil.rmtree(tmp, ignore_errors=True)
-        return
-    shutil.rmtree(folder, ignore_errors=True)  # an incomplete folder left by a killed writer
-    os.replace(tmp, folder)
+    try:  # a rename onto a non-empty folder fails: two writers finishing at once cannot delete each other's
+        os.rename(tmp, folder)
+    except OSError:
+        if (folder / "manifest.json").exists():  # another node's writer finished the same shard first
+            shutil.rmtree(tmp, ignore_errors=True)
+            return
+        shutil.rmtree(folder, ignore_errors=True)  # an incomplete folder left by a killed writer
+        os.rename(tmp, folder)
     log.info("source '%s': %d rows of %d tokens; %s", source.label, rows, opts.seq_len, json.dumps(stats))
 
 
