@@ -69,9 +69,9 @@ def main(argv: list[str]) -> int:
 
     one_line = (*USER_ERRORS, OSError, KeyError, ValueError)  # bad paths, names, files: one line, exit 2
     if command == "run":
-        from eval_hooks.lockstep import PeerFailed
+        from eval_hooks.lockstep import OutOfStep, PeerFailed
 
-        one_line = (*one_line, PeerFailed)  # the rank that failed prints the cause
+        one_line = (*one_line, PeerFailed, OutOfStep)  # the rank that failed prints the cause
     try:
         run(command, args)
     except one_line as e:

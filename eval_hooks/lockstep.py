@@ -95,8 +95,9 @@ def hflm_classes():
                     raise
                 raise OutOfStep(
                     f"eval failed on rank {self._rank} inside {what}, whose collectives the other ranks are "
-                    f"still in; they cannot be rejoined, so the run stops (resume from the last checkpoint; "
-                    f"if memory ran out, lower eval.batch_size): {type(e).__name__}: {e}"
+                    f"still in; they cannot be rejoined, so the run stops (in training: resume from the last "
+                    f"checkpoint; if memory ran out, lower eval.batch_size, or --batch-size standalone): "
+                    f"{type(e).__name__}: {e}"
                 ) from e
 
         def _forward(self, call: Callable[[], Any]) -> Any:
