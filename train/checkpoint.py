@@ -117,7 +117,7 @@ def save(engine, cfg: RunConfig, step: int, state: dict) -> Path:
         os.replace(tmp, final)
         _prune(root, step, cfg.checkpoint.keep_last)
         log.info("saved checkpoint %s", final)
-    dist.barrier()
+    dist.wait_for_main()  # its fsync of every file may take long on network storage
     return root / tag
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -27,6 +28,12 @@ def device() -> torch.device:
     return torch.device("cpu")
 
 
+# Rank 0 alone may work for long while the others wait: fsyncing a checkpoint to slow storage, the final
+# export of a 70B model. The process group's own timeout (10 minutes under DeepSpeed) would end the run.
+LONG_WAIT = timedelta(hours=48)
+_LONG_WAIT = None
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -48,6 +55,17 @@ def init() -> None:
     if torch.cuda.is_available():
         torch.cuda.set_device(device())
     deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
+    global _LONG_WAIT
+    if dist.get_world_size() > 1:  # made now, on every rank: creating a group is itself a collective
+        _LONG_WAIT = dist.new_group(backend="gloo", timeout=LONG_WAIT)
+
+
+def wait_for_main() -> None:
+    """A barrier without the process group's timeout, for waiting out rank 0's long work."""
+    if _LONG_WAIT is not None:
+        dist.barrier(group=_LONG_WAIT)
+    else:
+        barrier()
 
 
 def _all_reduce(t: torch.Tensor, op) -> torch.Tensor:

@@ -23,7 +23,6 @@ import torch.nn.functional as F
 
 from data_prep.mixture import make_sampler
 from data_prep.shards import MixedRows, prepare
-from data_prep.writers import waiting_group
 from train import checkpoint, evaluation
 from train import distributed as dist
 from train.chunked_loss import chunked_head
@@ -408,15 +407,13 @@ def train(
     dist.barrier()
     if cfg.checkpoint.export_at_end and state["step"] == total_steps:
         # Rank 0 exports alone (a 70B export outlasts the process group's 10-minute timeout): the others wait
-        # on a group without it. An export error exits rank 0 at once, and the launcher stops the others.
-        wait = waiting_group()
+        # without it. An export error exits rank 0 at once, and the launcher stops the others.
         if dist.is_main():
             ckpt = Path(cfg.output_dir) / "checkpoints" / checkpoint.tag_for(state["step"])
             log.info(
                 "exported %s", checkpoint.export_hf(ckpt, Path(cfg.output_dir) / "export", overwrite=True)
             )
-        if wait is not None:
-            torch.distributed.barrier(group=wait)
+        dist.wait_for_main()
 
 
 def dry_run(cfg: RunConfig) -> str:
