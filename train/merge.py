@@ -385,6 +385,7 @@ def _copy_files(plan: MergePlan, cfg: MergeConfig, tmp: Path) -> None:
                     (tmp / EXTRA_TEMPLATES / f"{name}.jinja").write_text(text)
         if isinstance(inline, str):
             (tmp / "chat_template.jinja").write_text(inline)
+    _take_eos_token(template_src, tmp)
     # Custom architectures and tokenizers (`auto_map`) need their code for trust_remote_code; the
     # anchor's files win a name clash, as config.json is the anchor's.
     for source in dict.fromkeys([plan.file_sources["tokenizer_config.json"], plan.anchor]):
@@ -394,6 +395,29 @@ def _copy_files(plan: MergePlan, cfg: MergeConfig, tmp: Path) -> None:
     if cfg.dtype != "auto":
         config["dtype"] = cfg.dtype
     (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+
+
+def _token_text(token: Any) -> str | None:
+    return token.get("content") if isinstance(token, dict) else token  # an AddedToken dict or its string
+
+
+def _take_eos_token(template_src: Path, tmp: Path) -> None:
+    """The tokenizer's EOS token is the chat model's, as its template and generation config are, when the
+    tokenizer comes from another model (tokenizer_from: cpt) that has that token: tools that stop at
+    `tokenizer.eos_token` (lm-eval's generation) stop where the chat model ends its turns."""
+    ours, chat = tmp / "tokenizer_config.json", template_src / "tokenizer_config.json"
+    if not ours.is_file() or not chat.is_file():
+        return
+    eos = _token_text(read_json(chat).get("eos_token"))
+    config = read_json(ours)
+    if eos is None or _token_text(config.get("eos_token")) == eos:
+        return
+    spec = read_json(tmp / "tokenizer.json") if (tmp / "tokenizer.json").is_file() else {}
+    known = {t.get("content") for t in spec.get("added_tokens", [])} | set(
+        spec.get("model", {}).get("vocab") or {}
+    )
+    if eos in known:
+        ours.write_text(json.dumps({**config, "eos_token": eos}, indent=2, ensure_ascii=False) + "\n")
 
 
 def merge(cfg: MergeConfig) -> Path:

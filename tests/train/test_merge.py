@@ -122,6 +122,13 @@ def test_tokenizer_from_cpt_keeps_cpt_tokenizer_and_inline_chat_template(trio, t
     out = merge(load_config(cfg))
     assert (out / "tokenizer_config.json").read_text() == (root / "cpt/tokenizer_config.json").read_text()
     assert (out / "chat_template.jinja").read_text() == "INLINE"
+    # the CPT tokenizer ends at the chat model's EOS token, which it has too (recipes: EOS from the instruct)
+    (chat / "tokenizer_config.json").write_text(
+        json.dumps({**tok_config, "chat_template": "INLINE", "eos_token": "<|eot_id|>"})
+    )
+    out = merge(load_config({**cfg, "overwrite": True}))
+    assert AutoTokenizer.from_pretrained(out).eos_token == "<|eot_id|>"
+    assert AutoTokenizer.from_pretrained(root / "cpt").eos_token == "<|end_of_text|>"
 
 
 def test_expo_bf16_in_bf16_out(tmp_path):
