@@ -64,8 +64,8 @@ BUILD_WAIT = timedelta(hours=48)
 
 
 def waiting_group():
-    """A gloo group for waiting out builds (None outside a distributed run); create it on every rank
-    before anyone builds, since creating a group is itself a collective."""
+    """A gloo group for waiting out one rank's long work, such as builds (None outside a distributed run);
+    create it on every rank before that work starts, since creating a group is itself a collective."""
     if not distributed():
         return None
     return torch.distributed.new_group(backend="gloo", timeout=BUILD_WAIT)

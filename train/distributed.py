@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import os
 import socket
-from datetime import timedelta
 
 import torch
 import torch.distributed as dist
+
+from data_prep.writers import waiting_group
 
 
 def world_size() -> int:
@@ -29,8 +30,8 @@ def device() -> torch.device:
 
 
 # Rank 0 alone may work for long while the others wait: fsyncing a checkpoint to slow storage, the final
-# export of a 70B model. The process group's own timeout (10 minutes under DeepSpeed) would end the run.
-LONG_WAIT = timedelta(hours=48)
+# export of a 70B model. The process group's own timeout (10 minutes under DeepSpeed) would end the run, so
+# they wait on the group data preparation waits out its builds on.
 _LONG_WAIT = None
 
 
@@ -57,7 +58,7 @@ def init() -> None:
     deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
     global _LONG_WAIT
     if dist.get_world_size() > 1:  # made now, on every rank: creating a group is itself a collective
-        _LONG_WAIT = dist.new_group(backend="gloo", timeout=LONG_WAIT)
+        _LONG_WAIT = waiting_group()
 
 
 def wait_for_main() -> None:
