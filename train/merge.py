@@ -28,7 +28,15 @@ from train.merge_config import (
     MergeError,
     TaskArithmeticConfig,
 )
-from train.merge_io import ShardReader, ShardWriter, atomic_dir, check_output, read_json, tokenizer_ids
+from train.merge_io import (
+    ShardReader,
+    ShardWriter,
+    atomic_dir,
+    check_output,
+    read_json,
+    tokenizer_ids,
+    tokenizer_vocab,
+)
 from train.yaml_config import apply_overrides, describe_errors, load_yaml_tree
 
 log = logging.getLogger(__name__)
@@ -412,11 +420,7 @@ def _take_eos_token(template_src: Path, tmp: Path) -> None:
     config = read_json(ours)
     if eos is None or _token_text(config.get("eos_token")) == eos:
         return
-    spec = read_json(tmp / "tokenizer.json") if (tmp / "tokenizer.json").is_file() else {}
-    known = {t.get("content") for t in spec.get("added_tokens", [])} | set(
-        spec.get("model", {}).get("vocab") or {}
-    )
-    if eos in known:
+    if eos in (tokenizer_vocab(tmp) or {}):
         ours.write_text(json.dumps({**config, "eos_token": eos}, indent=2, ensure_ascii=False) + "\n")
 
 

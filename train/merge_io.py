@@ -60,19 +60,28 @@ def weight_map(model: Path) -> dict[str, Path]:
         return dict.fromkeys(f.keys(), single)
 
 
-def tokenizer_ids(model: Path) -> int | None:
-    """One past the highest token id of ``model``'s tokenizer.json (None when it has none).
+def tokenizer_vocab(model: Path) -> dict[str, int] | None:
+    """Token -> id of ``model``'s tokenizer.json, added tokens included (None when it has none).
 
-    Read from the JSON, not through AutoTokenizer: no tokenizer code runs, and a padded vocabulary's
-    holes do not matter, since the question is which embedding rows the tokenizer can reach."""
+    Read from the JSON, not through AutoTokenizer: no tokenizer code runs."""
     path = model / "tokenizer.json"
     if not path.is_file():
         return None
     spec = read_json(path)
     vocab = spec.get("model", {}).get("vocab") or {}
-    ids = list(vocab.values()) if isinstance(vocab, dict) else list(range(len(vocab)))  # Unigram: a list
-    ids += [t["id"] for t in spec.get("added_tokens", [])]
-    return max(ids) + 1 if ids else None
+    if isinstance(vocab, dict):
+        tokens = dict(vocab)
+    else:  # Unigram: a list of [piece, score]
+        tokens = {str(p[0] if isinstance(p, list) and p else p): i for i, p in enumerate(vocab)}
+    tokens.update({t["content"]: t["id"] for t in spec.get("added_tokens", [])})
+    return tokens
+
+
+def tokenizer_ids(model: Path) -> int | None:
+    """One past the highest token id of ``model``'s tokenizer.json (None when it has none): a padded
+    vocabulary's holes do not matter, since the question is which embedding rows the tokenizer can reach."""
+    vocab = tokenizer_vocab(model)
+    return max(vocab.values()) + 1 if vocab else None
 
 
 class ShardReader:

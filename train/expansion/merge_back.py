@@ -165,9 +165,8 @@ def merge_back(
             f"expected {ControlLLMConfig.model_type!r} with an 'expansion' section listing the concat pairs"
         )
     out = Path(out_dir)
-    inputs = [
-        Path(x) for x in (model_dir, alpha_data, metrics) if x is not None
-    ]  # replacing out must spare them
+    # replacing out must spare every input, the alpha data and metrics files included
+    inputs = [Path(x) for x in (model_dir, alpha_data, metrics) if x is not None]
     check_output(out, inputs, overwrite, overwrite_hint="--overwrite (overwrite=True)")
     model = ControlLLMForCausalLM.from_pretrained(model_dir, config=config, dtype="auto")
     if weight is None and model.config.expansion["method"] != "lerp":
