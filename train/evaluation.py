@@ -30,7 +30,7 @@ def result_path(cfg: RunConfig, step: int) -> Path:
 
 def pending(cfg: RunConfig, step: int) -> bool:
     """An eval due at the checkpoint `step` that has no result: a stop signal there saves and skips it (to
-    exit fast), or the run died during it. Rank 0's view, on every rank (the runs see one output_dir)."""
+    exit fast), or the run died during it. Rank 0's view, on every rank (the ranks see one output_dir)."""
     missing = not result_path(cfg, step).is_file() if dist.is_main() else None
     return due(cfg, step, saved=True) and dist.all_gather_object(missing)[0]
 
