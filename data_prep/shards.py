@@ -10,7 +10,9 @@ SFT shards also store labels, since loss masks cannot be derived from the tokens
 from __future__ import annotations
 
 import collections
+import contextlib
 import copy
+import fcntl
 import hashlib
 import itertools
 import json
@@ -220,6 +222,7 @@ def _cpt_rows(source: Source, tokenizer, opts: PackOptions, skips: Skips, stats:
     )
 
 
+_LOCK = ".building"  # in a build's temporary folder, flocked by its builder
 _WORKER: tuple = ()  # (tokenizer, train_on_prompt), inherited by forked workers
 
 
@@ -313,13 +316,32 @@ def _sft_rows(source: Source, tokenizer, opts: PackOptions, skips: Skips, stats:
 
 
 def _remove_killed_builds(folder: Path) -> None:
-    """Delete the temporary folders of this host's earlier builds of `folder` whose process is gone (a kill
-    leaves partial shards of many GB behind); a live one (another rank's, or a reused pid) is left alone."""
+    """Delete the temporary folders of this host's earlier builds of `folder` whose builder is gone (a kill
+    leaves partial shards of many GB behind); a live one (another rank's or another container's) is left alone."""
     ours = re.compile(rf"\.tmp-{re.escape(folder.name)}-{re.escape(socket.gethostname())}-(\d+)")
     for tmp in folder.parent.glob(f".tmp-{folder.name}-*"):
         match = ours.fullmatch(tmp.name)  # host "gpu" must not take host "gpu-2"'s folders for its own
-        if match and not _process_alive(int(match[1])):
+        if match and not _builder_alive(tmp, int(match[1])):
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _builder_alive(tmp: Path, pid: int) -> bool:
+    """A builder holds an flock on its folder's lock file until it ends, so the kernel frees it on a kill
+    whatever the pid namespace (containers sharing a hostname); the pid is the fallback where there is no
+    lock (a folder from before the lock, or a file system without flock)."""
+    try:
+        fd = os.open(tmp / _LOCK, os.O_RDWR)
+    except OSError:
+        return _process_alive(pid)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return _process_alive(pid)
+    finally:
+        os.close(fd)  # also drops the lock just taken
+    return False
 
 
 def _process_alive(pid: int) -> bool:
@@ -337,6 +359,16 @@ def _build(folder: Path, source: Source, tokenizer, opts: PackOptions, key: dict
     tmp = folder.with_name(f".tmp-{folder.name}-{socket.gethostname()}-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
+    lock = os.open(tmp / _LOCK, os.O_RDWR | os.O_CREAT)
+    try:
+        with contextlib.suppress(OSError):  # no flock on this file system: the pid in the name still tells
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        _write_shard(tmp, folder, source, tokenizer, opts, key)
+    finally:
+        os.close(lock)
+
+
+def _write_shard(tmp: Path, folder: Path, source: Source, tokenizer, opts: PackOptions, key: dict) -> None:
     kind, skips, stats, rows = key["kind"], Skips(), {}, 0
     content = hashlib.sha256()  # of the rows as written: what a resume compares, whatever the inputs' paths
     produce = _cpt_rows if kind == "cpt" else _sft_rows
@@ -378,6 +410,7 @@ def _build(folder: Path, source: Source, tokenizer, opts: PackOptions, key: dict
             return
         shutil.rmtree(folder, ignore_errors=True)  # an incomplete folder left by a killed writer
         os.rename(tmp, folder)
+    (folder / _LOCK).unlink()  # only after the rename: until then the lock marks the folder as in use
     log.info("source '%s': %d rows of %d tokens; %s", source.label, rows, opts.seq_len, json.dumps(stats))
 
 

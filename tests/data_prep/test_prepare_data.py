@@ -315,20 +315,37 @@ def test_a_renamed_label_reuses_the_shard_and_digests_as_a_fresh_build(tmp_path)
 
 
 def test_a_killed_builds_temporary_folder_is_removed_by_the_next_build(tmp_path):
+    import fcntl
     import os
     import socket
 
     cfg = load_config(CPT, [f"data.cache_dir={tmp_path}"])
     folder, _ = shards._plan(cfg.data, build_tokenizer(cfg.model))[2][0]
-    host = socket.gethostname()
-    killed = tmp_path / f".tmp-{folder.name}-{host}-{2**22 + 1}"  # above any pid: its process is gone
-    live = tmp_path / f".tmp-{folder.name}-{host}-{os.getppid()}"  # a running process's build stays
-    other_host = tmp_path / f".tmp-{folder.name}-{host}-2-{2**22 + 1}"  # host "<host>-2": not ours to judge
-    for partial in (killed, live, other_host):
-        partial.mkdir(parents=True)
-        (partial / "input_ids.bin").write_bytes(b"\0" * 64)
-    shards.prepare(cfg.data, build_tokenizer(cfg.model))
-    assert not killed.exists() and live.exists() and other_host.exists()
+    host, gone = socket.gethostname(), 2**22 + 1  # a pid above any pid: no such process here
+
+    def partial(name, lock=False):
+        tmp = tmp_path / f".tmp-{folder.name}-{name}"
+        tmp.mkdir(parents=True)
+        (tmp / "input_ids.bin").write_bytes(b"\0" * 64)
+        if lock:
+            (tmp / shards._LOCK).touch()
+        return tmp
+
+    killed = partial(f"{host}-{gone}", lock=True)  # its builder's lock was freed by the kill
+    killed_unlocked = partial(f"{host}-{gone + 1}")  # a folder from before the lock: the pid tells
+    live = partial(f"{host}-{os.getppid()}")  # a running process's build stays
+    other_host = partial(f"{host}-2-{gone}")  # host "<host>-2": not ours to judge
+    # a live builder in another container on this host: its pid means nothing here, its lock is held
+    other_container = partial(f"{host}-{gone + 2}", lock=True)
+    held = os.open(other_container / shards._LOCK, os.O_RDWR)
+    fcntl.flock(held, fcntl.LOCK_EX)
+    try:
+        shards.prepare(cfg.data, build_tokenizer(cfg.model))
+    finally:
+        os.close(held)
+    assert not killed.exists() and not killed_unlocked.exists()
+    assert live.exists() and other_host.exists() and other_container.exists()
+    assert folder.is_dir() and not (folder / shards._LOCK).exists()
 
 
 def test_shards_digest_as_the_checkpoints_before_them_recorded(tmp_path):
