@@ -32,6 +32,9 @@ class ModelConfig(Section):
     --dry-run."""
     name_or_path: str | None = None
     """Hub id or local folder of pretrained weights (from_pretrained)."""
+    revision: str | None = None
+    """Hub revision of name_or_path (a commit hash pins it; a branch or tag moves), also used for the tokenizer
+    when it comes from name_or_path; unset: the default branch as it is at download."""
     tokenizer: str | None = None
     """Tokenizer hub id or folder; defaults to name_or_path, or the bundled tiny one for llama3_tiny."""
     chat_template: Literal["llama3", "tokenizer"] = "llama3"
@@ -68,6 +71,10 @@ class ModelConfig(Section):
         if self.preset is None and self.name_or_path is None:
             raise ValueError(
                 "set model.preset (random init from an architecture) or model.name_or_path (weights)"
+            )
+        if self.revision is not None and self.name_or_path is None:
+            raise ValueError(
+                "model.revision pins the hub weights of model.name_or_path: set it or drop revision"
             )
         return self
 
@@ -560,6 +567,8 @@ def config_hash(cfg: RunConfig, pinned: list[str] | None = None) -> str:
             data[section].pop(leaf)
     if data["model"]["dtype"] == "fp32":  # fp32 weights sum their gradients in fp32 whatever it says
         data["deepspeed"].pop("grad_accum_dtype", None)
+    if data["model"].get("revision") is None:  # added after checkpoints existed, like the sources' revision
+        data["model"].pop("revision", None)
     for source in data["data"]["sources"]:
         for key in UNHASHED_WHEN_UNSET:
             if source.get(key) is None:

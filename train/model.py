@@ -142,6 +142,7 @@ def architecture(cfg: ModelConfig):
         try:
             return AutoConfig.from_pretrained(
                 cfg.name_or_path,
+                revision=_revision(cfg),
                 local_files_only=cfg.preset is not None,
                 trust_remote_code=cfg.trust_remote_code,
                 **_checked_overrides(cfg),
@@ -180,6 +181,16 @@ def _check_preset_matches(cfg: ModelConfig, loaded) -> None:
         )
 
 
+def _revision(cfg: ModelConfig) -> str | None:
+    """model.revision for a hub id; a local folder has no revisions, so one set there is a mistake."""
+    if cfg.revision is not None and Path(cfg.name_or_path).expanduser().is_dir():
+        raise UserError(
+            f"model.revision '{cfg.revision}' pins a hub model, but model.name_or_path '{cfg.name_or_path}' is a "
+            "local folder: drop model.revision"
+        )
+    return cfg.revision
+
+
 def build_model(cfg: ModelConfig, meta: bool = False) -> PreTrainedModel:
     """Pretrained weights when `name_or_path` is set, else a random init of the preset; `meta`: shapes only."""
     dtype = DTYPES[cfg.dtype]
@@ -197,6 +208,7 @@ def build_model(cfg: ModelConfig, meta: bool = False) -> PreTrainedModel:
         try:
             model = AutoModelForCausalLM.from_pretrained(
                 cfg.name_or_path,
+                revision=_revision(cfg),
                 dtype=dtype,
                 attn_implementation=cfg.attn_implementation,
                 trust_remote_code=cfg.trust_remote_code,
@@ -219,7 +231,10 @@ def build_tokenizer(cfg: ModelConfig, added: list[str] | None = None):
     if source is None:
         raise UserError(f"model.preset '{cfg.preset}' has no bundled tokenizer: set model.tokenizer")
     try:
-        tok = AutoTokenizer.from_pretrained(source, trust_remote_code=cfg.trust_remote_code)
+        revision = _revision(cfg) if source == cfg.name_or_path else None
+        tok = AutoTokenizer.from_pretrained(
+            source, revision=revision, trust_remote_code=cfg.trust_remote_code
+        )
     except OSError as e:
         raise UserError(f"cannot load tokenizer '{source}': {e}") from None
     if tok.pad_token is None and "<|finetune_right_pad_id|>" in tok.get_vocab():

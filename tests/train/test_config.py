@@ -235,6 +235,11 @@ def test_runs_of_before_a_new_key_keep_their_hash():
     assert config_hash(pinned) != config_hash(unpinned)
     diff = training_diff(unpinned.model_dump(mode="json"), pinned.model_dump(mode="json"))
     assert diff == ["data.sources[0].revision: None -> 'v1'"]
+    hub_model = ["model.name_or_path=a/b"]
+    pinned = load_config(ROOT / "configs/smoke/cpt_tiny.yaml", [*hub_model, "model.revision=0123abc"])
+    unpinned = load_config(ROOT / "configs/smoke/cpt_tiny.yaml", hub_model)
+    diff = training_diff(unpinned.model_dump(mode="json"), pinned.model_dump(mode="json"))
+    assert config_hash(pinned) != config_hash(unpinned) and diff == ["model.revision: None -> '0123abc'"]
     switched = [  # speed and memory switches
         "model.attn_implementation=eager",
         "deepspeed.overlap_comm=false",
@@ -254,6 +259,50 @@ def test_runs_of_before_a_new_key_keep_their_hash():
     assert (
         config_hash(load_config(ROOT / "configs/smoke/cpt_tiny.yaml", switched + old)) == "0e0e77a0b8800e97"
     )
+
+
+def test_a_model_revision_needs_hub_weights_to_pin(tmp_path):
+    from train.model import build_tokenizer
+
+    with pytest.raises(UserError, match="model.revision pins the hub weights of model.name_or_path"):
+        load_config(ROOT / "configs/smoke/cpt_tiny.yaml", ["model.revision=main"])
+    local = [f"model.name_or_path={tmp_path}", "model.revision=main"]
+    with pytest.raises(UserError, match="is a local folder: drop model.revision"):
+        build_tokenizer(load_config(ROOT / "configs/smoke/cpt_tiny.yaml", local).model)
+
+
+def test_a_model_revision_reaches_the_hub_loader(tmp_path):
+    # A hub cache holding two snapshots of a/b: the pinned one loads; the default branch points at a broken one.
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    pinned, moved = "a" * 40, "b" * 40
+    repo = tmp_path / "hub/models--a--b"
+    shutil.copytree(ROOT / "data_prep/assets/llama3_tiny_tokenizer", repo / "snapshots" / pinned)
+    (repo / "snapshots" / pinned / "config.json").write_text('{"model_type": "llama"}')
+    (repo / "snapshots" / moved).mkdir()
+    (repo / "refs").mkdir()
+    (repo / "refs/main").write_text(moved)
+    both = f"""
+import sys
+from train.config import load_config
+from train.errors import UserError
+from train.model import build_tokenizer
+hub = ["model.name_or_path=a/b"]
+print(len(build_tokenizer(load_config(sys.argv[1], [*hub, "model.revision={pinned}"]).model)))
+try:
+    build_tokenizer(load_config(sys.argv[1], hub).model)
+except UserError as e:
+    print(e)
+"""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path / "hub")}
+    args = [sys.executable, "-c", both, str(ROOT / "configs/smoke/cpt_tiny.yaml")]
+    out = subprocess.run(args, env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    size, unpinned = out.stdout.splitlines()[:2]
+    assert size == "2048" and unpinned.startswith("cannot load tokenizer 'a/b'")
 
 
 def test_a_checkpoints_own_config_is_not_refused_by_checks_added_since(tmp_path):
