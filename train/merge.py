@@ -138,18 +138,22 @@ def load_config(source: str | Path | dict, overrides: Sequence[str] = ()) -> Mer
 
 
 def resolve_model(ref: str) -> Path:
-    """A local model directory, or a hub id downloaded (weights, config and tokenizer only)."""
+    """A local model directory, or a hub id (`org/name`, or `org/name@revision` to pin a commit) downloaded
+    (weights, config and tokenizer only)."""
     path = Path(ref).expanduser()
     if path.is_dir():
         return path.resolve()
-    if ref.startswith((".", "/", "~")) or ref.count("/") != 1:
-        raise MergeError(f"model '{ref}' is neither an existing directory nor a hub id like org/name")
+    repo, _, revision = ref.partition("@")
+    if ref.startswith((".", "/", "~")) or repo.count("/") != 1 or ref.endswith("@"):
+        raise MergeError(
+            f"model '{ref}' is neither an existing directory nor a hub id like org/name or org/name@revision"
+        )
     from huggingface_hub import snapshot_download
 
     patterns = ["*.safetensors", "*.json", "*.jinja", "*.py", "tokenizer.model"]
     try:
-        return Path(snapshot_download(ref, allow_patterns=patterns))
-    except OSError as err:  # hub errors (missing repo, gated, offline) are all OSErrors
+        return Path(snapshot_download(repo, revision=revision or None, allow_patterns=patterns))
+    except OSError as err:  # hub errors (missing repo, gated, offline, unknown revision) are all OSErrors
         raise MergeError(f"could not fetch '{ref}' from the Hugging Face hub: {err}") from None
 
 

@@ -444,6 +444,26 @@ def test_existing_output_needs_overwrite(trio, tmp_path):
         merge(load_config({**hub, "output": str(out)}))
 
 
+def test_a_hub_input_pins_its_revision_after_an_at(tmp_path, monkeypatch):
+    import huggingface_hub.constants
+
+    from train.merge import resolve_model
+
+    pinned, moved = "a" * 40, "b" * 40  # two snapshots of org/m; the default branch is at the second
+    for commit in (pinned, moved):
+        (tmp_path / "models--org--m/snapshots" / commit).mkdir(parents=True)
+    (tmp_path / "models--org--m/refs").mkdir()
+    (tmp_path / "models--org--m/refs/main").write_text(moved)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
+    assert resolve_model(f"org/m@{pinned}").name == pinned and resolve_model("org/m").name == moved
+    with pytest.raises(MergeError, match="could not fetch 'org/m@c+' from the Hugging Face hub"):
+        resolve_model("org/m@" + "c" * 40)
+    for bad in ("org/m@", "org@x"):
+        with pytest.raises(MergeError, match="nor a hub id like org/name or org/name@revision"):
+            resolve_model(bad)
+
+
 @pytest.mark.parametrize(
     "output", ["models", "models/cpt", "models/cpt/merged"], ids=["holds", "is", "inside"]
 )
