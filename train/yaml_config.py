@@ -6,6 +6,8 @@ from __future__ import annotations
 import copy
 import difflib
 import re
+import types
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -22,26 +24,85 @@ class Section(BaseModel):
     @field_validator("*", mode="before")
     @classmethod
     def _no_bool_for_numbers(cls, value: Any, info) -> Any:
-        # pydantic's lax mode reads `max_steps: true` as 1; a boolean where a number belongs is a mistake.
-        if isinstance(value, bool) and _numbers_only(cls.model_fields[info.field_name].annotation):
+        # pydantic's lax mode reads `max_steps: true` as 1; a boolean where a number belongs is a mistake,
+        # also inside a list or mapping of numbers (betas, stage weights)
+        annotation = cls.model_fields[info.field_name].annotation
+        if isinstance(value, bool) and _numbers_only(annotation):
             raise PydanticCustomError("bool_for_number", "expects a number, not true/false")
+        items = (
+            value.values() if isinstance(value, dict) else value if isinstance(value, list | tuple) else ()
+        )
+        if any(isinstance(v, bool) for v in items) and _numbers_inside(annotation):
+            raise PydanticCustomError("bool_for_number", "expects numbers, not true/false")
         return value
 
 
+def _kinds(annotation: Any) -> list:
+    """The members of an optional or union annotation, Annotated[...] unwrapped."""
+    members = (
+        typing.get_args(annotation)
+        if typing.get_origin(annotation) in (typing.Union, types.UnionType)
+        else (annotation,)
+    )
+    members = [typing.get_args(m)[0] if typing.get_origin(m) is typing.Annotated else m for m in members]
+    return [m for m in members if m is not type(None)]
+
+
 def _numbers_only(annotation: Any) -> bool:
-    kinds = [a for a in getattr(annotation, "__args__", (annotation,)) if a is not type(None)]
+    kinds = _kinds(annotation)
     return bool(kinds) and all(k in (int, float) for k in kinds)
+
+
+def _numbers_inside(annotation: Any) -> bool:
+    """A list, tuple or mapping whose values are numbers (a mapping's keys are names)."""
+    for kind in _kinds(annotation):
+        origin, args = typing.get_origin(kind), typing.get_args(kind)
+        if origin is dict:
+            args = args[1:]
+        if (
+            origin in (list, tuple, dict)
+            and args
+            and all(_numbers_only(a) for a in args if a is not Ellipsis)
+        ):
+            return True
+    return False
 
 
 class _Loader(yaml.SafeLoader):
     """YAML as people write configs: `5e5` and `1e-6` are numbers (PyYAML follows YAML 1.1, where floats need
-    a dot), and `2024-06-01` stays text (a run name or a dataset revision, not a date)."""
+    a dot), `2024-06-01` stays text (a run name or a dataset revision, not a date), only true / false are
+    booleans (YAML 1.2: `no` is Norwegian in a language list), and a key given twice in one mapping is an error
+    (PyYAML keeps the last one silently, so a second `optim:` block would drop the first)."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen = set()
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                if isinstance(key, str | int | float | bool) and key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        "while reading a mapping",
+                        node.start_mark,
+                        f"key '{key}' is given twice",
+                        key_node.start_mark,
+                    )
+                seen.add(key)
+        return super().construct_mapping(node, deep)
 
 
 _Loader.yaml_implicit_resolvers = {
-    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+    first: [
+        (tag, rx)
+        for tag, rx in resolvers
+        if tag not in ("tag:yaml.org,2002:timestamp", "tag:yaml.org,2002:bool")
+    ]
     for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
 }
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
 _Loader.add_implicit_resolver(
     "tag:yaml.org,2002:float",
     re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
@@ -92,6 +153,8 @@ def load_yaml_tree(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict:
         raise UserError(f"{path}: 'extends' takes a file name or a list of them, got {parents!r}")
     merged: dict = {}
     for parent in parents:
+        if not (path.parent / parent).is_file():
+            raise UserError(f"{path}: extends '{parent}', but {path.parent / parent} is not a file")
         merged = _deep_merge(merged, load_yaml_tree(path.parent / parent, (*_seen, path)))
     return _deep_merge(merged, data)
 
@@ -106,7 +169,9 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
         key, raw = item.split("=", 1)
         try:
             value = parse_yaml(raw)
-        except yaml.YAMLError:
+        except yaml.YAMLError as e:
+            if raw.lstrip().startswith(("[", "{")):  # meant as a list or mapping: not text with a typo in it
+                raise UserError(f"--set {item!r}: the value is not valid YAML ({e.problem})") from None
             value = raw
         parts = key.strip().split(".")
         node: Any = data
@@ -168,7 +233,12 @@ def _describe(err: dict, root: type[BaseModel]) -> str:
         msg = str(err["msg"]).removeprefix("Value error, ")
         return f"'{key}': {msg}." if loc and key not in msg else f"{msg}."
     got = err.get("input")
-    return f"'{key}': {err['msg']} (got {got!r} of type {type(got).__name__})."
+    quote = ""
+    if err["type"] == "string_type" and isinstance(
+        got, int | float | bool
+    ):  # YAML typed it: `123e4567`, `1.0`
+        quote = " YAML reads that as a number or boolean: quote it to keep it text."
+    return f"'{key}': {err['msg']} (got {got!r} of type {type(got).__name__}).{quote}"
 
 
 def describe_errors(err: ValidationError, root: type[BaseModel]) -> str:

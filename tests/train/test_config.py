@@ -61,6 +61,17 @@ def test_boolean_is_not_a_number(tmp_path, override):
     assert f"'{key}': expects a number, not true/false" in _error(_child(tmp_path, ""), [override])
 
 
+@pytest.mark.parametrize(
+    "override",
+    ["optim.betas=[false, 0.9]", "data.stages=[{weights: {tiny_cpt: true}}]"],
+    ids=["list", "mapping"],
+)
+def test_boolean_is_not_a_number_inside_a_list_or_mapping(tmp_path, override):
+    # pydantic would read beta1 `false` as 0 and a stage weight `true` as 1.0
+    msg = _error(_child(tmp_path, ""), [override])
+    assert f"'{override.split('=')[0]}" in msg and "expects numbers, not true/false" in msg
+
+
 def test_missing_required_key(tmp_path):
     msg = _error(_write(tmp_path, "output_dir: x\n"))
     assert "missing required key 'model'" in msg
@@ -174,6 +185,32 @@ def test_unreadable_recipe_files(tmp_path, text, fragment):
     path = tmp_path / "c.yaml"
     path.write_bytes(text) if isinstance(text, bytes) else path.write_text(text)
     assert fragment in _error(path)
+
+
+def test_a_key_given_twice_is_an_error_not_the_last_one_silently(tmp_path):
+    # PyYAML keeps the last `optim:` block, dropping the first one's lr without a word
+    msg = _error(_child(tmp_path, "optim:\n  lr: 1.0e-3\ntracking: none\noptim:\n  weight_decay: 0.0\n"))
+    assert "c.yaml is not valid YAML" in msg and "key 'optim' is given twice" in msg and "line 5" in msg
+    assert "key 'max_steps' is given twice" in _error(
+        _child(tmp_path, ""), ["train={max_steps: 1, max_steps: 2}"]
+    )
+
+
+def test_only_true_and_false_are_booleans_and_numbers_where_text_belongs_say_quote_it(tmp_path):
+    # YAML 1.1 reads `no` (Norwegian) and `off` as false; a config means the text
+    child = _child(tmp_path, "tracking:\n  run_name: no\n")
+    assert load_config(child).tracking.run_name == "no"
+    msg = _error(_child(tmp_path, ""), ["data.sources=[{hub_id: a/b, revision: 123e4567}]"])
+    assert "'data.sources.0.revision'" in msg and "quote it to keep it text" in msg
+
+
+def test_a_missing_parent_names_the_file_that_extends_it(tmp_path):
+    msg = _error(_write(tmp_path, "extends: nope.yaml\n"))
+    assert f"{tmp_path / 'c.yaml'}: extends 'nope.yaml', but {tmp_path / 'nope.yaml'} is not a file" in msg
+
+
+def test_a_set_value_meant_as_a_list_must_parse(tmp_path):
+    assert "the value is not valid YAML" in _error(_child(tmp_path, ""), ["optim.betas=[0.9, 0.95"])
 
 
 def test_extends_cycle_is_reported(tmp_path):
