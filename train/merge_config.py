@@ -98,6 +98,8 @@ class ExpoConfig(MergeConfig):
 
 def parse_size(value: int | str) -> int:
     """Bytes from an int or a string such as '5GB' or '4MiB'."""
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise ValueError(f"cannot read size {value!r}; write a byte count or e.g. 5GB, 500MB or 4MiB")
     if isinstance(value, int):
         size = value
     else:

@@ -558,8 +558,11 @@ def test_config_errors_name_key_and_suggest_fix(tmp_path):
         load_config({**good, "models": {"dpo": "a/b", "stf": "c/d"}})
     with pytest.raises(MergeConfigError, match="missing required key 'output'"):
         load_config({k: v for k, v in good.items() if k != "output"})
-    with pytest.raises(MergeConfigError, match="'max_shard_size': cannot read size 'lots'"):
-        load_config({**good, "max_shard_size": "lots"})
+    for size in ("lots", 4.5, [1]):
+        with pytest.raises(
+            MergeConfigError, match=f"'max_shard_size': cannot read size {re.escape(repr(size))}"
+        ):
+            load_config({**good, "max_shard_size": size})
     with pytest.raises(MergeConfigError, match="'alpha': expects a number, not true/false"):
         load_config({**good, "alpha": True})
     cfg = load_config(good, ["alpha=0.5", "max_shard_size=4MiB"])
