@@ -55,8 +55,10 @@ class ModelConfig(Section):
     liger: bool = False
     """Liger's Triton kernels (RMSNorm, SwiGLU MLP) swapped into this model's modules at build; CUDA only."""
     trust_remote_code: bool = False
-    overrides: dict[str, int | float | str | bool] = Field(default_factory=dict)
-    """Architecture fields changed on top of the preset (e.g. num_hidden_layers)."""
+    overrides: dict[str, int | float | str | bool | dict[str, int | float | str | None]] = Field(
+        default_factory=dict
+    )
+    """Architecture fields changed on top of the preset (e.g. num_hidden_layers; rope_scaling takes a mapping)."""
     add_tokens: str | None = None
     """Vocabulary expansion: a text file with one new token per line; new embedding rows start as the mean
     of the token's pieces under the original tokenizer."""
@@ -466,8 +468,6 @@ class RunConfig(Section):
                 "train.epochs counts passes over the data in its natural proportions; with data.stages or "
                 "data.sources[].weight the mixture decides what is seen: give train.max_tokens instead"
             )
-        if self.model.preset is None and self.model.tokenizer is None and self.model.name_or_path is None:
-            raise ValueError("set model.tokenizer")
         return self
 
     @property
@@ -490,6 +490,33 @@ class RunConfig(Section):
         if self.train.max_tokens is not None:
             return -(-self.train.max_tokens // self.tokens_per_step)
         return -(-self.epoch_rows(num_rows) // self.rows_per_step)
+
+    def check_plan(self, total_steps: int) -> None:
+        """Refuse settings the run's length makes impossible (as soon as it is known: before data preparation
+        unless train.epochs needs the packed rows)."""
+        s, e = self.schedule, self.eval
+        if s.name == "wsd" and s.warmup_steps + s.decay_steps > total_steps:
+            raise UserError(
+                f"schedule.warmup_steps ({s.warmup_steps}) + schedule.decay_steps ({s.decay_steps}) exceed the "
+                f"run's {total_steps} steps: the decay would start inside the warmup; shorten them"
+            )
+        if e.suites and e.every_steps is not None and e.every_steps > total_steps and not e.at_checkpoints:
+            raise UserError(
+                f"eval.every_steps ({e.every_steps}) is past the run's {total_steps} steps and eval.at_checkpoints "
+                "is false: no eval would run; lower eval.every_steps or set eval.at_checkpoints: true"
+            )
+        budget, before = (
+            total_steps * self.tokens_per_step,
+            0,
+        )  # stage budgets count real tokens: at most this
+        for i, stage in enumerate(self.data.stages):
+            if before >= budget:
+                raise UserError(
+                    f"data.stages.{i} never trains: the stages before it take {before} tokens, the run at most "
+                    f"{budget} ({total_steps} steps x {self.tokens_per_step} tokens); shorten "
+                    f"data.stages.{i - 1}.tokens or raise the train.* budget"
+                )
+            before += stage.tokens or 0
 
     def epoch_rows(self, num_rows: int | None) -> int:
         """The rows train.epochs trains, each once per pass: the last step masks the rows past them."""

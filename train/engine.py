@@ -61,11 +61,7 @@ def lr_lambda(cfg: RunConfig, total_steps: int) -> Callable[[int], float]:
         )
     if s.name == "constant" and s.min_lr != 0 and dist.is_main():  # e.g. inherited from a cosine recipe
         log.warning("schedule.min_lr (%g) is unused: a constant schedule does not decay", s.min_lr)
-    if s.name == "wsd" and s.warmup_steps + s.decay_steps > total_steps:
-        raise UserError(
-            f"schedule.warmup_steps ({s.warmup_steps}) + schedule.decay_steps ({s.decay_steps}) exceed the "
-            f"run's {total_steps} steps: the decay would start inside the warmup; shorten them"
-        )
+    cfg.check_plan(total_steps)  # train() checked it before data preparation; other callers get it here
 
     def factor(step: int) -> float:
         if step < s.warmup_steps:
@@ -98,15 +94,20 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     ]
 
 
+def check_optimizer(cfg: RunConfig) -> None:
+    """What the optimizer needs from the machine, before data preparation."""
+    if cfg.optim.name == "fused_adam" and not torch.cuda.is_available():
+        raise UserError("optim.name 'fused_adam' needs a CUDA GPU; use 'adamw_torch' on CPU")
+
+
 def build_optimizer(cfg: RunConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
     o = cfg.optim
     groups = param_groups(model, o.weight_decay)
     kwargs = dict(lr=o.lr, betas=o.betas, eps=o.eps)
     if o.name == "adamw_torch":
         return torch.optim.AdamW(groups, fused=o.fused or None, **kwargs)
+    check_optimizer(cfg)
     if o.name == "fused_adam":
-        if not torch.cuda.is_available():
-            raise UserError("optim.name 'fused_adam' needs a CUDA GPU; use 'adamw_torch' on CPU")
         from deepspeed.ops.adam import FusedAdam
 
         try:  # DeepSpeed compiles the op here: no nvcc or ninja, or a CUDA mismatch, fails it

@@ -27,7 +27,13 @@ from train import checkpoint, evaluation
 from train import distributed as dist
 from train.chunked_loss import chunked_head
 from train.config import RunConfig, config_hash, dump_yaml
-from train.engine import apply_optim_settings, apply_weight_decay_rule, build_engine, deepspeed_config
+from train.engine import (
+    apply_optim_settings,
+    apply_weight_decay_rule,
+    build_engine,
+    check_optimizer,
+    deepspeed_config,
+)
 from train.errors import UserError
 from train.faults import maybe_fault
 from train.model import (
@@ -36,6 +42,7 @@ from train.model import (
     build_for_training,
     build_tokenizer,
     check_hardware,
+    check_positions,
     count_parameters,
     flops_per_token,
     peak_tflops,
@@ -274,18 +281,27 @@ def train(
         raise UserError(
             f"eval.data_dir {cfg.eval.data_dir} is not a folder (the benchmark files, docs/eval.md)"
         )
-    build_for_training(cfg, meta=True)  # the model's settings (LoRA targets, overrides) fail before data prep
+    # everything the config alone decides fails before data preparation, which can take hours
+    shape = build_for_training(cfg, meta=True)  # the model's settings (LoRA targets, overrides)
+    check_positions(cfg, shape.config)
     check_hardware(cfg.model)  # and the GPU-only ones
+    check_optimizer(cfg)
+    if cfg.train.epochs is None:  # else the run's length needs the packed rows
+        cfg.check_plan(cfg.total_steps())
     dist.init()
     checkpoint.check_shared_output_dir(cfg, folder)
+    if folder is not None:
+        saved = checkpoint.check_complete(folder)
+        checkpoint.check_compatible(cfg, saved, folder, allow_config_change)
     seed_everything(cfg.seed)
     tokenizer = build_tokenizer(cfg.model)
+    if len(tokenizer) > shape.config.vocab_size:
+        raise UserError(
+            f"the tokenizer has {len(tokenizer)} tokens, the model's vocabulary only {shape.config.vocab_size}"
+        )
+    del shape
     data = prepare(cfg.data, tokenizer)
     model = build_for_training(cfg)
-    if len(tokenizer) > model.config.vocab_size:
-        raise UserError(
-            f"the tokenizer has {len(tokenizer)} tokens, the model's vocabulary only {model.config.vocab_size}"
-        )
     counts = count_parameters(model)
     flops_token = flops_per_token(model, cfg.data.seq_len)
     total_steps = cfg.total_steps(len(data))
@@ -313,8 +329,6 @@ def train(
         "added_tokens": added_tokens(model),
     }
     if folder is not None:
-        saved = checkpoint.check_complete(folder)
-        checkpoint.check_compatible(cfg, saved, folder, allow_config_change)
         checkpoint.check_same_data(saved, state["data"], folder, allow_data_change)
         checkpoint.check_same_added_tokens(saved, state["added_tokens"], folder)
         if saved["step"] > total_steps:  # before loading: nothing would train
@@ -421,8 +435,10 @@ def dry_run(cfg: RunConfig) -> str:
     import json
 
     model = build_for_training(cfg, meta=True)
+    check_positions(cfg, model.config)  # what a run refuses before its data, a dry run refuses too
     world = dist.world_size()
     if cfg.train.epochs is None:
+        cfg.check_plan(cfg.total_steps())
         steps = f"{cfg.total_steps():,}"
     else:
         steps = f"train.epochs={cfg.train.epochs} x packed rows / {cfg.rows_per_step} rows per step (after data preparation)"

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from huggingface_hub.errors import StrictDataclassError
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, PreTrainedModel
 
 import data_prep
@@ -87,7 +88,20 @@ def preset_config(cfg: ModelConfig) -> LlamaConfig:
         close = difflib.get_close_matches(str(cfg.preset), PRESETS, n=1)
         hint = f" Did you mean '{close[0]}'?" if close else ""
         raise UserError(f"unknown model.preset '{cfg.preset}'.{hint} Known presets: {', '.join(PRESETS)}.")
-    return LlamaConfig(**{**PRESETS[cfg.preset], **_checked_overrides(cfg)})
+    with _overrides_named(cfg):
+        return LlamaConfig(**{**PRESETS[cfg.preset], **_checked_overrides(cfg)})
+
+
+@contextlib.contextmanager
+def _overrides_named(cfg: ModelConfig):
+    """transformers' own checks of the architecture (types, head counts, the pad id inside the vocabulary) as
+    an error naming model.overrides, which is where a bad value comes from."""
+    try:
+        yield
+    except (StrictDataclassError, TypeError, ValueError, AssertionError) as e:
+        if not cfg.overrides:
+            raise
+        raise UserError(f"model.overrides {cfg.overrides} give an invalid Llama architecture: {e}") from None
 
 
 def _checked_overrides(cfg: ModelConfig) -> dict:
@@ -132,6 +146,17 @@ def check_hardware(cfg: ModelConfig) -> None:
         check_liger()
 
 
+def check_positions(cfg, config) -> None:
+    """A row longer than the positions the model was trained for runs RoPE past them without an error."""
+    positions = getattr(config, "max_position_embeddings", None)
+    if positions is not None and cfg.data.seq_len > positions:
+        raise UserError(
+            f"data.seq_len ({cfg.data.seq_len}) exceeds the model's max_position_embeddings ({positions}): lower "
+            "data.seq_len, or extend the context on purpose with model.overrides (max_position_embeddings and "
+            "rope_scaling)"
+        )
+
+
 def architecture(cfg: ModelConfig):
     """The model's config (overrides applied): the weights' config.json when it is on this machine (a
     folder or the hub cache; exports need its eos ids and rope settings), else the preset's (a dry run
@@ -140,13 +165,14 @@ def architecture(cfg: ModelConfig):
 
     if cfg.name_or_path is not None:
         try:
-            return AutoConfig.from_pretrained(
-                cfg.name_or_path,
-                revision=_revision(cfg),
-                local_files_only=cfg.preset is not None,
-                trust_remote_code=cfg.trust_remote_code,
-                **_checked_overrides(cfg),
-            )
+            with _overrides_named(cfg):
+                return AutoConfig.from_pretrained(
+                    cfg.name_or_path,
+                    revision=_revision(cfg),
+                    local_files_only=cfg.preset is not None,
+                    trust_remote_code=cfg.trust_remote_code,
+                    **_checked_overrides(cfg),
+                )
         except OSError as e:
             if cfg.preset is None:
                 raise UserError(
@@ -199,7 +225,7 @@ def build_model(cfg: ModelConfig, meta: bool = False) -> PreTrainedModel:
             _check_attention(cfg)
         # shapes only: any kernel will do, and dry runs and exports must work where flash-attn is not installed
         attention = "sdpa" if meta else cfg.attn_implementation
-        with torch.device("meta") if meta else contextlib.nullcontext():
+        with torch.device("meta") if meta else contextlib.nullcontext(), _overrides_named(cfg):
             model = AutoModelForCausalLM.from_config(
                 architecture(cfg), dtype=dtype, attn_implementation=attention
             )

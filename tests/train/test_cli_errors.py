@@ -107,6 +107,12 @@ def test_resume_refuses_changed_training_config(tmp_path, capsys, monkeypatch):
     assert r.returncode == 0, r.stderr[-2000:]
     r = _train_here(tmp_path, capsys, monkeypatch, "train.max_steps=2", "optim.lr=0.002", resume="auto")
     _check(r, "different config", "optim.lr: 0.003 -> 0.002", "--allow-config-change")
+    shards = sorted((tmp_path / "cache").iterdir())
+    r = _train_here(tmp_path, capsys, monkeypatch, "train.max_steps=2", "data.seq_len=64", resume="auto")
+    _check(r, "different config", "data.seq_len: 128 -> 64")
+    assert (
+        sorted((tmp_path / "cache").iterdir()) == shards
+    )  # refused before a shard of the new length was built
 
     # a fresh run would replace and prune these checkpoints
     _check(_train_here(tmp_path, capsys, monkeypatch, "train.max_steps=2"), "already holds checkpoints")
@@ -175,6 +181,26 @@ def test_model_and_eval_settings_fail_before_data_preparation(tmp_path, capsys, 
         tmp_path, capsys, monkeypatch, "eval.suites=[cl_mmlu]", "eval.every_steps=1", "eval.data_dir=/nope"
     )
     _check(r, "eval.data_dir /nope is not a folder")
+    two = "data.sources=[{path: data_prep/samples/multilingual_cpt.jsonl, label: a}, {path: data_prep/samples/ja_cpt.jsonl, label: b}]"
+    refused = {  # settings the config alone makes impossible, each refused before the data is tokenized
+        ("data.seq_len=8192",): "data.seq_len (8192) exceeds the model's max_position_embeddings (4096)",
+        (
+            "model.overrides.num_attention_heads=5",
+        ): "model.overrides {'num_attention_heads': 5} give an invalid",
+        ("optim.name=fused_adam",): "optim.name 'fused_adam' needs a CUDA GPU",
+        ("schedule.name=wsd", "schedule.decay_steps=100"): "exceed the run's 40 steps",
+        ("eval.suites=[cl_mmlu]", "eval.every_steps=1000", f"eval.data_dir={tmp_path}"): (
+            "eval.every_steps (1000) is past the run's 40 steps"
+        ),
+        (
+            two,
+            "train.max_steps=null",
+            "train.max_tokens=10000",
+            "data.stages=[{tokens: 1000000, weights: {a: 1}}, {weights: {b: 1}}]",
+        ): "data.stages.1 never trains: the stages before it take 1000000 tokens",
+    }
+    for sets, fragment in refused.items():
+        _check(_train_here(tmp_path, capsys, monkeypatch, *sets), fragment)
     assert not (tmp_path / "cache").exists()  # nothing was prepared
 
 

@@ -298,6 +298,20 @@ def test_runs_of_before_a_new_key_keep_their_hash():
     )
 
 
+def test_rope_scaling_overrides_take_a_mapping():
+    from train.model import build_for_training
+
+    cfg = load_config(
+        ROOT / "configs/smoke/cpt_tiny.yaml",
+        ["model.overrides.rope_scaling={rope_type: linear, factor: 2.0}"],
+    )
+    assert build_for_training(cfg, meta=True).config.rope_parameters == {
+        "rope_type": "linear",
+        "factor": 2.0,
+        "rope_theta": 500000.0,
+    }
+
+
 def test_a_model_revision_needs_hub_weights_to_pin(tmp_path):
     from train.model import build_tokenizer
 
