@@ -101,6 +101,12 @@ def resolve(spec) -> Source:
     if path is None and hub_id is None and entry is None:
         raise DataError("a data source needs a 'name' from the registry, a 'path' or a 'hub_id'")
     label = getattr(spec, "label", None) or name or path or hub_id
+    split = getattr(spec, "split", None)
+    if split is not None and path is not None and not (Path(path) / "dataset_dict.json").is_file():
+        raise DataError(  # a file or glob has no splits: every row would train
+            f"data source '{label}': split '{split}' selects a split of a hub dataset or of a DatasetDict "
+            f"save_to_disk folder, and {path} is neither: drop split, or point path at the split's files"
+        )
     data_files = getattr(spec, "data_files", None)
     if entry is not None and entry.data_files and data_files is None:
         if path is None and hub_id in (None, entry.hub_id):
@@ -119,5 +125,5 @@ def resolve(spec) -> Source:
         hub_id=None if path else (hub_id or entry.hub_id),
         data_files=None if path else data_files,
         revision=None if path else getattr(spec, "revision", None),
-        split=getattr(spec, "split", None) or (entry.split if entry else "train"),
+        split=split or (entry.split if entry else "train"),
     )

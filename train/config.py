@@ -138,6 +138,15 @@ class ExpansionSection(Section):
         return self
 
 
+# adapter options -> the one adapter that reads each
+_OPTION_READER = {
+    "text_key": "text",
+    "messages_key": "messages",
+    "alpaca_input": "alpaca",
+    "langs": "oasst_top1",
+}
+
+
 class SourceConfig(Section):
     name: str | None = None
     """A dataset from the registry (data_prep/registry.py: alpaca_zh, oasst2_en_top1, syne_web_cn, ...)."""
@@ -169,7 +178,7 @@ class SourceConfig(Section):
     """Share of training tokens (relative to the other sources); unset on all: natural shares."""
 
     @model_validator(mode="after")
-    def _one_location(self) -> SourceConfig:
+    def _one_location(self, info: ValidationInfo) -> SourceConfig:
         from data_prep.adapters import ADAPTERS, suggest
         from data_prep.registry import DATASETS
 
@@ -193,6 +202,19 @@ class SourceConfig(Section):
             )
         if self.name is None and self.path is None and self.hub_id is None:
             raise ValueError("each data source needs a registry 'name', a 'path' or a 'hub_id'")
+        adapter = self.adapter or (DATASETS[self.name].adapter if self.name else "text")
+        # an option the source's adapter never reads would look as if it took effect
+        unread = {
+            key: reader
+            for key, reader in _OPTION_READER.items()
+            if getattr(self, key) != type(self).model_fields[key].default and adapter != reader
+        }
+        if unread and not _stored(info):  # a checkpoint's config trained as it was
+            readers = ", ".join(f"{key} by {reader}" for key, reader in unread.items())
+            raise ValueError(
+                f"data source {', '.join(unread)} is not read by its adapter '{adapter}' (only {readers}): "
+                "drop it or set the source's adapter"
+            )
         if self.label is None:
             self.label = self.name or self.path or self.hub_id
         return self

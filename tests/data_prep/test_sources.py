@@ -81,6 +81,12 @@ def test_a_datasetdict_folder_gives_only_the_configured_split(tmp_path):
         DataError, match=rf"{folder}: no split 'dev' .*its splits are: train, test, validation"
     ):
         _docs(folder, split="dev")
+    plain = tmp_path / "rows.jsonl"  # a file has no splits: its every row would train
+    plain.write_text('{"text": "a"}\n')
+    with pytest.raises(
+        DataError, match=rf"split 'test' selects a split .* and {plain} is neither: drop split"
+    ):
+        resolve(Spec(path=str(plain), split="test"))
 
 
 def test_a_hub_source_is_identified_by_its_files_and_revision():

@@ -298,6 +298,27 @@ def test_runs_of_before_a_new_key_keep_their_hash():
     )
 
 
+@pytest.mark.parametrize(
+    ("source", "fragment"),
+    [
+        (
+            "{name: alpaca_zh, langs: [en]}",
+            "langs is not read by its adapter 'alpaca' (only langs by oasst_top1)",
+        ),
+        ("{path: a.jsonl, messages_key: chat}", "messages_key is not read by its adapter 'text'"),
+        (
+            "{path: a.jsonl, adapter: messages, alpaca_input: concat}",
+            "alpaca_input is not read by its adapter",
+        ),
+        ("{path: a.jsonl, adapter: alpaca, text_key: body}", "text_key is not read by its adapter 'alpaca'"),
+    ],
+)
+def test_an_adapter_option_its_adapter_does_not_read_is_refused(tmp_path, source, fragment):
+    assert fragment in _error(_child(tmp_path, ""), [f"data.sources=[{source}]"])
+    read = "{name: oasst2_en_top1, langs: [en, de]}"  # the registry's adapter reads it
+    assert load_config(_child(tmp_path, ""), [f"data.sources=[{read}]"]).data.sources[0].langs == ["en", "de"]
+
+
 def test_rope_scaling_overrides_take_a_mapping():
     from train.model import build_for_training
 
