@@ -87,6 +87,21 @@ def test_alpaca_history_pairs_come_first():
     )
 
 
+def test_alpaca_history_keeps_every_pair_in_order(tmp_path):
+    f = tmp_path / "rows.jsonl"
+    row = {"instruction": "U3", "input": "", "output": "A3", "history": [["U1", "A1"], ["U2", "A2"]]}
+    f.write_text(json.dumps(row) + "\n")
+    (out,) = records(adapter="alpaca", path=str(f))
+    assert out["messages"] == conv(
+        ("user", "U1"),
+        ("assistant", "A1"),
+        ("user", "U2"),
+        ("assistant", "A2"),
+        ("user", "U3"),
+        ("assistant", "A3"),
+    )
+
+
 def test_messages_dialog_as_json_string_and_list():
     out = records(name="llama3_8b_chat", path=str(FIX / "llama3_8b_chat.jsonl"))
     assert [r["messages"] for r in out] == [
@@ -115,7 +130,8 @@ def test_sharegpt_oasst1_ja():
 def test_oasst2_top1_threads_and_language_filter():
     out = records(name="oasst2_en_top1", path=str(FIX / "oasst2_messages.jsonl"))
     assert [r["messages"] for r in out] == [
-        # rank-1 and deleted answers, and a second prompter leaf, are not threads
+        # rank-1 and deleted answers, a second prompter leaf, unranked sibling answers and the trees whose
+        # root failed review are not threads
         conv(
             ("user", "What is a monad?"),
             ("assistant", "A monad chains computations."),
@@ -170,6 +186,16 @@ def test_every_named_dataset_has_a_known_adapter():
     assert len([n for n in DATASETS if n.startswith("syne_")]) == 12
     for name in DATASETS:
         assert resolve(SimpleNamespace(name=name)).hub_id == DATASETS[name].hub_id
+
+
+def test_oasst2_top1_reads_both_hub_splits_in_english():
+    # the top-1 derivation uses train and validation together (datasets.md section 7)
+    source = resolve(SimpleNamespace(name="oasst2_en_top1"))
+    assert (source.hub_id, source.split, source.options.langs) == (
+        "OpenAssistant/oasst2",
+        "train+validation",
+        ("en",),
+    )
 
 
 def test_data_files_select_files_of_the_hub_repo_or_of_a_local_snapshot():

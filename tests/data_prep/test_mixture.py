@@ -85,6 +85,16 @@ def test_curriculum_order_and_upsampling():
     assert s.consumed_per_source(8) == [4, 4]
 
 
+def test_a_third_stage_continues_after_both_earlier_ones():
+    # stage 1 takes 50 rows of each source, stage 2 another 100 of source 0 only: stage 3 starts past both
+    s = MixtureSampler(
+        [1000, 1000], [(100, [1, 1]), (100, [1, 0]), (None, [1, 1])], 0, shuffle=False, block=10
+    )
+    assert s.consumed_per_source(100) == [50, 50]
+    assert s.consumed_per_source(200) == [150, 50]
+    assert s.rows(200, 6).tolist() == [150, 1050, 151, 1051, 152, 1052]
+
+
 def _chats(path: Path, answer_words: int, n: int) -> str:
     rows = [
         {"messages": [{"role": "user", "content": f"question {i}"}, {"role": "assistant", "content": a}]}

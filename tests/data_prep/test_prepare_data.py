@@ -3,6 +3,7 @@ change rebuilds exactly the shards it affects."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import numpy as np
@@ -66,6 +67,17 @@ def test_sft_shard_keeps_masks(tmp_path):
     assert 0 < int(trained.sum()) < int((ids != build_tokenizer(cfg.model).pad_token_id).sum()) / 2
     assert bool((labels[trained] == ids[trained]).all())
     assert data.shards[0].manifest["dropped_samples"] == 0
+
+
+def test_sft_content_hash_covers_every_array_as_written(tmp_path):
+    # a resume compares this hash: a change to positions or labels alone must change it too
+    cfg = load_config(SFT, [f"data.cache_dir={tmp_path}"])
+    shard = shards.prepare(cfg.data, build_tokenizer(cfg.model)).shards[0]
+    content = hashlib.sha256()
+    for row in range(len(shard)):  # SFT rows are written one at a time: ids, then positions, then labels
+        for array in (shard.input_ids, shard.position_ids, shard.labels):
+            content.update(np.ascontiguousarray(array[row]))
+    assert shard.manifest["content_sha256"] == content.hexdigest()
 
 
 def test_worker_processes_build_the_same_shard(tmp_path, monkeypatch):

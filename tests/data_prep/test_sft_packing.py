@@ -33,6 +33,21 @@ def test_best_fit_fills_the_tightest_row_and_restarts_positions():
     assert (stats.samples, stats.rows, stats.tokens, stats.pad_tokens) == (4, 2, 14, 2)
 
 
+def test_too_many_open_rows_writes_the_fullest():
+    rows, stats = pack(
+        [sample(2, 0, prompt=1), sample(7, 10), sample(7, 20), sample(2, 30, prompt=1)],
+        seq_len=8,
+        open_rows=2,
+    )
+    # the third sample fits no open row: the 7-token row is written, so the 2-token row stays open for the last
+    assert [r[0] for r in rows] == [
+        [10, 11, 12, 13, 14, 15, 16, PAD],
+        [0, 1, 30, 31, PAD, PAD, PAD, PAD],
+        [20, 21, 22, 23, 24, 25, 26, PAD],
+    ]
+    assert stats.pad_tokens == 6
+
+
 def test_pad_mode_one_sample_per_row():
     rows, _ = pack([sample(3, 10), sample(3, 20)], seq_len=8, mode="pad")  # both would fit in one row
     assert [r[0] for r in rows] == [[10, 11, 12] + [PAD] * 5, [20, 21, 22] + [PAD] * 5]

@@ -142,6 +142,32 @@ def test_judge_client_posts_chat_completions_and_parses_ratings(tmp_path, monkey
     assert body["messages"][1]["content"].count("[User]") == 2
 
 
+def test_the_judges_last_rating_and_verdict_count(tmp_path, monkeypatch):
+    # judges often quote the prompt's format example before giving their own [[rating]] or [[verdict]]
+    replies = iter(
+        [
+            "The format is [[5]]; the answer is clear and correct. Rating: [[8]]",
+            "[[A]] or [[B]]? A rambles, B answers. [[B]]",
+            "B looked better at first, [[B]], but A is correct: [[A]]",
+            "Both are fine.",
+        ]
+    )
+    monkeypatch.setattr(answers, "chat_completion", lambda *args, **kwargs: next(replies))
+    questions, answer_file = tmp_path / "q.jsonl", tmp_path / "a.jsonl"
+    questions.write_text(json.dumps({"question_id": 1, "category": "writing", "turns": ["Hi?"]}) + "\n")
+    answer_file.write_text(
+        json.dumps({"question_id": 1, "choices": [{"index": 0, "turns": ["Hello."]}]}) + "\n"
+    )
+    assert answers.judge(questions, answer_file, "http://judge/v1", "judge-model")["score"] == 8.0
+
+    instructions = [q["instruction"] for q in json.loads(ALPACA.read_text())]
+    ours, reference = tmp_path / "ours.json", tmp_path / "reference.json"
+    ours.write_text(json.dumps([{"instruction": i, "output": "ours"} for i in instructions]))
+    reference.write_text(json.dumps([{"instruction": i, "output": "theirs"} for i in instructions]))
+    verdict = answers.judge(ALPACA, ours, "http://judge/v1", "judge-model", reference=reference)
+    assert [j["win"] for j in verdict["judgments"]] == [1.0, 0.0, 0.5]  # B is ours; no verdict is a tie
+
+
 def test_judging_answers_that_miss_a_question_is_refused_before_any_call(tmp_path):
     answer_file = tmp_path / "answers.jsonl"
     answer_file.write_text(

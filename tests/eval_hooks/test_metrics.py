@@ -31,6 +31,8 @@ def test_exact_match_nfkc():
     assert metrics.exact_match_nfkc("１８６７年", "1867年") == 1.0
     assert metrics.exact_match_nfkc("Ｂ\n\n説明", "B") == 1.0
     assert metrics.exact_match_nfkc("1868年", "1867年") == 0.0
+    # a single newline does not end the paragraph; only a blank line does
+    assert metrics.exact_match_nfkc("1867年\n江戸", "1867年\n江戸") == 1.0
 
 
 def test_rouge2_by_hand_and_with_mecab():
@@ -102,6 +104,10 @@ def test_pass_at_k_closed_form():
     assert metrics.pass_at_k(10, 3, 5) == pytest.approx(1 - math.comb(7, 5) / math.comb(10, 5))
     assert metrics.pass_at_k(10, 6, 5) == 1.0  # n - c < k
     assert metrics.pass_at_k(5, 1, 5) == 1.0
+    # n - c == k: one k-subset fails, so pass@k < 1 (0 when nothing passes)
+    assert metrics.pass_at_k(10, 0, 10) == 0.0
+    assert metrics.pass_at_k(1, 0, 1) == 0.0
+    assert metrics.pass_at_k(10, 5, 5) == pytest.approx(1 - 1 / 252)
     assert metrics.mean_pass_at_k([(10, 3), (10, 0)], 1) == pytest.approx(0.15)
 
 
@@ -124,6 +130,8 @@ def test_squad_f1_em():
     assert metrics.squad_f1("Eiffel Tower in Paris", ["Eiffel Tower"]) == pytest.approx(2 / 3)
     assert metrics.squad_f1("Москва", ["москва"]) == 1.0
     assert metrics.squad_f1("", ["x"]) == 0.0
+    assert metrics.squad_em("a dog", ["dog"]) == 1.0  # articles are dropped
+    assert metrics.squad_f1("Paris", ["Eiffel Tower", "Paris"]) == 1.0  # the best gold counts, not the first
 
 
 def test_mera_task_score_and_grade_norm():

@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 
 import pytest
+from lm_eval.api.registry import get_filter
 from lm_eval.filters.extraction import RegexFilter
 
 from eval_hooks import TASKS_DIR
@@ -27,6 +28,16 @@ def _prompts(tm, name: str) -> list[str]:
     return [inst.args[0] for inst in task.instances if inst.idx == 0]
 
 
+def _extract(task, response: str) -> str:
+    """What the task's first configured filter pipeline, every step with all its arguments, keeps of a response."""
+    resps = [[response]]
+    for step in task.config.filter_list[0]["filter"]:
+        kwargs = {k: v for k, v in step.items() if k != "function"}
+        resps = list(get_filter(step["function"])(**kwargs).apply(resps, [{}]))
+    [answer] = resps  # the pipelines end in take_first: one answer per doc
+    return answer
+
+
 def test_every_task_has_three_fixture_items(tm):
     for yaml in TASKS_DIR.rglob("cl_*.yaml"):
         task = tm.load(yaml.stem)["tasks"][yaml.stem]
@@ -41,13 +52,30 @@ def test_ceval_prompt_uses_lm_eval_subject_header(tm):
     )
 
 
+@pytest.mark.parametrize(
+    ("name", "gold_letter", "gold_text"),
+    [
+        ("cl_ceval_valid", lambda d: d["answer"], lambda d: d[d["answer"]]),
+        ("cl_cmmlu", lambda d: d["Answer"], lambda d: d[d["Answer"]]),
+        ("cl_mmlu", lambda d: "ABCD"[d["answer"]], lambda d: d["choices"][d["answer"]]),
+    ],
+)
+def test_letter_choice_target_is_the_gold_letter(tm, name, gold_letter, gold_text):
+    # acc compares log-likelihoods of the letters: the target's letter must be the one the prompt prints
+    # before the gold option
+    task = tm.load(name)["tasks"][name]
+    for doc in task.eval_docs:
+        letter = task.doc_to_choice(doc)[task.doc_to_target(doc)]
+        assert letter == gold_letter(doc)
+        assert f"\n{letter}. {gold_text(doc)}\n" in task.doc_to_text(doc)
+
+
 def test_cot_zh_prompt_and_last_match(tm):
     prompt = _prompts(tm, "cl_cmmlu_cot_zh")[0]
     assert "最佳答案是 [答案字母]。[答题结束]" in prompt and prompt.endswith("让我们一步一步地思考。\n")
     task = tm.load("cl_cmmlu_cot_zh")["tasks"]["cl_cmmlu_cot_zh"]
-    pattern = task.config.filter_list[0]["filter"][0]["regex_pattern"]
     resp = "## 步骤 1: 也许答案是 A。\n## 步骤 2: 不对。最佳答案是 [C]。[答题结束"
-    assert RegexFilter(regex_pattern=pattern, group_select=-1).apply([[resp]], [{}]) == [["C"]]
+    assert _extract(task, resp) == "C"  # the configured filter keeps the last match, not the first
 
 
 def test_bbh_prompt_is_cot_exemplars_then_question(tm):
@@ -69,6 +97,19 @@ def test_mmlu_pro_shots_come_from_the_same_category(tm):
         "Question:\nWhat is 12 * 3?\nOptions:\nA. 30\nB. 33\nC. 36\nD. 39\nE. 42\nAnswer: Let's think step by step."
     )
     assert bio.count("photosynthesis") == 5
+
+
+@pytest.mark.parametrize(
+    ("name", "responses"),
+    [
+        ("cl_mmlu_pro", {"so the answer is (J).": "J", "the answer is E": "E", "the answer is (A)": "A"}),
+        ("cl_meta_mmlu_pro_5shot", {"The best answer is (J).": "J", "the answer is (E)": "E"}),
+    ],
+)
+def test_mmlu_pro_answer_letters_run_to_j(tm, name, responses):
+    # MMLU-Pro has up to ten options: letters past D must be extracted too
+    task = tm.load(name)["tasks"][name]
+    assert {resp: _extract(task, resp) for resp in responses} == responses
 
 
 def test_loader_reads_per_subject_folders_and_reports_missing_data(tmp_path):
@@ -343,6 +384,30 @@ def test_interleaved_split_keeps_its_docs_and_shots_and_stores_max_shots(tmp_pat
         load(**{**kwargs, "max_shots": None})
 
 
+# Shot counts as published (the Swallow card; MMLU and MMLU-Pro 5-shot as in the Control-LLM runs), written out
+# here rather than read from the YAMLs so that an edited `num_fewshot` fails.
+@pytest.mark.parametrize(
+    ("name", "shots", "marker"),
+    [
+        ("cl_jcommonsenseqa", 4, "### 入力:"),
+        ("cl_jemhopqa", 4, "### 入力:"),
+        ("cl_niilc", 4, "### 入力:"),
+        ("cl_jsquad", 4, "### 入力:"),
+        ("cl_jmmlu", 5, "### 入力:"),
+        ("cl_xlsum_ja", 1, "ニュース記事:"),
+        ("cl_mgsm_ja", 4, "問題："),
+        ("cl_wmt20_en_ja", 4, "English phrase:"),
+        ("cl_wmt20_ja_en", 4, "Japanese phrase:"),
+        ("cl_mmlu", 5, "\nAnswer:"),
+        ("cl_mmlu_pro", 5, "Question:\n"),
+    ],
+)
+def test_prompts_carry_the_published_shot_count(tm, name, shots, marker):
+    # the task's own num_fewshot, as a suite runs it: every prompt is `shots` exemplars, then the query
+    counts = [prompt.count(marker) for prompt in _prompts(tm, name)]
+    assert len(counts) >= 3 and set(counts) == {shots + 1}
+
+
 def test_llmjp_prompt_layout(tm):
     prompt = _prompts(tm, "cl_jcommonsenseqa")[0]
     assert prompt.startswith(
@@ -482,6 +547,8 @@ def test_mera_ethics_and_detox_scoring(tm):
     out = task_metrics.mera_ethics(doc, [(-2.0, False), (-1.0, True)])  # " 1" more likely: answer 1
     assert out["mcc_correct_law"] == (0, 1) and out["mcc_correct_virtue"] == (1, 1)
     assert len(out) == 15 and out["mcc_good_law"] is None  # every doc has every key
+    tie = task_metrics.mera_ethics(doc, [(-1.0, False), (-1.0, True)])  # equally likely: answer 1
+    assert tie["mcc_correct_law"] == (0, 1)
     assert task_metrics.mcc([None, (1, 1), (0, 0), None]) == 1.0 and task_metrics.mcc([None]) is None
     detox = _prompts(tm, "cl_mera_rudetox")[0]  # a string input fills the template's single placeholder
     assert detox.endswith("Текст: да иди ты, дурак, со своими советами\nОтвет:")
@@ -532,13 +599,12 @@ def test_meta_eval_details_become_docs_with_meta_prompts(tm, tmp_path):
 @pytest.mark.parametrize("name", ["cl_bbh_cot_3shot", "cl_meta_bbh_3shot"])
 def test_bbh_scoring_keeps_punctuation_and_sign(tm, name):
     task = tm.load(name)["tasks"][name]
-    pattern = task.config.filter_list[0]["filter"][0]["regex_pattern"]
 
     def score(response: str, target: str) -> float:
-        [[answer]] = RegexFilter(regex_pattern=pattern).apply([[response]], [{}])
-        return task.process_results({"target": target}, [answer])["exact_match"]
+        return task.process_results({"target": target}, [_extract(task, response)])["exact_match"]
 
     assert score("So the answer is ] ] ).", "] ] )") == 1.0
+    assert score("So the answer is True. I am sure.", "True") == 1.0  # up to the first full stop only
     assert score("So the answer is } } >.", "] ] )") == 0.0  # dyck_languages: the brackets are the answer
     assert score("So the answer is 25.", "-25") == 0.0  # multistep_arithmetic_two: the sign counts
     assert score("So the answer is -25.", "-25") == 1.0
