@@ -15,6 +15,18 @@ SEQ, MICRO, STEPS = 64, 2, 2
 
 
 def test_ours_and_the_peers_on_sft_data(monkeypatch, tmp_path, capsys):
+    import train.peer
+    from train import benchmark
+    from train.model import build_for_training, flops_per_token
+
+    real, batches = train.peer.run_peer, {}
+
+    def recording(peer, *args, **kwargs):  # the peers' micro-batches (tokens, row length, non-pad tokens)
+        times, shapes = real(peer, *args, **kwargs)
+        batches[peer] = shapes
+        return times, shapes
+
+    monkeypatch.setattr(train.peer, "run_peer", recording)
     out = tmp_path / "bench.json"
     args = ["--shape", "llama3_tiny", "--seq", str(SEQ), "--micro-batch", str(MICRO), "--data", "sft"]
     args += ["--steps", str(STEPS), "--warmup", "0", "--peer", "hf", "hf_flat", "--peak-tflops", "1"]
@@ -41,6 +53,13 @@ def test_ours_and_the_peers_on_sft_data(monkeypatch, tmp_path, capsys):
     assert flat["real_tokens"] == flat["tokens"]
     # a flattened micro-batch is one long row; its FLOPs count attention at our row length, as ours
     assert flat["flops_per_step"] == pytest.approx(flat["tokens"] / STEPS * ours["flops_per_token"])
+    # padding is computed: the padded peer's FLOPs count every token of its rows at the row's length
+    cfg = benchmark.run_config(benchmark.parse_args(["--seq", str(SEQ)]), "none", str(tmp_path))
+    model = build_for_training(cfg, meta=True)
+    timed = batches["hf"][:STEPS]  # one micro-batch per step; the data loader may collate one ahead
+    assert sum(real for _, _, real in timed) < sum(n for n, _, _ in timed)
+    step_flops = sum(n * flops_per_token(model, t) for n, t, _ in timed) / STEPS
+    assert padded["flops_per_step"] == pytest.approx(step_flops)
     for peer in (padded, flat):
         assert peer["vs_ours"] == pytest.approx(ours["real_tokens_per_s"] / peer["real_tokens_per_s"])
 
@@ -128,3 +147,13 @@ def test_the_peer_frees_its_engine(tmp_path):
     del model
     gc.collect()
     assert alive() is None  # DeepSpeed's hooks held model and optimizer state past the Trainer
+
+
+def test_mfu_is_per_device(monkeypatch):
+    from train import benchmark
+
+    monkeypatch.setattr(benchmark.dist, "world_size", lambda: 2)
+    flops = {128: 3e9}.get  # FLOPs per token at the one row length
+    row = benchmark.summarise([1.0, 3.0], [[(512, 128, 400)], [(1024, 128, 900)]], flops, peak=2.0)
+    assert row["tokens_per_s"] == 1536 / 4.0
+    assert row["mfu"] == pytest.approx(row["tokens_per_s"] * 3e9 / (2.0 * 1e12 * 2))

@@ -139,6 +139,10 @@ def test_missing_required_key(tmp_path):
         (["optim.betas=[1.5, 0.9]"], "'optim.betas.0': Input should be less than 1"),
         (["optim.eps=0"], "'optim.eps': Input should be greater than 0"),
         (
+            ["optim.name=fused_adam", "optim.fused=true"],
+            "optim.fused applies to optim.name 'adamw_torch' (got 'fused_adam')",
+        ),
+        (
             ["peft={r: 8, alpha: 16, target_modules: [q_proj, lm_head]}", "train.loss_chunk_tokens=64"],
             "peft.target_modules adapts lm_head, which train.loss_chunk_tokens replaces",
         ),
@@ -242,8 +246,18 @@ def test_epochs_budget_counts_whole_steps_over_the_packed_rows(tmp_path):
     cfg = load_config(_child(tmp_path, ""), ["train.max_steps=null", "train.epochs=1.5"])
     assert cfg.rows_per_step == 4  # micro 2 x accum 2 x world 1
     assert cfg.total_steps(100) == 38  # ceil(1.5 * 100 / 4): the last step is not dropped
+    assert cfg.epoch_rows(7) == 11  # ceil(10.5): the part row trains as a whole one
     with pytest.raises(ValueError, match="needs the packed row count"):
         cfg.total_steps()
+
+
+def test_a_token_budget_counts_whole_steps(tmp_path):
+    def steps(max_tokens: int) -> int:
+        cfg = load_config(_child(tmp_path, ""), ["train.max_steps=null", f"train.max_tokens={max_tokens}"])
+        assert cfg.tokens_per_step == 512  # 4 rows of 128
+        return cfg.total_steps()
+
+    assert steps(1000) == 2 and steps(500) == 1  # rounded up: the tokens past the last whole step train too
 
 
 def test_runs_of_before_a_new_key_keep_their_hash():

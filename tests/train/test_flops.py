@@ -67,3 +67,11 @@ def test_partial_skips_the_backward_below_the_first_unfrozen_layer():
     model = _model("expansion={type: partial, num_exp_layers: 2}")  # layers 1 and 3 train
     expected = (2 * BLOCK + 4 * ATTN) + 2 * (6 * BLOCK + 12 * ATTN) + (4 * BLOCK + 12 * ATTN) + 4 * HEAD
     assert flops_per_token(model, T) == expected
+
+
+def test_lora_on_the_head_alone_runs_no_backward_through_the_blocks():
+    # nothing below the head trains: no input-gradient anywhere, the adapters' weight-gradients only
+    model = _model("peft={r: 8, alpha: 32, target_modules: [lm_head]}")
+    lora = 8 * D + VOCAB * 8  # A 8xD, B VOCABx8
+    blocks = 4 * (2 * BLOCK + 4 * ATTN)
+    assert flops_per_token(model, T) == blocks + 2 * (HEAD + lora) + 2 * lora

@@ -1,22 +1,27 @@
 """One optimizer step through the real DeepSpeed engine (one in-process rank, gloo):
 the loss normalisation makes the micro-batch / accumulation split irrelevant, and the
-Control-LLM weight-decay rule reaches the optimizer."""
+Control-LLM weight-decay rule reaches the optimizer; a train.epochs run trains each row of its
+budget once."""
 
 from __future__ import annotations
+
+import json
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
+from data_prep.mixture import make_sampler
 from data_prep.sampler import RowSampler
 from data_prep.shards import prepare
 from tests.conftest import SMOKE
 from train import distributed as dist
 from train.config import load_config
 from train.engine import build_engine
-from train.loop import as_one_row, seed_everything, train_step
+from train.loop import as_one_row, seed_everything, train, train_step
 from train.model import build_for_training, build_tokenizer
+from train.tracking import read_metrics
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -129,6 +134,15 @@ def test_bf16_compute_with_fp32_master_weights(data_cache):
     assert bf16["loss"] == pytest.approx(fp32["loss"], rel=2e-2)  # same data, bf16 rounding only
 
 
+def _record_gradients(engine) -> list[torch.Tensor]:
+    """The gradients DeepSpeed hands to the optimizer (after its accumulation and scaling), step by step."""
+    adamw, handed = engine.optimizer.optimizer, []
+    step = adamw.step
+    adamw.step = lambda *a, **k: (handed.extend(p.grad.clone() for g in adamw.param_groups for p in g["params"]),
+                                  step(*a, **k))[1]  # fmt: skip
+    return handed
+
+
 @pytest.mark.parametrize("stage", [2, 3])
 def test_bf16_micro_batch_gradients_are_summed_in_fp32(data_cache, stage):
     accum = ["train.micro_batch_size=1", "train.grad_accum_steps=4", "optim.grad_clip=null"]
@@ -140,10 +154,7 @@ def test_bf16_micro_batch_gradients_are_summed_in_fp32(data_cache, stage):
     seed_everything(cfg.seed)  # the engine's model: the same initial weights
     engine = build_engine(cfg, build_for_training(cfg), 1, cfg.total_steps())
     engine.train()
-    adamw, handed = engine.optimizer.optimizer, []
-    step = adamw.step
-    adamw.step = lambda *a, **k: (handed.extend(p.grad.clone() for g in adamw.param_groups for p in g["params"]),
-                                  step(*a, **k))[1]  # fmt: skip
+    handed = _record_gradients(engine)
     rows = RowSampler(len(data), cfg.seed).rows(0, 4)
     train_step(engine, data, rows, cfg, None)
     # the reference: each micro-batch's bf16 gradient (of its share of the token-mean loss), summed in fp32
@@ -187,7 +198,9 @@ def test_rows_past_the_epoch_end_train_nothing(data_cache, recipe):
     masked, params = _masked_step(data_cache, recipe, first, live=2)
     masked_other, params_other = _masked_step(data_cache, recipe, other, live=2)
     whole, params_whole = _masked_step(data_cache, recipe, first, live=4)
-    assert masked == masked_other and masked["target_tokens"] < whole["target_tokens"]
+    partial, _ = _masked_step(data_cache, recipe, first, live=3)  # the 2nd micro-batch holds one live row
+    assert masked == masked_other
+    assert masked["target_tokens"] < partial["target_tokens"] < whole["target_tokens"]
     for name, p in params.items():
         assert torch.equal(p, params_other[name]), name
     assert any(not torch.equal(p, params_whole[name]) for name, p in params.items())
@@ -195,3 +208,53 @@ def test_rows_past_the_epoch_end_train_nothing(data_cache, recipe):
     assert ("divergence" in whole) == bool(alphas) == ("concat" in recipe.name)
     for k in alphas:  # lerp's alpha is one number through a step: a mean over live micro-batches keeps it
         assert masked[k] == pytest.approx(whole[k], rel=1e-6)
+        assert partial[k] == pytest.approx(whole[k], rel=1e-6)
+
+
+def test_the_divergence_of_a_partial_last_step_is_the_mean_over_its_live_micro_batches(data_cache):
+    # rows 0-1 of a step whose 2nd micro-batch is past the epoch end train as the step of those rows alone
+    def handed(*overrides, rows, live=None):
+        cfg = load_config(
+            SMOKE.with_name("synE_concat16_tiny.yaml"),
+            ["tracking=none", f"data.cache_dir={data_cache}", "optim.grad_clip=null", *overrides],
+        )
+        seed_everything(cfg.seed)
+        data = prepare(cfg.data, build_tokenizer(cfg.model))
+        model = build_for_training(cfg)
+        # copies equal to their pretrained layer sit at the divergence's minimum, where it has no gradient
+        generator = torch.Generator().manual_seed(1)
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if "expanded_layer" in name:
+                    p.add_(0.05 * torch.randn(p.shape, generator=generator).to(p.dtype))
+        engine = build_engine(cfg, model, 1, 1)
+        engine.train()
+        grads = _record_gradients(engine)
+        metrics = train_step(engine, data, np.array(rows), cfg, live)
+        return metrics, torch.cat([g.flatten() for g in grads])
+
+    masked, g_masked = handed(rows=[0, 1, 2, 3], live=2)  # micro-batch 2, accumulation 2
+    alone, g_alone = handed("train.grad_accum_steps=1", rows=[0, 1])
+    assert masked["divergence"] == pytest.approx(alone["divergence"], rel=1e-6) and alone["divergence"] > 0
+    torch.testing.assert_close(g_masked, g_alone)
+
+
+def test_an_epochs_run_trains_each_row_of_its_budget_once(tmp_path, data_cache):
+    """58 packed rows x 0.3 epochs: 18 rows, 5 steps of 4 rows; the last trains 2."""
+    out = tmp_path / "run"
+    sets = ["train.epochs=0.3", "train.max_steps=null", f"output_dir={out}", f"data.cache_dir={data_cache}"]
+    cfg = load_config(SMOKE.with_name("sft_zh_tiny.yaml"), [*sets, "checkpoint.export_at_end=false"])
+    train(cfg)
+    data = prepare(cfg.data, build_tokenizer(cfg.model))
+    assert (len(data), cfg.epoch_rows(len(data)), cfg.total_steps(len(data))) == (58, 18, 5)
+    metrics = read_metrics(out / "metrics.jsonl")
+    state = json.loads((out / "checkpoints" / "step-00000005" / "trainer_state.json").read_text())
+    assert sorted(metrics) == [1, 2, 3, 4, 5] and state["consumed_rows"] == 20
+    # what trained is the sampler's first 18 rows: their sources and their targets, no more
+    rows = make_sampler(data, cfg.data, cfg.seed).rows(0, 18)
+    labels = data.source_labels
+    assert state["source_rows"] == dict(zip(labels, np.bincount(data.source_of(rows)).tolist(), strict=True))
+    targets = data.batch(rows)["labels"][:, 1:] != -100
+    assert sum(m["target_tokens"] for m in metrics.values()) == int(targets.sum())
+    assert sum(state["source_target_tokens"].values()) == int(targets.sum())
+    assert {k: metrics[5][f"source_tokens/{k}"] for k in labels} == state["source_target_tokens"]

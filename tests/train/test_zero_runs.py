@@ -4,6 +4,7 @@ code are ZeRO-2's, resumes exactly and exports in the LoRA recipe's run, tests/t
 Exact resume: a run stopped by SIGTERM (rank 0 only), SIGKILL, or a kill inside a checkpoint save,
 then resumed with `--resume auto`, logs the same losses, step for step, as an uninterrupted run.
 Export: the Hugging Face folder's logits equal the training engine's on a fixed batch.
+MFU: the logged one divides by the peak of both ranks.
 """
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from tests.conftest import ROOT, SMOKE, engine_logits, run_entry
 from train.checkpoint import export_hf
+from train.config import load_config
 from train.errors import UserError
+from train.model import build_for_training, flops_per_token
 from train.tracking import read_metrics
 
 pytestmark = pytest.mark.slow
@@ -44,6 +47,7 @@ def _run(out: Path, cache: Path, stage: int, *extra: str, fault: str | None = No
         "checkpoint.keep_last=5",
         "checkpoint.export_at_end=false",
         "tracking=none",
+        "train.peak_tflops=1",  # MFU is logged (not a training key: resumes take it as it is)
     ]
     args = ["--config", str(SMOKE), *(a for s in sets for a in ("--set", s)), *extra]
     return run_entry("train.py", *args, nproc=2, env={"CONTINUALM_FAULT": fault} if fault else None)
@@ -70,6 +74,13 @@ def uninterrupted(request, tmp_path_factory, data_cache):
     assert r.returncode == 0, r.stderr[-3000:]
     assert sorted(_losses(out)) == list(range(1, STEPS + 1))
     return stage, out
+
+
+def test_logged_mfu_is_per_device(uninterrupted):
+    _, out = uninterrupted
+    flops = flops_per_token(build_for_training(load_config(SMOKE), meta=True), 128)  # data.seq_len 128
+    for m in read_metrics(out / "metrics.jsonl").values():  # tokens_per_s: both ranks' rows
+        assert m["mfu"] == pytest.approx(m["tokens_per_s"] * flops / (1e12 * 2))  # 1 TFLOP/s on each rank
 
 
 def test_kill_and_resume_gives_identical_losses(uninterrupted, tmp_path, data_cache):

@@ -220,3 +220,19 @@ def test_padding_of_a_packed_row_is_left_out_of_divergence_and_alpha(method, inp
     torch.testing.assert_close(packed.divergence_loss, alone.divergence_loss)
     torch.testing.assert_close(packed.alphas, alone.alphas)
     assert not torch.allclose(model(row, position_ids=positions).divergence_loss, alone.divergence_loss)
+
+
+@torch.no_grad()
+def test_a_padded_batch_masks_divergence_and_alpha_by_its_attention_mask(input_ids):
+    # an HF-style batch (the Trainer, generation) says where its padding is in attention_mask alone
+    cfg = ExpansionConfig(type="concat", method="dlerp", num_exp_layers=1, divergence={"weight": 1.0})
+    model = expand_model(tiny_llama(num_layers=2), cfg)
+    perturb(model)
+    mask = torch.ones_like(input_ids)
+    mask[1, 5:] = 0  # the second sample is 5 tokens, right-padded
+    padded = model(input_ids, attention_mask=mask)
+    masked = model(input_ids, attention_mask=mask, token_mask=mask)
+    torch.testing.assert_close(padded.divergence_loss, masked.divergence_loss)
+    torch.testing.assert_close(padded.alphas, masked.alphas)
+    unmasked = model(input_ids, attention_mask=mask, token_mask=torch.ones_like(mask))
+    assert not torch.allclose(unmasked.divergence_loss, masked.divergence_loss)
