@@ -9,11 +9,11 @@
 # Steps, most important first, with their caps: tests 150 s, full 75, sft 130, cpt 120, long 75, ratio 90,
 # eval 150, 8b 150. First call: `run tests full sft cpt` (caps adding up to 475 s, leaving room for the installs
 # and each cap's 15 s kill grace); at once after it, while the machine is warm (it goes back after 30 s idle):
-# `run long ratio eval 8b` (465 s; what the lease's end cuts is the least important). `run` first checks that every import works, then writes
-# at most four files to $OUT (default ./device-out): log.txt (everything), tables.md (one markdown table per
-# command, with the command), results.json (all rows) and gpu_tests.txt. Each command has its own cap (SIGINT,
-# so a benchmark still writes the rows it measured), so one that hangs or runs out of memory costs its cap,
-# not the lease.
+# `run long ratio eval 8b` (465 s; what the lease's end cuts is the least important). `run` first checks that
+# every import works, then writes at most four files to $OUT (default ./device-out): log.txt (everything),
+# tables.md (one markdown table per command, with the command), results.json (all rows) and gpu_tests.txt.
+# Each command has its own cap (SIGINT, so a benchmark still writes the rows it measured), so one that hangs or
+# runs out of memory costs its cap, not the lease.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-python3}

@@ -527,10 +527,8 @@ class RunConfig(Section):
                 f"eval.every_steps ({e.every_steps}) is past the run's {total_steps} steps and eval.at_checkpoints "
                 "is false: no eval would run; lower eval.every_steps or set eval.at_checkpoints: true"
             )
-        budget, before = (
-            total_steps * self.tokens_per_step,
-            0,
-        )  # stage budgets count real tokens: at most this
+        budget = total_steps * self.tokens_per_step  # stage budgets count real tokens: at most this many
+        before = 0
         for i, stage in enumerate(self.data.stages):
             if before >= budget:
                 raise UserError(

@@ -61,7 +61,7 @@ def lr_lambda(cfg: RunConfig, total_steps: int) -> Callable[[int], float]:
         )
     if s.name == "constant" and s.min_lr != 0 and dist.is_main():  # e.g. inherited from a cosine recipe
         log.warning("schedule.min_lr (%g) is unused: a constant schedule does not decay", s.min_lr)
-    cfg.check_plan(total_steps)  # train() checked it before data preparation; other callers get it here
+    cfg.check_plan(total_steps)  # train() checks it before data preparation where the steps are known then
 
     def factor(step: int) -> float:
         if step < s.warmup_steps:
